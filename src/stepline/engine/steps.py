@@ -1,0 +1,144 @@
+"""The vocabulary of the loop: steps, their states, and the transition's answers.
+
+A response is a chain of steps. A step is one ``model_call`` (one Chat
+Completions request) or one ``tool_call`` (one tool run). Steps of a
+sub-agent carry the id of the calling tool step as their ``scope``; top-level
+steps have ``scope=None``. A chain is always read within one scope.
+
+Invariants:
+
+* ``sequence`` is allocated by the store at insert and is unique per response;
+  it orders a chain, and siblings of one fan-out are recorded in the order the
+  model called them.
+* A step's ``id`` is fixed when it is recorded and travels with every side
+  effect (upstream header, tool idempotency header), so running it again after
+  a crash is safe.
+* State only moves forward: pending -> processing -> completed | failed |
+  cancelled (processing may be re-entered by a retry after a crash).
+* Payloads are JSON-ready dicts (what the store persists).
+
+Payload shapes:
+
+* model_call ``request``: ``{"model": ..., "iteration": n}``
+* model_call ``response``: ``{"message": <chat assistant message>,
+  "items": [<output items in emission order>], "usage": {...},
+  "finish_reason": str}``
+* tool_call ``request``: ``{"name": ..., "arguments": <JSON string>}``
+* tool_call ``response``: ``{"output": str}``
+* ``error`` (either kind): ``{"message": str, "code": str, "status": int|None}``
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "AppendSteps",
+    "Complete",
+    "Fail",
+    "Finish",
+    "NewStep",
+    "NextAction",
+    "RunSteps",
+    "Step",
+    "StepKind",
+    "StepState",
+]
+
+
+class StepKind(enum.StrEnum):
+    MODEL_CALL = "model_call"
+    TOOL_CALL = "tool_call"
+
+
+class StepState(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({StepState.COMPLETED, StepState.FAILED, StepState.CANCELLED})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One stored step; the store returns these, the loop never mutates them."""
+
+    id: str
+    response_id: str
+    scope: str | None
+    previous_step_id: str | None
+    sequence: int
+    kind: StepKind
+    state: StepState
+    request: dict[str, Any]
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    call_id: str | None = None
+    attempt: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def tool_name(self) -> str:
+        return str(self.request.get("name", ""))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewStep:
+    """A step the transition asks to record; the store fills id-less fields."""
+
+    kind: StepKind
+    request: dict[str, Any]
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppendSteps:
+    """Record these steps (a fan-out when several), then run them."""
+
+    steps: tuple[NewStep, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSteps:
+    """Run these recorded steps that are not terminal yet (resume after a crash)."""
+
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Complete:
+    """The loop is done; ``client_calls`` go back to the client as function_call items."""
+
+    client_call_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finish:
+    """A cap fired or the model stopped early: the response ends ``incomplete``."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fail:
+    """The response fails with this error."""
+
+    message: str
+    code: str = "server_error"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+NextAction = AppendSteps | RunSteps | Complete | Finish | Fail
+
+StepKindName = Literal["model_call", "tool_call"]

@@ -1,0 +1,176 @@
+"""The one error tree of stepline.
+
+Errors split by whose fault they are: a caller who configured or called
+stepline wrongly gets a :class:`UsageError`; something that failed while a
+response ran raises a :class:`RunError`. Each error carries the context a
+reader needs (HTTP status, upstream body, step id) rather than a formatted
+string only.
+
+    StepLineError
+    ├── UsageError                 you called it wrong; never retried
+    │   ├── ConfigError            the config file or environment is invalid
+    │   └── RequestError           an API request is invalid (HTTP 4xx)
+    │       ├── InvalidRequest     400, names the bad ``param``
+    │       └── NotFound           404, names the missing id
+    └── RunError                   it failed while a response ran
+        ├── UpstreamError          the model upstream failed (status, body)
+        │   └── UpstreamTimeout    connect / first_byte / chunk / total
+        ├── ToolError              a tool failed (timeout, non-2xx, bad args)
+        └── StoreError             the durable store failed; aborts the loop
+
+``RequestError.to_envelope()`` renders the OpenAI error envelope that every
+HTTP error of stepline uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+__all__ = [
+    "ConfigError",
+    "InvalidRequest",
+    "NotFound",
+    "RequestError",
+    "RunError",
+    "StepLineError",
+    "StoreError",
+    "ToolError",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UsageError",
+]
+
+
+class StepLineError(Exception):
+    """The root of every error stepline raises on purpose."""
+
+
+class UsageError(StepLineError):
+    """stepline was configured or called wrongly; retrying cannot help."""
+
+
+class ConfigError(UsageError):
+    """The config file or an environment variable is invalid."""
+
+
+class RequestError(UsageError):
+    """An API request that stepline refuses, rendered as the OpenAI envelope."""
+
+    status_code: int = 400
+    error_type: str = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        if error_type is not None:
+            self.error_type = error_type
+        self.headers = headers or {}
+
+    def to_envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(RequestError):
+    """HTTP 400: the body or a parameter is invalid; ``param`` names it."""
+
+
+class NotFound(RequestError):
+    """HTTP 404: the named object does not exist (or is not the caller's)."""
+
+    status_code = 404
+    error_type = "not_found"
+
+
+class RunError(StepLineError):
+    """Something failed while a response ran."""
+
+    #: the Open Responses error code placed in ``response.error.code``
+    code: str = "server_error"
+
+    def __init__(self, message: str, *, step_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.step_id = step_id
+
+
+class UpstreamError(RunError):
+    """The Chat Completions upstream failed; ``status`` is its HTTP status or None."""
+
+    code = "model_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        step_id: str | None = None,
+    ) -> None:
+        super().__init__(message, step_id=step_id)
+        self.status = status
+        self.body = body
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream took too long in one of four phases, named by ``phase``."""
+
+    def __init__(
+        self,
+        phase: Literal["connect", "first_byte", "chunk", "total"],
+        seconds: float,
+        *,
+        step_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            f"upstream {phase.replace('_', ' ')} timeout after {seconds:g}s",
+            retryable=phase == "connect",
+            step_id=step_id,
+        )
+        self.phase = phase
+        self.seconds = seconds
+
+
+class ToolError(RunError):
+    """A tool failed: it timed out, answered non-2xx, or got invalid arguments."""
+
+    code = "tool_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str,
+        status: int | None = None,
+        step_id: str | None = None,
+    ) -> None:
+        super().__init__(message, step_id=step_id)
+        self.tool = tool
+        self.status = status
+
+
+class StoreError(RunError):
+    """The durable store failed; the loop stops and the lease lets it resume later."""

@@ -1,0 +1,153 @@
+"""The store interface: the durable truth about responses, steps and events.
+
+Everything a process needs to continue a response another process started is
+behind this Protocol: the original request body, every step with its payloads,
+the event log, and the lease that says which process runs the loop.
+
+Invariants every implementation keeps:
+
+* ``record_steps`` allocates ``sequence`` atomically, in the order given, and
+  sets each new step's ``previous_step_id`` to the last step of that scope
+  recorded before the call (siblings of one fan-out share it).
+* ``start_step`` and ``finish_step`` are guarded state transitions:
+  ``finish_step`` only changes a step that is ``processing``, so a late
+  writer can never overwrite a terminal step.
+* ``finish_response`` only changes a response whose status is not terminal.
+* Event rows are keyed by (response_id, seq); appending the same key twice
+  keeps the first.
+* A lease is held by one owner until it expires; ``claim_expired`` hands each
+  expired lease to exactly one caller.
+* Times are POSIX seconds (float).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stepline.engine.steps import NewStep, Step, StepState
+
+__all__ = ["TERMINAL_STATUSES", "EventRow", "ResponseRecord", "StepStore"]
+
+#: response statuses after which nothing changes
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseRecord:
+    """One response as stored: its request, its state, its lease and its result."""
+
+    id: str
+    created_at: float
+    status: str
+    model: str
+    body: dict[str, Any]
+    previous_response_id: str | None = None
+    store: bool = True
+    background: bool = False
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    result: dict[str, Any] | None = None
+    completed_at: float | None = None
+    key_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventRow:
+    """One event of a response's log; ``data`` is the event's JSON, encoded once."""
+
+    response_id: str
+    seq: int
+    data: bytes
+    step_id: str | None = None
+
+
+class StepStore(Protocol):
+    """Durable storage for responses, their step chains, event logs and leases."""
+
+    async def create_response(self, record: ResponseRecord) -> None: ...
+
+    async def get_response(self, response_id: str) -> ResponseRecord | None: ...
+
+    async def list_responses(self, *, limit: int = 20) -> list[ResponseRecord]: ...
+
+    async def set_status(self, response_id: str, status: str) -> None:
+        """Move a non-terminal response to another non-terminal status."""
+        ...
+
+    async def finish_response(
+        self,
+        response_id: str,
+        *,
+        status: str,
+        result: dict[str, Any],
+        completed_at: float | None,
+    ) -> bool:
+        """Store the terminal status and result; False if it was already terminal."""
+        ...
+
+    async def delete_response(self, response_id: str) -> bool:
+        """Delete the response with its steps and events; False if it did not exist."""
+        ...
+
+    async def record_steps(
+        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep]
+    ) -> list[Step]:
+        """Insert ``steps`` as ``pending`` with fresh ids and sequences, in order."""
+        ...
+
+    async def start_step(self, step_id: str) -> Step:
+        """Mark a non-terminal step ``processing``, add one attempt, stamp started_at."""
+        ...
+
+    async def finish_step(
+        self,
+        step_id: str,
+        *,
+        state: StepState,
+        response: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> Step | None:
+        """Move a ``processing`` step to a terminal state; None if it was not processing."""
+        ...
+
+    async def cancel_steps(self, response_id: str) -> int:
+        """Mark every non-terminal step of the response ``cancelled``; return how many."""
+        ...
+
+    async def load_chain(self, response_id: str, *, scope: str | None) -> list[Step]:
+        """The steps of one scope, ordered by sequence."""
+        ...
+
+    async def load_steps(self, response_id: str) -> list[Step]:
+        """Every step of the response, all scopes, ordered by sequence."""
+        ...
+
+    async def append_events(self, rows: Sequence[EventRow]) -> None:
+        """Persist rows (of any responses) in one transaction."""
+        ...
+
+    async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:
+        """Rows with ``seq > after``, ascending, at most ``limit``."""
+        ...
+
+    async def last_event_seq(self, response_id: str) -> int:
+        """The highest stored ``seq`` of the response, or -1."""
+        ...
+
+    async def renew_leases(
+        self, owner: str, response_ids: Sequence[str], *, expires_at: float
+    ) -> set[str]:
+        """Extend the leases ``owner`` holds; return the ids it still holds."""
+        ...
+
+    async def release_lease(self, response_id: str, owner: str) -> None: ...
+
+    async def claim_expired(
+        self, owner: str, *, now: float, expires_at: float, limit: int
+    ) -> list[str]:
+        """Take over non-terminal responses whose lease expired before ``now``."""
+        ...
+
+    async def close(self) -> None: ...
