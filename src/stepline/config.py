@@ -117,9 +117,7 @@ class HttpToolConfig(_Strict):
 
     type: Literal["http"] = "http"
     description: str = ""
-    parameters: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "properties": {}}
-    )
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=30.0, gt=0)
@@ -176,9 +174,9 @@ class Settings(_Strict):
         for route in routes:
             if route.upstream not in self.upstreams:
                 raise ValueError(f"model {route.name!r} names unknown upstream {route.upstream!r}")
-            for tool in route.tools:
-                if tool not in self.tools:
-                    raise ValueError(f"model {route.name!r} names unknown tool {tool!r}")
+            for tool_name in route.tools:
+                if tool_name not in self.tools:
+                    raise ValueError(f"model {route.name!r} names unknown tool {tool_name!r}")
         for name, tool in self.tools.items():
             if isinstance(tool, AgentToolConfig):
                 for sub in tool.tools:

@@ -31,6 +31,7 @@ Payload shapes:
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ __all__ = [
     "Step",
     "StepKind",
     "StepState",
+    "batches",
 ]
 
 
@@ -140,5 +142,21 @@ class Fail:
 
 
 NextAction = AppendSteps | RunSteps | Complete | Finish | Fail
+
+
+def batches(chain: Sequence[Step]) -> list[tuple[Step, dict[str, Step]]]:
+    """Each model call of a chain with the tool steps that answer it, by ``call_id``.
+
+    A tool step answers the model call recorded last before it, so a call id
+    that an upstream repeats in a later turn never picks up an earlier result.
+    """
+    grouped: list[tuple[Step, dict[str, Step]]] = []
+    for step in sorted(chain, key=lambda s: s.sequence):
+        if step.kind is StepKind.MODEL_CALL:
+            grouped.append((step, {}))
+        elif grouped and step.call_id is not None:
+            grouped[-1][1][step.call_id] = step
+    return grouped
+
 
 StepKindName = Literal["model_call", "tool_call"]

@@ -1,1 +1,24 @@
-"""stepline.store"""
+"""The durable store: responses, their step chains, event logs and leases.
+
+:class:`StepStore` is the interface the loop and the server use;
+:class:`MemoryStore` keeps everything in memory, :class:`SqlStore` keeps it
+in SQLite or PostgreSQL (open one with :func:`open_store`). Both pass the same
+test suite. The SQL schema changes only through the numbered migrations that
+ship in ``stepline/store/migrations``.
+"""
+
+from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore
+from stepline.store.memory import MemoryStore
+from stepline.store.sql import SqlStore, migrate, normalize_database_url, open_store
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "EventRow",
+    "MemoryStore",
+    "ResponseRecord",
+    "SqlStore",
+    "StepStore",
+    "migrate",
+    "normalize_database_url",
+    "open_store",
+]

@@ -1,1 +1,11 @@
-"""stepline.upstream"""
+"""The edge that talks to model upstreams: routing a model name, and streaming a call.
+
+:func:`resolve_target` maps a client's model name to an :class:`UpstreamTarget`;
+:class:`ChatClient` streams one Chat Completions call to it as chunk dicts,
+deciding retries and mapping every failure to :class:`~stepline.errors.UpstreamError`.
+"""
+
+from stepline.upstream.client import ChatClient
+from stepline.upstream.routing import UpstreamTarget, resolve_target
+
+__all__ = ["ChatClient", "UpstreamTarget", "resolve_target"]

@@ -1,0 +1,522 @@
+"""Drive one response to a terminal state: the only place the loop does I/O.
+
+Around the pure :func:`~stepline.engine.transition.next_action`, the loop
+records the steps it is told to append (in order, before running them), runs
+them — one model call, or a fan-out of tool calls in a task group bounded by
+``tool_concurrency`` —, records each outcome, and appends every event to the
+response's log. It never writes to a socket.
+
+Invariants:
+
+* A step is recorded before it runs and its outcome is recorded before the
+  loop looks at the chain again; a process that dies between any two lines
+  leaves a chain that :func:`run_response` resumes from.
+* A failing step is recorded as failed and the transition decides what
+  follows; only a storage failure aborts the loop (the lease then lets a
+  later run resume it).
+* A sub-agent is a nested :class:`ScopeLoop` whose steps carry the calling
+  step's id as their scope; its model calls emit no events of their own.
+* Every accepted response ends with exactly one terminal event and a
+  terminal status, whatever fails in between (storage aside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+import orjson
+
+from stepline.config import AgentToolConfig, HttpToolConfig, Settings
+from stepline.engine.conversation import conversation_history
+from stepline.engine.event_log import EventLog
+from stepline.engine.policies import LoopPolicy
+from stepline.engine.steps import (
+    AppendSteps,
+    Complete,
+    Fail,
+    Finish,
+    RunSteps,
+    Step,
+    StepKind,
+    StepState,
+)
+from stepline.engine.transition import next_action
+from stepline.errors import StoreError, ToolError, UpstreamError
+from stepline.protocol.assemble import (
+    mcp_call_id,
+    mcp_item_state,
+    output_items,
+    response_object,
+    sum_usage,
+)
+from stepline.protocol.chat_request import chat_payload, client_tool_definitions
+from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.protocol.events import (
+    TERMINAL_EVENT_TYPES,
+    ModelCallEvents,
+    OutputList,
+    ResponseEvents,
+    event_type,
+)
+from stepline.protocol.items import chain_messages, input_messages
+from stepline.protocol.request import (
+    MessageItem,
+    ResponseRequest,
+    allowed_tool_names,
+    parse_request,
+)
+from stepline.store.base import ResponseRecord, StepStore
+from stepline.tools.http import call_http_tool
+from stepline.tools.registry import ServerTool, ToolRegistry
+from stepline.upstream.routing import UpstreamTarget, resolve_target
+
+__all__ = ["ChatStreamer", "Engine", "Outcome", "ScopeLoop", "run_response"]
+
+logger = logging.getLogger(__name__)
+
+
+class ChatStreamer(Protocol):
+    """The upstream seam: yields Chat Completions chunk dicts for one model call."""
+
+    def stream(
+        self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@dataclass(kw_only=True)
+class Engine:
+    """What every loop of a process shares."""
+
+    store: StepStore
+    chat: ChatStreamer
+    settings: Settings
+    tools: ToolRegistry
+    http: httpx.AsyncClient
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How a scope's loop ended."""
+
+    status: Literal["completed", "failed", "incomplete"]
+    text: str = ""
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+
+
+@dataclass(kw_only=True)
+class ScopeLoop:
+    """The loop of one scope: the top level of a response, or one sub-agent run."""
+
+    engine: Engine
+    response_id: str
+    scope: str | None
+    request: ResponseRequest
+    target: UpstreamTarget
+    server_tools: dict[str, ServerTool]
+    base_messages: list[dict[str, Any]]
+    policy: LoopPolicy
+    depth: int = 0
+    events: ResponseEvents | None = None
+    output: OutputList = field(default_factory=OutputList)
+    _chain: dict[str, Step] = field(default_factory=dict)
+
+    # -- the loop ----------------------------------------------------------
+
+    async def run(self) -> Outcome:
+        store = self.engine.store
+        self._chain = {s.id: s for s in await store.load_chain(self.response_id, scope=self.scope)}
+        while True:
+            action = next_action(self.policy, self._ordered())
+            if isinstance(action, AppendSteps):
+                recorded = await store.record_steps(
+                    self.response_id, scope=self.scope, steps=action.steps
+                )
+                self._chain.update((step.id, step) for step in recorded)
+                await self._run_steps(recorded)
+            elif isinstance(action, RunSteps):
+                await self._run_steps(action.steps)
+            elif isinstance(action, Complete):
+                return Outcome(status="completed", text=self._final_text())
+            elif isinstance(action, Finish):
+                return Outcome(status="incomplete", incomplete_details={"reason": action.reason})
+            else:
+                assert isinstance(action, Fail)
+                return Outcome(
+                    status="failed",
+                    error=wire_error(action.code, action.message, action.details.get("status")),
+                )
+
+    def _ordered(self) -> list[Step]:
+        return sorted(self._chain.values(), key=lambda step: step.sequence)
+
+    def _final_text(self) -> str:
+        for step in reversed(self._ordered()):
+            if step.kind is StepKind.MODEL_CALL and step.response is not None:
+                return str(step.response["message"].get("content") or "")
+        return ""
+
+    async def _run_steps(self, steps: Sequence[Step]) -> None:
+        model_calls = [step for step in steps if step.kind is StepKind.MODEL_CALL]
+        tool_calls = [step for step in steps if step.kind is StepKind.TOOL_CALL]
+        for step in model_calls:
+            await self._record(await self._run_model_call(step))
+        if not tool_calls:
+            return
+        limit = asyncio.Semaphore(self.engine.settings.limits.tool_concurrency)
+
+        async def bounded(step: Step) -> None:
+            async with limit:
+                await self._record(await self._run_tool_call(step))
+
+        async with asyncio.TaskGroup() as group:
+            for step in tool_calls:
+                group.create_task(bounded(step))
+
+    async def _record(self, step: Step | None) -> None:
+        if step is None:
+            # the guarded finish found the step no longer processing: re-read the truth
+            chain = await self.engine.store.load_chain(self.response_id, scope=self.scope)
+            self._chain = {s.id: s for s in chain}
+        else:
+            self._chain[step.id] = step
+
+    async def _finish(
+        self,
+        step: Step,
+        state: StepState,
+        *,
+        response: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> Step | None:
+        # a write that started completes even if the loop is cancelled meanwhile
+        return await asyncio.shield(
+            self.engine.store.finish_step(step.id, state=state, response=response, error=error)
+        )
+
+    # -- model calls -------------------------------------------------------
+
+    def _is_client(self, name: str) -> bool:
+        return name in self.policy.client_tools
+
+    def _tool_definitions(self, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
+        server = [
+            tool.chat_definition()
+            for name, tool in self.server_tools.items()
+            if allowed is None or name in allowed
+        ]
+        return server + client_tool_definitions(self.request, allowed)
+
+    async def _run_model_call(self, step: Step) -> Step | None:
+        step = await self.engine.store.start_step(step.id)
+        chain = [s for s in self._ordered() if s.sequence < step.sequence]
+        messages = self.base_messages + chain_messages(chain)
+        payload = chat_payload(
+            self.request,
+            model=self.target.upstream_model,
+            messages=messages,
+            tools=self._tool_definitions(allowed_tool_names(self.request)),
+            first_call=step.request.get("iteration", 1) == 1,
+            reasoning_effort=self.target.config.reasoning_effort,
+        )
+        sink = ModelCallEvents(self.events, self.output, step_id=step.id, is_client=self._is_client)
+        accumulator = ChatStreamAccumulator(sink)
+        try:
+            async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
+                accumulator.feed(chunk)
+            turn = accumulator.result()
+        except UpstreamError as exc:
+            sink.abort()
+            return await self._finish(
+                step,
+                StepState.FAILED,
+                error={"message": exc.message, "code": exc.code, "status": exc.status},
+            )
+        items = sink.close(turn)
+        message = turn.message()
+        if turn.reasoning:
+            message["reasoning_content"] = turn.reasoning
+        return await self._finish(
+            step,
+            StepState.COMPLETED,
+            response={
+                "message": message,
+                "items": items,
+                "usage": turn.usage,
+                "finish_reason": turn.finish_reason,
+            },
+        )
+
+    # -- tool calls --------------------------------------------------------
+
+    async def _run_tool_call(self, step: Step) -> Step | None:
+        step = await self.engine.store.start_step(step.id)
+        assert step.call_id is not None
+        index = self.output.index_of(mcp_call_id(step.call_id))
+        item_id = mcp_call_id(step.call_id)
+        if self.events is not None and index is not None:
+            self.events.emit(
+                "response.mcp_call.in_progress",
+                {"item_id": item_id, "output_index": index},
+                step_id=step.id,
+            )
+        try:
+            result = await self._execute_tool(step)
+        except ToolError as exc:
+            done = await self._finish(
+                step,
+                StepState.FAILED,
+                error={"message": exc.message, "code": exc.code, "status": exc.status},
+            )
+        else:
+            done = await self._finish(step, StepState.COMPLETED, response={"output": result})
+        if index is not None and done is not None:
+            item = mcp_item_state(self.output.items[index], done)
+            self.output.replace(index, item)
+            if self.events is not None:
+                ended = "completed" if done.state is StepState.COMPLETED else "failed"
+                self.events.emit(
+                    f"response.mcp_call.{ended}",
+                    {"item_id": item_id, "output_index": index},
+                    step_id=step.id,
+                )
+                self.events.emit(
+                    "response.output_item.done",
+                    {"output_index": index, "item": item},
+                    step_id=step.id,
+                )
+        return done
+
+    async def _execute_tool(self, step: Step) -> str:
+        name = step.tool_name
+        tool = self.server_tools.get(name)
+        if tool is None:
+            offered = ", ".join(sorted(self.server_tools)) or "none"
+            raise ToolError(
+                f"tool {name!r} does not exist; the tools you may call are: {offered}",
+                tool=name,
+            )
+        allowed = allowed_tool_names(self.request)
+        if allowed is not None and name not in allowed:
+            raise ToolError(f"tool {name!r} is not allowed in this response", tool=name)
+        arguments = tool.parse_arguments(str(step.request.get("arguments", "")))
+        if isinstance(tool.config, HttpToolConfig):
+            return await call_http_tool(
+                self.engine.http, name, tool.config, arguments, step_id=step.id
+            )
+        return await self._run_agent(step, tool.name, tool.config, arguments)
+
+    async def _run_agent(
+        self, step: Step, name: str, config: AgentToolConfig, arguments: dict[str, Any]
+    ) -> str:
+        settings = self.engine.settings
+        if self.depth + 1 > settings.limits.max_depth:
+            raise ToolError(
+                f"agent {name!r} not run: max_depth {settings.limits.max_depth} reached",
+                tool=name,
+            )
+        target = resolve_target(settings, config.model)
+        if target is None:
+            raise ToolError(
+                f"agent {name!r} names model {config.model!r} with no upstream", tool=name
+            )
+        task = arguments.get("input")
+        text = task if isinstance(task, str) else orjson.dumps(arguments).decode()
+        request = ResponseRequest(
+            model=config.model,
+            input=[MessageItem(role="user", content=text)],
+            instructions=config.instructions,
+        )
+        sub = ScopeLoop(
+            engine=self.engine,
+            response_id=self.response_id,
+            scope=step.id,
+            request=request,
+            target=target,
+            server_tools=self.engine.tools.select(config.tools),
+            base_messages=base_messages(request, []),
+            policy=LoopPolicy(
+                max_iterations=settings.limits.max_iterations,
+                fail_on_tool_error=settings.limits.tool_errors == "fail",
+            ),
+            depth=self.depth + 1,
+        )
+        outcome = await sub.run()
+        if outcome.status != "completed":
+            detail = (outcome.error or outcome.incomplete_details or {}).get("message") or (
+                outcome.incomplete_details or {}
+            ).get("reason", "")
+            raise ToolError(f"agent {name!r} ended {outcome.status}: {detail}", tool=name)
+        return outcome.text
+
+
+def wire_error(code: str, message: str, status: int | None = None) -> dict[str, Any]:
+    """``response.error``: ``code`` from the OpenAI set that strict clients validate,
+    ``type`` the Open Responses category (``model_error``, ``too_many_requests``...)."""
+    if status == 429:
+        return {"code": "rate_limit_exceeded", "type": "too_many_requests", "message": message}
+    category = "model_error" if code == "model_error" else "server_error"
+    return {"code": "server_error", "type": category, "message": message}
+
+
+def base_messages(request: ResponseRequest, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """System instructions, then the earlier conversation, then this request's input."""
+    system = [{"role": "system", "content": request.instructions}] if request.instructions else []
+    return [*system, *history, *input_messages(request.input)]
+
+
+def top_level_policy(settings: Settings, request: ResponseRequest) -> LoopPolicy:
+    allowed = allowed_tool_names(request)
+    client = frozenset(
+        tool.name for tool in request.tools if allowed is None or tool.name in allowed
+    )
+    return LoopPolicy(
+        max_iterations=settings.limits.max_iterations,
+        max_tool_calls=request.max_tool_calls,
+        fail_on_tool_error=settings.limits.tool_errors == "fail",
+        client_tools=client,
+    )
+
+
+_TERMINAL_EVENT = {
+    "completed": "response.completed",
+    "failed": "response.failed",
+    "incomplete": "response.incomplete",
+}
+
+
+async def run_response(
+    engine: Engine, record: ResponseRecord, log: EventLog | None
+) -> dict[str, Any]:
+    """Run (or resume) a stored response to its terminal state; return the response object."""
+    store = engine.store
+    request = parse_request(record.body)
+    events = ResponseEvents(record.id, log.append, next_seq=log.first_seq) if log else None
+    try:
+        if log is not None and log.first_seq > 0:
+            finished = await _already_finished(store, record.id, log.first_seq - 1)
+            if finished is not None:
+                return await _store_result(engine, record, request, finished)
+        chain = await store.load_chain(record.id, scope=None)
+        output = OutputList(output_items(chain))
+        if events is not None and events.next_seq == 0:
+            snapshot = _snapshot(record, request, "in_progress", [])
+            events.lifecycle("response.created", snapshot)
+            events.lifecycle("response.in_progress", snapshot)
+        if record.status == "queued":
+            await store.set_status(record.id, "in_progress")
+        route_target = resolve_target(engine.settings, request.model)
+        if route_target is None:
+            outcome = Outcome(
+                status="failed",
+                error={
+                    "code": "model_error",
+                    "message": f"no upstream for model {request.model!r}",
+                },
+            )
+        else:
+            route = engine.settings.route_for(request.model)
+            loop = ScopeLoop(
+                engine=engine,
+                response_id=record.id,
+                scope=None,
+                request=request,
+                target=route_target,
+                server_tools=engine.tools.select(route.tools if route else ()),
+                base_messages=base_messages(
+                    request, await conversation_history(store, request.previous_response_id)
+                ),
+                policy=top_level_policy(engine.settings, request),
+                events=events,
+                output=output,
+            )
+            outcome = await loop.run()
+    except StoreError:
+        raise
+    except Exception as exc:
+        logger.exception("response %s failed unexpectedly", record.id)
+        outcome = Outcome(
+            status="failed",
+            error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
+        )
+    return await _finish_response(engine, record, request, outcome, events, log)
+
+
+def _snapshot(
+    record: ResponseRecord, request: ResponseRequest, status: str, output: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return response_object(
+        response_id=record.id,
+        created_at=record.created_at,
+        request=request,
+        status=status,
+        output=output,
+        usage=None,
+    )
+
+
+async def _finish_response(
+    engine: Engine,
+    record: ResponseRecord,
+    request: ResponseRequest,
+    outcome: Outcome,
+    events: ResponseEvents | None,
+    log: EventLog | None,
+) -> dict[str, Any]:
+    steps = await engine.store.load_steps(record.id)
+    completed_at = engine.clock() if outcome.status == "completed" else None
+    response = response_object(
+        response_id=record.id,
+        created_at=record.created_at,
+        request=request,
+        status=outcome.status,
+        output=output_items([step for step in steps if step.scope is None]),
+        usage=sum_usage(steps),
+        error=outcome.error,
+        incomplete_details=outcome.incomplete_details,
+        completed_at=completed_at,
+    )
+    if events is not None:
+        if outcome.error is not None:
+            events.emit(
+                "error",
+                {"code": outcome.error["code"], "message": outcome.error["message"], "param": None},
+            )
+        events.lifecycle(_TERMINAL_EVENT[outcome.status], response)
+    if log is not None:
+        await log.wait_durable()
+    return await _store_result(engine, record, request, response)
+
+
+async def _store_result(
+    engine: Engine, record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
+) -> dict[str, Any]:
+    store = engine.store
+    await store.finish_response(
+        record.id,
+        status=response["status"],
+        result=response,
+        completed_at=response.get("completed_at"),
+    )
+    if not request.store:
+        await store.delete_response(record.id)
+    return response
+
+
+async def _already_finished(
+    store: StepStore, response_id: str, last_seq: int
+) -> dict[str, Any] | None:
+    """The response object of a stored terminal event: the run ended but was not recorded."""
+    rows = await store.read_events(response_id, after=last_seq - 1, limit=1)
+    if rows and event_type(rows[0].data).decode() in TERMINAL_EVENT_TYPES:
+        event: dict[str, Any] = orjson.loads(rows[0].data)
+        response: dict[str, Any] = event["response"]
+        return response
+    return None

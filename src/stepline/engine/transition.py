@@ -1,0 +1,125 @@
+"""``next_action``: what a loop does next, decided from the stored chain alone.
+
+Pure: no I/O, no clock, no randomness, so a process that resumes a response
+after a crash decides exactly what the first process would have.
+
+Rules, in order:
+
+1. An empty chain starts with a model call.
+2. Any step of the chain that is not terminal is run (again) before anything
+   else: a fan-out is never passed over while a sibling is pending or
+   processing, whichever sibling finished last.
+3. A failed model call fails the response with its error.
+4. A model call without tool calls completes the response (``incomplete``
+   when the upstream stopped on ``length``).
+5. Tool calls that name client tools go back to the client; every other call
+   is a server step (an unknown name fails at run time and goes back to the
+   model). Server calls without a step yet are recorded together, in the
+   order the model made them, as one fan-out.
+6. Once every server sibling is terminal: a failure fails the response when
+   the policy says so; client calls end the response with them; otherwise
+   the follow-up model call, unless ``max_iterations`` model calls were made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stepline.engine.policies import LoopPolicy
+from stepline.engine.steps import (
+    AppendSteps,
+    Complete,
+    Fail,
+    Finish,
+    NewStep,
+    NextAction,
+    RunSteps,
+    Step,
+    StepKind,
+    StepState,
+)
+
+__all__ = ["model_call", "next_action", "tool_calls_of"]
+
+
+def model_call(iteration: int) -> NewStep:
+    return NewStep(kind=StepKind.MODEL_CALL, request={"iteration": iteration})
+
+
+def tool_calls_of(step: Step) -> list[dict[str, Any]]:
+    """The tool calls of a completed model call, in the order the model made them."""
+    assert step.response is not None
+    calls: list[dict[str, Any]] = step.response["message"].get("tool_calls") or []
+    return calls
+
+
+def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
+    if not chain:
+        return AppendSteps(steps=(model_call(1),))
+
+    unfinished = tuple(step for step in chain if not step.state.terminal)
+    if unfinished:
+        return RunSteps(steps=unfinished)
+
+    model_calls = [step for step in chain if step.kind is StepKind.MODEL_CALL]
+    last = model_calls[-1]
+    if last.state is not StepState.COMPLETED:
+        error = last.error or {}
+        return Fail(
+            message=str(error.get("message", f"model call {last.state.value}")),
+            code=str(error.get("code", "model_error")),
+            details=error,
+        )
+
+    assert last.response is not None
+    calls = tool_calls_of(last)
+    if not calls:
+        if last.response.get("finish_reason") == "length":
+            return Finish(reason="max_output_tokens")
+        return Complete()
+
+    siblings = {
+        step.call_id: step
+        for step in chain
+        if step.kind is StepKind.TOOL_CALL and step.sequence > last.sequence
+    }
+    server_calls = [call for call in calls if call["function"]["name"] not in policy.client_tools]
+    client_calls = [call for call in calls if call["function"]["name"] in policy.client_tools]
+
+    missing = [call for call in server_calls if call["id"] not in siblings]
+    if missing:
+        run_so_far = sum(1 for step in chain if step.kind is StepKind.TOOL_CALL)
+        if policy.max_tool_calls is not None and run_so_far + len(missing) > policy.max_tool_calls:
+            return Finish(reason="max_tool_calls")
+        return AppendSteps(
+            steps=tuple(
+                NewStep(
+                    kind=StepKind.TOOL_CALL,
+                    call_id=call["id"],
+                    request={
+                        "name": call["function"]["name"],
+                        "arguments": call["function"]["arguments"],
+                    },
+                )
+                for call in missing
+            )
+        )
+
+    if policy.fail_on_tool_error:
+        for call in server_calls:
+            step = siblings[call["id"]]
+            if step.state is not StepState.COMPLETED:
+                error = step.error or {}
+                return Fail(
+                    message=f"tool {step.tool_name!r} failed: {error.get('message', '')}",
+                    code="tool_error",
+                    details=error,
+                )
+
+    if client_calls:
+        return Complete(client_call_ids=tuple(call["id"] for call in client_calls))
+
+    if len(model_calls) >= policy.max_iterations:
+        return Finish(reason="max_iterations")
+    return AppendSteps(steps=(model_call(len(model_calls) + 1),))

@@ -1,0 +1,170 @@
+"""Build the response object from what is stored.
+
+The output of a response is derived from its top-level chain alone, so a
+``GET`` during a run, the terminal event, and a process that resumes the run
+after a crash all see the same list: each completed model call contributes
+its items in the order they were streamed, and an ``mcp_call`` item (a tool
+the server ran) takes its output, error and status from the tool step that
+answers its ``call_id``. Usage sums every model call of the response,
+sub-agents included.
+
+The response object always carries every field the Open Responses schema
+requires, null where there is no value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from stepline.engine.steps import Step, StepKind, StepState, batches
+from stepline.protocol.request import ResponseRequest
+
+__all__ = [
+    "mcp_call_id",
+    "mcp_item_state",
+    "output_items",
+    "response_object",
+    "sum_usage",
+]
+
+
+def mcp_call_id(call_id: str) -> str:
+    """The output item id of a server-run tool call; derived so it survives a restart."""
+    return f"mcp_{call_id}"
+
+
+_MCP_STATUS = {
+    StepState.PENDING: "calling",
+    StepState.PROCESSING: "calling",
+    StepState.COMPLETED: "completed",
+    StepState.FAILED: "failed",
+    StepState.CANCELLED: "incomplete",
+}
+
+
+def mcp_item_state(item: dict[str, Any], step: Step | None) -> dict[str, Any]:
+    """The mcp_call ``item`` with the output, error and status of its tool step."""
+    if step is None:
+        return item
+    filled = dict(item)
+    filled["status"] = _MCP_STATUS[step.state]
+    if step.state is StepState.COMPLETED and step.response is not None:
+        filled["output"] = step.response.get("output")
+        filled["error"] = None
+    elif step.state in (StepState.FAILED, StepState.CANCELLED):
+        error = step.error or {"message": f"tool call {step.state.value}"}
+        filled["output"] = None
+        filled["error"] = _mcp_error(error)
+    return filled
+
+
+def _mcp_error(error: dict[str, Any]) -> dict[str, Any]:
+    status = error.get("status")
+    if isinstance(status, int):
+        return {"type": "http_error", "code": status, "message": str(error.get("message", ""))}
+    return {
+        "type": "mcp_tool_execution_error",
+        "content": [{"type": "text", "text": str(error.get("message", ""))}],
+    }
+
+
+def output_items(chain: Sequence[Step]) -> list[dict[str, Any]]:
+    """The output list of a response, from its top-level chain."""
+    items: list[dict[str, Any]] = []
+    for model_call, tool_steps in batches(chain):
+        if model_call.state is not StepState.COMPLETED:
+            continue
+        assert model_call.response is not None
+        for item in model_call.response["items"]:
+            if item["type"] == "mcp_call":
+                call_id = item["id"][len("mcp_") :]
+                items.append(mcp_item_state(item, tool_steps.get(call_id)))
+            else:
+                items.append(item)
+    return items
+
+
+def sum_usage(steps: Iterable[Step]) -> dict[str, Any]:
+    """Usage summed over every completed model call given (all scopes)."""
+    input_tokens = output_tokens = cached = reasoning = 0
+    for step in steps:
+        if step.kind is StepKind.MODEL_CALL and step.response is not None:
+            usage = step.response.get("usage") or {}
+            input_tokens += int(usage.get("input_tokens", 0))
+            output_tokens += int(usage.get("output_tokens", 0))
+            cached += int(usage.get("cached_tokens", 0))
+            reasoning += int(usage.get("reasoning_tokens", 0))
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def _text_config(request: ResponseRequest) -> dict[str, Any]:
+    fmt = request.text.format.model_dump(by_alias=True, exclude_none=True)
+    text: dict[str, Any] = {"format": fmt}
+    if request.text.verbosity is not None:
+        text["verbosity"] = request.text.verbosity
+    return text
+
+
+def _tool_choice(request: ResponseRequest) -> Any:
+    choice = request.tool_choice
+    return choice if isinstance(choice, str) else choice.model_dump()
+
+
+def response_object(
+    *,
+    response_id: str,
+    created_at: float,
+    request: ResponseRequest,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+    error: dict[str, Any] | None = None,
+    incomplete_details: dict[str, Any] | None = None,
+    completed_at: float | None = None,
+) -> dict[str, Any]:
+    """The full response object of the Open Responses schema."""
+    reasoning = request.reasoning
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(created_at),
+        "completed_at": int(completed_at) if completed_at is not None else None,
+        "status": status,
+        "background": request.background,
+        "error": error,
+        "incomplete_details": incomplete_details,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "max_tool_calls": request.max_tool_calls,
+        "model": request.model,
+        "output": output,
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "previous_response_id": request.previous_response_id,
+        "prompt_cache_key": request.prompt_cache_key,
+        "reasoning": {
+            "effort": reasoning.effort if reasoning else None,
+            "summary": reasoning.summary if reasoning else None,
+        },
+        "safety_identifier": request.safety_identifier,
+        "service_tier": "default",
+        "store": request.store,
+        "temperature": request.temperature if request.temperature is not None else 1.0,
+        "text": _text_config(request),
+        "tool_choice": _tool_choice(request),
+        "tools": [tool.model_dump(exclude_none=True) for tool in request.tools],
+        "top_logprobs": request.top_logprobs or 0,
+        "top_p": request.top_p if request.top_p is not None else 1.0,
+        "presence_penalty": request.presence_penalty or 0.0,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "truncation": request.truncation,
+        "usage": usage,
+        "user": request.user,
+        "metadata": request.metadata or {},
+    }

@@ -1,0 +1,129 @@
+"""Run response loops as tasks of this process, and keep their leases.
+
+Every running response holds a lease (owner, expiry) in the store from the
+moment it is created. The runner renews the leases of the loops it runs; a
+loop whose lease another process has taken (or whose response was finished
+elsewhere, e.g. cancelled) is stopped here. Periodically, and at start, it
+claims responses whose lease expired — a process died — and resumes their
+loops from the stored chain. One process or many, crash recovery and
+scale-out are this one mechanism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+from stepline.engine.event_log import EventLog, EventWriter
+from stepline.engine.loop import Engine, run_response
+from stepline.store.base import ResponseRecord
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger(__name__)
+
+
+class Runner:
+    """The loops of this process, their event logs and their leases."""
+
+    def __init__(self, engine: Engine, *, owner: str | None = None) -> None:
+        self.engine = engine
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_seconds = engine.settings.limits.lease_seconds
+        self.writer = EventWriter(engine.store)
+        self.logs: dict[str, EventLog] = {}
+        self.tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self._keeper: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    def lease_expiry(self) -> float:
+        return self.engine.clock() + self.lease_seconds
+
+    async def start(self) -> None:
+        await self.claim_expired()
+        self._keeper = asyncio.get_running_loop().create_task(
+            self._keep_leases(), name="stepline-lease-keeper"
+        )
+
+    def launch(self, record: ResponseRecord, *, first_seq: int = 0) -> asyncio.Task[dict[str, Any]]:
+        """Run a stored response's loop in this process (its lease is already ours)."""
+        log = EventLog(record.id, self.writer, first_seq=first_seq)
+        self.logs[record.id] = log
+        task = asyncio.get_running_loop().create_task(
+            self._run(record, log), name=f"stepline-response-{record.id}"
+        )
+        self.tasks[record.id] = task
+        return task
+
+    async def _run(self, record: ResponseRecord, log: EventLog) -> dict[str, Any]:
+        try:
+            return await run_response(self.engine, record, log)
+        finally:
+            log.close()
+            self.logs.pop(record.id, None)
+            self.tasks.pop(record.id, None)
+
+    async def claim_expired(self) -> list[str]:
+        """Take over responses whose owner stopped renewing, and resume them here."""
+        if not self.accepting:
+            return []
+        store = self.engine.store
+        claimed = await store.claim_expired(
+            self.owner, now=self.engine.clock(), expires_at=self.lease_expiry(), limit=100
+        )
+        for response_id in claimed:
+            if response_id in self.tasks:
+                continue
+            record = await store.get_response(response_id)
+            if record is None:
+                continue
+            logger.info("resuming response %s", response_id)
+            self.launch(record, first_seq=await store.last_event_seq(response_id) + 1)
+        return claimed
+
+    async def _keep_leases(self) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew()
+                await self.claim_expired()
+            except Exception:
+                logger.exception("lease upkeep failed; retrying in %.1fs", interval)
+
+    async def renew(self) -> None:
+        running = list(self.tasks)
+        if not running:
+            return
+        held = await self.engine.store.renew_leases(
+            self.owner, running, expires_at=self.lease_expiry()
+        )
+        for response_id in running:
+            task = self.tasks.get(response_id)
+            if response_id not in held and task is not None:
+                logger.warning("lease of %s lost; stopping its loop here", response_id)
+                task.cancel()
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop accepting, let running loops finish within ``grace``, release the rest."""
+        self.accepting = False
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        running = {task: response_id for response_id, task in self.tasks.items()}
+        unfinished: list[str] = []
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+                unfinished.append(running[task])
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.writer.aclose()
+        for response_id in unfinished:
+            await self.engine.store.release_lease(response_id, self.owner)

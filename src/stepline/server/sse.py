@@ -1,0 +1,79 @@
+"""Read a response's event log as Server-Sent Events, from any sequence number.
+
+The same reader serves a live stream, a resumed stream (``starting_after``)
+and a replay of a finished response: older events come from the store, then
+the in-memory log of a loop running in this process is followed live. A
+response running in another process is followed through the store.
+
+Each event is one SSE block (``event:`` equal to the JSON ``type``, then one
+``data:`` line) written whole; events that are ready together are written
+together. The stream ends after the terminal event with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from stepline.protocol.events import TERMINAL_EVENT_TYPES, event_type
+from stepline.server.runner import Runner
+from stepline.store.base import TERMINAL_STATUSES, EventRow
+
+__all__ = ["follow_events", "sse_frames"]
+
+_PAGE = 1000
+_POLL_SECONDS = 0.05
+_TERMINAL = frozenset(name.encode() for name in TERMINAL_EVENT_TYPES)
+
+
+async def _stored(
+    runner: Runner, response_id: str, after: int, until: int
+) -> AsyncIterator[list[EventRow]]:
+    """Stored rows with ``after < seq < until``."""
+    store = runner.engine.store
+    while after + 1 < until:
+        rows = await store.read_events(
+            response_id, after=after, limit=min(_PAGE, until - after - 1)
+        )
+        if not rows:
+            return
+        yield rows
+        after = rows[-1].seq
+
+
+async def follow_events(
+    runner: Runner, response_id: str, after: int
+) -> AsyncIterator[list[EventRow]]:
+    """Batches of events with ``seq > after`` until the response's stream ends."""
+    store = runner.engine.store
+    while True:
+        log = runner.logs.get(response_id)
+        if log is not None:
+            async for rows in _stored(runner, response_id, after, log.first_seq):
+                yield rows
+                after = rows[-1].seq
+            async for rows in log.follow(after):
+                yield rows
+            return
+        rows = await store.read_events(response_id, after=after, limit=_PAGE)
+        if rows:
+            yield rows
+            after = rows[-1].seq
+            if event_type(rows[-1].data) in _TERMINAL:
+                return
+            continue
+        record = await store.get_response(response_id)
+        if record is None or record.status in TERMINAL_STATUSES:
+            return
+        # the loop runs in another process (or awaits a claim): follow the store
+        await asyncio.sleep(_POLL_SECONDS)
+
+
+def _frame(row: EventRow) -> bytes:
+    return b"event: " + event_type(row.data) + b"\ndata: " + row.data + b"\n\n"
+
+
+async def sse_frames(runner: Runner, response_id: str, after: int) -> AsyncIterator[bytes]:
+    async for rows in follow_events(runner, response_id, after):
+        yield b"".join(_frame(row) for row in rows)
+    yield b"data: [DONE]\n\n"

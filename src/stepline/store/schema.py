@@ -1,0 +1,113 @@
+"""The SQL schema of the durable store, as SQLAlchemy Core tables.
+
+These tables describe the current schema for queries; the numbered Alembic
+migrations in ``migrations/versions`` are what create and change it, and must
+always produce exactly these tables on SQLite and PostgreSQL.
+
+Invariants:
+
+* JSON payloads are stored as text encoded by orjson (:class:`JsonText`), so
+  both dialects store and return byte-identical JSON; SQL ``NULL`` means
+  "no payload", never JSON ``null``.
+* ``steps`` has the natural key (response_id, sequence); ``events`` has the
+  primary key (response_id, seq). Both make retried writes idempotent.
+* ``events`` has no foreign key to ``responses``: the event writer commits
+  batches of many responses and one deleted response must not fail the batch.
+* Times are POSIX seconds in double precision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = ["VERSION_TABLE", "JsonText", "events", "metadata", "responses", "steps"]
+
+#: Alembic's version table; named for stepline so it can share a database
+#: with an application that runs its own Alembic migrations
+VERSION_TABLE = "stepline_alembic_version"
+
+
+class JsonText(sa.types.TypeDecorator[Any]):
+    """A JSON value stored as text, encoded and decoded with orjson."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return orjson.dumps(value).decode()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return orjson.loads(value)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("body", JsonText, nullable=False),
+    sa.Column("previous_response_id", sa.String, nullable=True),
+    sa.Column("store", sa.Boolean, nullable=False),
+    sa.Column("background", sa.Boolean, nullable=False),
+    sa.Column("owner", sa.String, nullable=True),
+    sa.Column("lease_expires_at", sa.Double, nullable=True),
+    sa.Column("result", JsonText, nullable=True),
+    sa.Column("completed_at", sa.Double, nullable=True),
+    sa.Column("key_id", sa.String, nullable=True),
+    sa.Index(None, "status", "lease_expires_at"),
+)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column(
+        "response_id",
+        sa.String,
+        sa.ForeignKey("responses.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("scope", sa.String, nullable=True),
+    sa.Column("previous_step_id", sa.String, nullable=True),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("request", JsonText, nullable=False),
+    sa.Column("response", JsonText, nullable=True),
+    sa.Column("error", JsonText, nullable=True),
+    sa.Column("call_id", sa.String, nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=True),
+    sa.Column("finished_at", sa.Double, nullable=True),
+    sa.UniqueConstraint("response_id", "sequence"),
+    sa.Index(None, "response_id", "scope", "sequence"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("response_id", sa.String, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("step_id", sa.String, nullable=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
