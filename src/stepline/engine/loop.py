@@ -35,6 +35,7 @@ import orjson
 from stepline.config import AgentToolConfig, HttpToolConfig, Settings
 from stepline.engine.conversation import conversation_history
 from stepline.engine.event_log import EventLog
+from stepline.engine.observer import LoopObserver, NullObserver
 from stepline.engine.policies import LoopPolicy
 from stepline.engine.steps import (
     AppendSteps,
@@ -99,6 +100,9 @@ class Engine:
     tools: ToolRegistry
     http: httpx.AsyncClient
     clock: Callable[[], float] = time.time
+    observer: LoopObserver = field(default_factory=NullObserver)
+    #: the server tools a caller (API key id) may use; None means no restriction
+    key_tools: Callable[[str | None], frozenset[str] | None] = lambda key_id: None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,14 +171,20 @@ class ScopeLoop:
         model_calls = [step for step in steps if step.kind is StepKind.MODEL_CALL]
         tool_calls = [step for step in steps if step.kind is StepKind.TOOL_CALL]
         for step in model_calls:
-            await self._record(await self._run_model_call(step))
+            done = await self._run_model_call(step)
+            if done is not None:
+                self.engine.observer.model_call_finished(done, target=self.target.name)
+            await self._record(done)
         if not tool_calls:
             return
         limit = asyncio.Semaphore(self.engine.settings.limits.tool_concurrency)
 
         async def bounded(step: Step) -> None:
             async with limit:
-                await self._record(await self._run_tool_call(step))
+                done = await self._run_tool_call(step)
+                if done is not None:
+                    self.engine.observer.tool_call_finished(done)
+                await self._record(done)
 
         async with asyncio.TaskGroup() as group:
             for step in tool_calls:
@@ -423,13 +433,19 @@ async def run_response(
             )
         else:
             route = engine.settings.route_for(request.model)
+            allowed = engine.key_tools(record.key_id)
+            tool_names = [
+                name
+                for name in (route.tools if route else ())
+                if allowed is None or name in allowed
+            ]
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
                 scope=None,
                 request=request,
                 target=route_target,
-                server_tools=engine.tools.select(route.tools if route else ()),
+                server_tools=engine.tools.select(tool_names),
                 base_messages=base_messages(
                     request, await conversation_history(store, request.previous_response_id)
                 ),
@@ -507,6 +523,7 @@ async def _store_result(
     )
     if not request.store:
         await store.delete_response(record.id)
+    engine.observer.response_finished(response)
     return response
 
 
