@@ -471,6 +471,23 @@ async def test_read_events_pages_in_seq_order(store: StepStore) -> None:
     assert await store.read_events("resp_missing", after=-1, limit=100) == []
 
 
+async def test_step_events_are_the_rows_one_step_emitted_in_order(store: StepStore) -> None:
+    await store.append_events(
+        [
+            event("resp_1", 2, step_id="step_a"),
+            event("resp_1", 0),
+            event("resp_1", 1, step_id="step_a"),
+            event("resp_1", 3, step_id="step_b"),
+            event("resp_2", 0, step_id="step_a"),
+        ]
+    )
+    assert await store.step_events("resp_1", "step_a") == [
+        event("resp_1", 1, step_id="step_a"),
+        event("resp_1", 2, step_id="step_a"),
+    ]
+    assert await store.step_events("resp_1", "step_missing") == []
+
+
 async def test_last_event_seq_is_the_highest_or_minus_one(store: StepStore) -> None:
     assert await store.last_event_seq("resp_1") == -1
     await store.append_events([event("resp_1", 3), event("resp_1", 7), event("resp_1", 5)])

@@ -115,6 +115,11 @@ def model_step(
         response={
             "message": {"role": "assistant", "content": None},
             "items": items,
+            "call_items": {
+                item["id"].removeprefix("mcp_"): item["id"]
+                for item in items
+                if item["type"] == "mcp_call"
+            },
             "usage": step_usage or usage(0, 0),
             "finish_reason": "stop",
         }

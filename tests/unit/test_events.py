@@ -11,13 +11,8 @@ from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from stepline.protocol.chat_stream import ChatStreamAccumulator
-from stepline.protocol.events import (
-    TERMINAL_EVENT_TYPES,
-    ModelCallEvents,
-    OutputList,
-    ResponseEvents,
-    event_type,
-)
+from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
+from stepline.protocol.model_events import ModelCallEvents
 from stepline.store.base import EventRow
 
 RESPONSE_ID = "resp_test"

@@ -50,7 +50,6 @@ from stepline.engine.steps import (
 from stepline.engine.transition import next_action
 from stepline.errors import StoreError, ToolError, UpstreamError
 from stepline.protocol.assemble import (
-    mcp_call_id,
     mcp_item_state,
     output_items,
     response_object,
@@ -58,14 +57,9 @@ from stepline.protocol.assemble import (
 )
 from stepline.protocol.chat_request import chat_payload, client_tool_definitions
 from stepline.protocol.chat_stream import ChatStreamAccumulator
-from stepline.protocol.events import (
-    TERMINAL_EVENT_TYPES,
-    ModelCallEvents,
-    OutputList,
-    ResponseEvents,
-    event_type,
-)
+from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.items import chain_messages, input_messages
+from stepline.protocol.model_events import ModelCallEvents, PriorEmission
 from stepline.protocol.request import (
     MessageItem,
     ResponseRequest,
@@ -236,7 +230,14 @@ class ScopeLoop:
             first_call=step.request.get("iteration", 1) == 1,
             reasoning_effort=self.target.config.reasoning_effort,
         )
-        sink = ModelCallEvents(self.events, self.output, step_id=step.id, is_client=self._is_client)
+        prior = None
+        if self.events is not None and step.attempt > 1:
+            # run again after a crash: continue what the earlier attempt sent
+            sent = await self.engine.store.step_events(self.response_id, step.id)
+            prior = PriorEmission(sent) if sent else None
+        sink = ModelCallEvents(
+            self.events, self.output, step_id=step.id, is_client=self._is_client, prior=prior
+        )
         accumulator = ChatStreamAccumulator(sink)
         try:
             async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
@@ -259,6 +260,7 @@ class ScopeLoop:
             response={
                 "message": message,
                 "items": items,
+                "call_items": sink.call_items,
                 "usage": turn.usage,
                 "finish_reason": turn.finish_reason,
             },
@@ -269,8 +271,8 @@ class ScopeLoop:
     async def _run_tool_call(self, step: Step) -> Step | None:
         step = await self.engine.store.start_step(step.id)
         assert step.call_id is not None
-        index = self.output.index_of(mcp_call_id(step.call_id))
-        item_id = mcp_call_id(step.call_id)
+        item_id = self._item_of_call(step)
+        index = self.output.index_of(item_id) if item_id is not None else None
         if self.events is not None and index is not None:
             self.events.emit(
                 "response.mcp_call.in_progress",
@@ -303,6 +305,20 @@ class ScopeLoop:
                     step_id=step.id,
                 )
         return done
+
+    def _item_of_call(self, step: Step) -> str | None:
+        """The output item of the model call this tool step answers."""
+        model_calls = [
+            s
+            for s in self._chain.values()
+            if s.kind is StepKind.MODEL_CALL and s.sequence < step.sequence
+        ]
+        if not model_calls:
+            return None
+        answered = max(model_calls, key=lambda s: s.sequence)
+        assert answered.response is not None and step.call_id is not None
+        item_id: str | None = answered.response["call_items"].get(step.call_id)
+        return item_id
 
     async def _execute_tool(self, step: Step) -> str:
         name = step.tool_name

@@ -76,10 +76,10 @@ def output_items(chain: Sequence[Step]) -> list[dict[str, Any]]:
         if model_call.state is not StepState.COMPLETED:
             continue
         assert model_call.response is not None
+        call_of = {item: call for call, item in model_call.response["call_items"].items()}
         for item in model_call.response["items"]:
-            if item["type"] == "mcp_call":
-                call_id = item["id"][len("mcp_") :]
-                items.append(mcp_item_state(item, tool_steps.get(call_id)))
+            if item["type"] == "mcp_call" and item["id"] in call_of:
+                items.append(mcp_item_state(item, tool_steps.get(call_of[item["id"]])))
             else:
                 items.append(item)
     return items

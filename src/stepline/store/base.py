@@ -132,6 +132,10 @@ class StepStore(Protocol):
         """Rows with ``seq > after``, ascending, at most ``limit``."""
         ...
 
+    async def step_events(self, response_id: str, step_id: str) -> list[EventRow]:
+        """The rows a step emitted, ascending (used to resume an interrupted step)."""
+        ...
+
     async def last_event_seq(self, response_id: str) -> int:
         """The highest stored ``seq`` of the response, or -1."""
         ...

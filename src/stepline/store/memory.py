@@ -250,6 +250,10 @@ class MemoryStore:
         log = self._events.get(response_id)
         return [] if log is None else log.after(after, limit)
 
+    async def step_events(self, response_id: str, step_id: str) -> list[EventRow]:
+        log = self._events.get(response_id)
+        return [] if log is None else [row for row in log.rows if row.step_id == step_id]
+
     async def last_event_seq(self, response_id: str) -> int:
         log = self._events.get(response_id)
         return log.seqs[-1] if log is not None and log.seqs else -1

@@ -333,6 +333,11 @@ _READ_EVENTS = (
     .order_by(events.c.seq)
     .limit(sa.bindparam("p_limit"))
 )
+_STEP_EVENTS = (
+    sa.select(events)
+    .where(events.c.response_id == sa.bindparam("p_id"), events.c.step_id == sa.bindparam("p_step"))
+    .order_by(events.c.seq)
+)
 _LAST_EVENT_SEQ = sa.select(sa.func.max(events.c.seq)).where(
     events.c.response_id == sa.bindparam("p_id")
 )
@@ -688,6 +693,19 @@ class SqlStore:
                     response_id=row.response_id, seq=row.seq, data=row.data, step_id=row.step_id
                 )
                 for row in await connection.execute(_READ_EVENTS, params)
+            ]
+
+        return await self._read(work)
+
+    async def step_events(self, response_id: str, step_id: str) -> list[EventRow]:
+        params = {"p_id": response_id, "p_step": step_id}
+
+        async def work(connection: AsyncConnection) -> list[EventRow]:
+            return [
+                EventRow(
+                    response_id=row.response_id, seq=row.seq, data=row.data, step_id=row.step_id
+                )
+                for row in await connection.execute(_STEP_EVENTS, params)
             ]
 
         return await self._read(work)

@@ -1,0 +1,395 @@
+"""One model call's deltas as Responses events and output items, as they arrive.
+
+:class:`ModelCallEvents` implements the chat stream's ``DeltaSink``: it opens
+an output item when the first piece of it arrives (reasoning, message text, a
+tool call), sends each piece on as a delta event, and closes the items when
+the call ends. A tool the client owns becomes a ``function_call`` item; a
+tool the server runs becomes an ``mcp_call`` item, which its tool step
+finishes later. ``call_items`` maps each call id to its item id.
+
+A model call that was interrupted by a crash is run again from its start.
+Its earlier attempt already sent events (they are durable and clients may
+have seen them), so the new attempt is given that :class:`PriorEmission`:
+
+* an item the new attempt opens at the same position, with the same kind
+  (and tool name), continues the earlier item: same id, no second
+  ``output_item.added``, and deltas resume after the characters already
+  sent. A deterministic upstream therefore shows each piece exactly once.
+* at the first item that does not match, the earlier attempt's remaining
+  items are closed as ``incomplete`` (they stay in the output, where clients
+  saw them) and the new items follow them.
+
+The done events of an item always carry its whole, true text.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from stepline.protocol.assemble import mcp_call_id
+from stepline.protocol.chat_stream import AssistantTurn
+from stepline.protocol.events import OutputList, ResponseEvents
+from stepline.protocol.items import SERVER_LABEL, message_item
+from stepline.store.base import EventRow
+
+__all__ = ["ModelCallEvents", "PriorEmission"]
+
+Kind = Literal["reasoning", "message", "function_call", "mcp_call"]
+
+_DELTA = {
+    "reasoning": "response.reasoning_text.delta",
+    "message": "response.output_text.delta",
+    "function_call": "response.function_call_arguments.delta",
+    "mcp_call": "response.mcp_call_arguments.delta",
+}
+_HAS_PART = frozenset({"reasoning", "message"})
+
+
+@dataclass(kw_only=True)
+class _PriorItem:
+    kind: Kind
+    name: str
+    item_id: str
+    index: int
+    item: dict[str, Any]
+    text: str = ""
+    part_added: bool = False
+    done: dict[str, Any] | None = None
+
+
+class PriorEmission:
+    """What an earlier attempt of a model call sent, rebuilt from its stored events."""
+
+    def __init__(self, rows: Sequence[EventRow]) -> None:
+        by_id: dict[str, _PriorItem] = {}
+        self.items: list[_PriorItem] = []
+        for row in rows:
+            event = orjson.loads(row.data)
+            kind = event["type"]
+            if kind == "response.output_item.added":
+                item = event["item"]
+                prior = _PriorItem(
+                    kind=item["type"],
+                    name=item.get("name", ""),
+                    item_id=item["id"],
+                    index=event["output_index"],
+                    item=item,
+                )
+                by_id[prior.item_id] = prior
+                self.items.append(prior)
+            elif kind == "response.content_part.added":
+                by_id[event["item_id"]].part_added = True
+            elif kind in _DELTA.values():
+                by_id[event["item_id"]].text += event["delta"]
+            elif kind == "response.output_item.done" and event["item"]["id"] in by_id:
+                by_id[event["item"]["id"]].done = event["item"]
+        self._next = 0
+
+    def take(self, kind: str, name: str, index: int) -> _PriorItem | None:
+        """The earlier item at ``index`` if it is of the same kind and name."""
+        if self._next >= len(self.items):
+            return None
+        prior = self.items[self._next]
+        if (prior.kind, prior.name, prior.index) != (kind, name, index):
+            return None
+        self._next += 1
+        return prior
+
+    def rest(self) -> list[_PriorItem]:
+        """The earlier items not continued; taking them ends the matching."""
+        rest = self.items[self._next :]
+        self._next = len(self.items)
+        return rest
+
+
+class _Open:
+    """An item being streamed."""
+
+    __slots__ = ("call_id", "done_sent", "index", "item_id", "kind", "name", "pieces", "skip")
+
+    def __init__(
+        self,
+        kind: Kind,
+        item_id: str,
+        index: int,
+        *,
+        name: str = "",
+        call_id: str = "",
+        skip: int = 0,
+        done_sent: bool = False,
+    ) -> None:
+        self.kind: Kind = kind
+        self.item_id = item_id
+        self.index = index
+        self.name = name
+        self.call_id = call_id
+        self.pieces: list[str] = []
+        self.skip = skip
+        self.done_sent = done_sent
+
+
+class ModelCallEvents:
+    """Events and output items of one model call; ``events=None`` sends no events."""
+
+    def __init__(
+        self,
+        events: ResponseEvents | None,
+        output: OutputList,
+        *,
+        step_id: str,
+        is_client: Callable[[str], bool],
+        prior: PriorEmission | None = None,
+    ) -> None:
+        self._events = events
+        self._output = output
+        self._step_id = step_id
+        self._is_client = is_client
+        self._prior = prior
+        self._start = len(output.items)
+        self._reasoning: _Open | None = None
+        self._message: _Open | None = None
+        self._tools: dict[int, _Open] = {}
+        self.call_items: dict[str, str] = {}
+
+    def _emit(self, type_: str, fields: dict[str, Any]) -> None:
+        if self._events is not None:
+            self._events.emit(type_, fields, step_id=self._step_id)
+
+    # -- opening items -----------------------------------------------------
+
+    def _open(
+        self, kind: Kind, item: dict[str, Any], *, name: str = "", call_id: str = ""
+    ) -> _Open:
+        index = len(self._output.items)
+        prior = self._prior.take(kind, name, index) if self._prior is not None else None
+        if prior is not None:
+            item = {**item, "id": prior.item_id}
+            self._output.add(item)
+            opened = _Open(
+                kind,
+                prior.item_id,
+                index,
+                name=name,
+                call_id=call_id,
+                skip=len(prior.text),
+                done_sent=prior.done is not None,
+            )
+            if kind in _HAS_PART and not prior.part_added:
+                self._part_added(opened)
+            return opened
+        if self._prior is not None:
+            self._retire(self._prior.rest())
+            index = len(self._output.items)
+        self._output.add(item)
+        self._emit("response.output_item.added", {"output_index": index, "item": item})
+        opened = _Open(kind, item["id"], index, name=name, call_id=call_id)
+        if kind in _HAS_PART:
+            self._part_added(opened)
+        return opened
+
+    def _part_added(self, opened: _Open) -> None:
+        part: dict[str, Any] = (
+            {"type": "reasoning_text", "text": ""}
+            if opened.kind == "reasoning"
+            else {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        )
+        self._emit(
+            "response.content_part.added",
+            {
+                "item_id": opened.item_id,
+                "output_index": opened.index,
+                "content_index": 0,
+                "part": part,
+            },
+        )
+
+    def _retire(self, items: list[_PriorItem]) -> None:
+        """Close an earlier attempt's items as incomplete, where clients saw them."""
+        for prior in items:
+            if prior.done is not None:
+                self._output.add(prior.done)
+                continue
+            retired = _Open(prior.kind, prior.item_id, len(self._output.items), name=prior.name)
+            retired.pieces.append(prior.text)
+            self._output.add(prior.item)
+            self._close(retired, status="incomplete")
+
+    # -- DeltaSink ---------------------------------------------------------
+
+    def _delta(self, opened: _Open, text: str) -> None:
+        opened.pieces.append(text)
+        if opened.skip:
+            if len(text) <= opened.skip:
+                opened.skip -= len(text)
+                return
+            text = text[opened.skip :]
+            opened.skip = 0
+        fields: dict[str, Any] = {"item_id": opened.item_id, "output_index": opened.index}
+        if opened.kind in _HAS_PART:
+            fields["content_index"] = 0
+        fields["delta"] = text
+        if opened.kind == "message":
+            fields["logprobs"] = []
+        self._emit(_DELTA[opened.kind], fields)
+
+    def on_reasoning(self, text: str) -> None:
+        if self._reasoning is None:
+            item_id = f"rs_{secrets.token_hex(16)}"
+            self._reasoning = self._open(
+                "reasoning",
+                {
+                    "id": item_id,
+                    "type": "reasoning",
+                    "status": "in_progress",
+                    "summary": [],
+                    "content": [],
+                },
+            )
+        self._delta(self._reasoning, text)
+
+    def on_text(self, text: str) -> None:
+        if self._message is None:
+            self._close_open_reasoning()
+            item_id = f"msg_{secrets.token_hex(16)}"
+            self._message = self._open(
+                "message",
+                {
+                    "id": item_id,
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                },
+            )
+        self._delta(self._message, text)
+
+    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
+        self._close_open_reasoning()
+        self._close_open_message()
+        item: dict[str, Any]
+        if self._is_client(name):
+            item = {
+                "id": f"fc_{secrets.token_hex(16)}",
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": call_id,
+                "name": name,
+                "arguments": "",
+            }
+            opened = self._open("function_call", item, name=name, call_id=call_id)
+        else:
+            item = {
+                "id": mcp_call_id(call_id),
+                "type": "mcp_call",
+                "status": "in_progress",
+                "server_label": SERVER_LABEL,
+                "name": name,
+                "arguments": "",
+                "output": None,
+                "error": None,
+            }
+            opened = self._open("mcp_call", item, name=name, call_id=call_id)
+        self._tools[index] = opened
+        self.call_items[call_id] = opened.item_id
+
+    def on_tool_arguments(self, index: int, text: str) -> None:
+        self._delta(self._tools[index], text)
+
+    # -- closing -----------------------------------------------------------
+
+    def _close_open_reasoning(self) -> None:
+        if self._reasoning is not None:
+            self._close(self._reasoning)
+            self._reasoning = None
+
+    def _close_open_message(self) -> None:
+        if self._message is not None:
+            self._close(self._message)
+            self._message = None
+
+    def _close(self, opened: _Open, *, status: str = "completed") -> None:
+        text = "".join(opened.pieces)
+        where = {"item_id": opened.item_id, "output_index": opened.index}
+        item: dict[str, Any]
+        if opened.kind == "reasoning":
+            part = {"type": "reasoning_text", "text": text}
+            item = {
+                "id": opened.item_id,
+                "type": "reasoning",
+                "status": status,
+                "summary": [],
+                "content": [part],
+            }
+            done = [
+                ("response.reasoning_text.done", {**where, "content_index": 0, "text": text}),
+                ("response.content_part.done", {**where, "content_index": 0, "part": part}),
+            ]
+        elif opened.kind == "message":
+            item = message_item(opened.item_id, text, status=status)
+            done = [
+                (
+                    "response.output_text.done",
+                    {**where, "content_index": 0, "text": text, "logprobs": []},
+                ),
+                (
+                    "response.content_part.done",
+                    {**where, "content_index": 0, "part": item["content"][0]},
+                ),
+            ]
+        elif opened.kind == "function_call":
+            item = {
+                "id": opened.item_id,
+                "type": "function_call",
+                "status": status,
+                "call_id": opened.call_id,
+                "name": opened.name,
+                "arguments": text,
+            }
+            done = [
+                (
+                    "response.function_call_arguments.done",
+                    {**where, "name": opened.name, "arguments": text},
+                )
+            ]
+        else:
+            # an mcp_call item stays open for its tool step; only its arguments are done
+            item = {
+                **self._output.items[opened.index],
+                "arguments": text,
+                "status": "calling" if status == "completed" else status,
+            }
+            self._output.replace(opened.index, item)
+            if not opened.done_sent:
+                self._emit("response.mcp_call_arguments.done", {**where, "arguments": text})
+            if status == "completed":
+                return
+            done = []
+        self._output.replace(opened.index, item)
+        if opened.done_sent:
+            return
+        for type_, fields in done:
+            self._emit(type_, fields)
+        self._emit("response.output_item.done", {"output_index": opened.index, "item": item})
+
+    def close(self, turn: AssistantTurn) -> list[dict[str, Any]]:
+        """End the model call: close every item; return the step's items in output order."""
+        self._close_open_reasoning()
+        self._close_open_message()
+        for opened in self._tools.values():
+            self._close(opened)
+        if self._prior is not None:
+            self._retire(self._prior.rest())
+        return self._output.items[self._start :]
+
+    def abort(self) -> None:
+        """The model call failed: drop its items from the output.
+
+        Events already sent for them stay in the log; the assembled output
+        (built from completed steps only) never shows a half-streamed item.
+        """
+        self._output.truncate(self._start)
