@@ -96,6 +96,7 @@ def serve(
     """Run the stepline server."""
     from stepline.server.app import create_app
     from stepline.server.demo import demo_mounts, demo_settings
+    from stepline.server.serve import serve as serve_until_signal
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if demo:
@@ -113,9 +114,7 @@ def serve(
             )
             raise typer.Exit(2)
         application = create_app(settings)
-    uvicorn.run(
-        application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
-    )
+    serve_until_signal(application, host=host, port=port)
 
 
 @app.command()

@@ -71,7 +71,15 @@ from stepline.tools.http import call_http_tool
 from stepline.tools.registry import ServerTool, ToolRegistry
 from stepline.upstream.routing import UpstreamTarget, resolve_target
 
-__all__ = ["ChatStreamer", "Engine", "Outcome", "ScopeLoop", "run_response"]
+__all__ = [
+    "ChatStreamer",
+    "Engine",
+    "LoopDrained",
+    "Outcome",
+    "ScopeLoop",
+    "run_response",
+    "stored_response",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +90,15 @@ class ChatStreamer(Protocol):
     def stream(
         self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
     ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class LoopDrained(Exception):
+    """The process is draining: the loop stopped between steps; the response goes on later.
+
+    Raised by a top-level loop instead of starting new steps once
+    :attr:`Engine.draining` is set; the response stays non-terminal and its
+    lease is released, so another process (or the next start) resumes it.
+    """
 
 
 @dataclass(kw_only=True)
@@ -97,6 +114,8 @@ class Engine:
     observer: LoopObserver = field(default_factory=NullObserver)
     #: the server tools a caller (API key id) may use; None means no restriction
     key_tools: Callable[[str | None], frozenset[str] | None] = lambda key_id: None
+    #: set when the process drains: running steps finish, no new step starts
+    draining: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +152,13 @@ class ScopeLoop:
         self._chain = {s.id: s for s in await store.load_chain(self.response_id, scope=self.scope)}
         while True:
             action = next_action(self.policy, self._ordered())
+            if (
+                self.scope is None
+                and self.engine.draining
+                and isinstance(action, AppendSteps | RunSteps)
+            ):
+                # a sub-agent is part of its running step and finishes with it
+                raise LoopDrained(self.response_id)
             if isinstance(action, AppendSteps):
                 recorded = await store.record_steps(
                     self.response_id, scope=self.scope, steps=action.steps
@@ -180,9 +206,16 @@ class ScopeLoop:
                     self.engine.observer.tool_call_finished(done)
                 await self._record(done)
 
-        async with asyncio.TaskGroup() as group:
-            for step in tool_calls:
-                group.create_task(bounded(step))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for step in tool_calls:
+                    group.create_task(bounded(step))
+        except ExceptionGroup as failed:
+            # a sibling's storage failure must stay a storage failure for run_response
+            for error in failed.exceptions:
+                if isinstance(error, StoreError):
+                    raise error from failed
+            raise
 
     async def _record(self, step: Step | None) -> None:
         if step is None:
@@ -470,7 +503,7 @@ async def run_response(
                 output=output,
             )
             outcome = await loop.run()
-    except StoreError:
+    except (StoreError, LoopDrained):
         raise
     except Exception as exc:
         logger.exception("response %s failed unexpectedly", record.id)
@@ -479,6 +512,21 @@ async def run_response(
             error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
         )
     return await _finish_response(engine, record, request, outcome, events, log)
+
+
+async def stored_response(store: StepStore, record: ResponseRecord) -> dict[str, Any]:
+    """The response object as stored now: its result once terminal, else its progress."""
+    if record.result is not None:
+        return record.result
+    steps = await store.load_steps(record.id)
+    return response_object(
+        response_id=record.id,
+        created_at=record.created_at,
+        request=parse_request(record.body),
+        status=record.status,
+        output=output_items([step for step in steps if step.scope is None]),
+        usage=sum_usage(steps),
+    )
 
 
 def _snapshot(

@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 from stepline.engine.event_log import EventLog, EventWriter
-from stepline.engine.loop import Engine, run_response
+from stepline.engine.loop import Engine, LoopDrained, run_response, stored_response
 from stepline.store.base import ResponseRecord
 
 __all__ = ["Runner"]
@@ -61,8 +61,18 @@ class Runner:
         return task
 
     async def _run(self, record: ResponseRecord, log: EventLog) -> dict[str, Any]:
+        store = self.engine.store
         try:
             return await run_response(self.engine, record, log)
+        except LoopDrained:
+            # stopped between steps: the next process to claim it goes on from here
+            await store.release_lease(record.id, self.owner)
+            current = await store.get_response(record.id)
+            return await stored_response(store, current or record)
+        except asyncio.CancelledError:
+            # stopped here (shutdown, lease lost, cancelled): never leave our lease behind
+            await asyncio.shield(store.release_lease(record.id, self.owner))
+            raise
         finally:
             log.close()
             self.logs.pop(record.id, None)
@@ -109,6 +119,19 @@ class Runner:
                 logger.warning("lease of %s lost; stopping its loop here", response_id)
                 task.cancel()
 
+    def begin_drain(self, grace: float) -> None:
+        """Stop taking work: running steps finish, no new step starts, and loops still
+        running after ``grace`` seconds are cancelled (their leases released)."""
+        if self.engine.draining:
+            return
+        self.accepting = False
+        self.engine.draining = True
+        asyncio.get_running_loop().call_later(grace, self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop accepting, let running loops finish within ``grace``, release the rest."""
         self.accepting = False
@@ -116,14 +139,10 @@ class Runner:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
-        running = {task: response_id for response_id, task in self.tasks.items()}
-        unfinished: list[str] = []
+        running = list(self.tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
             for task in pending:
-                task.cancel()
-                unfinished.append(running[task])
+                task.cancel()  # its lease is released as it stops
             await asyncio.gather(*pending, return_exceptions=True)
         await self.writer.aclose()
-        for response_id in unfinished:
-            await self.engine.store.release_lease(response_id, self.owner)
