@@ -757,3 +757,27 @@ def test_the_public_names_of_the_store() -> None:
         "normalize_database_url",
         "open_store",
     ]
+
+
+async def test_a_watch_wakes_when_the_response_gets_events(store: StepStore) -> None:
+    with store.watch_events("resp_1") as watch, store.watch_events("resp_2") as other:
+        await store.append_events([event("resp_1", 0)])
+        # woken: returns long before its bound (a missed wake-up would fail the test)
+        await asyncio.wait_for(watch.wait(at_most=60), timeout=10)
+        assert not other._woken.is_set()
+
+
+@pytest.mark.postgres
+async def test_a_watch_wakes_for_events_another_process_stored(tmp_path: Path) -> None:
+    async with database_url("postgres", tmp_path) as url:
+        writer = await open_store(url)
+        follower = await open_store(url, migrate=False)
+        try:
+            await follower.listening()
+            with follower.watch_events("resp_1") as watch:
+                await writer.append_events([event("resp_1", 0)])
+                await asyncio.wait_for(watch.wait(at_most=60), timeout=10)
+            assert await follower.read_events("resp_1", after=-1, limit=10) == [event("resp_1", 0)]
+        finally:
+            await follower.close()
+            await writer.close()

@@ -3,7 +3,8 @@
 The same reader serves a live stream, a resumed stream (``starting_after``)
 and a replay of a finished response: older events come from the store, then
 the in-memory log of a loop running in this process is followed live. A
-response running in another process is followed through the store.
+response running in another process is followed through the store, woken by
+the store's event notifications (LISTEN/NOTIFY on PostgreSQL).
 
 Each event is one SSE block (``event:`` equal to the JSON ``type``, then one
 ``data:`` line) written whole; events that are ready together are written
@@ -12,7 +13,6 @@ together. The stream ends after the terminal event with ``data: [DONE]``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, event_type
@@ -22,7 +22,8 @@ from stepline.store.base import TERMINAL_STATUSES, EventRow
 __all__ = ["follow_events", "sse_frames"]
 
 _PAGE = 1000
-_POLL_SECONDS = 0.05
+#: the longest a follower of another process waits without a notification
+_WAIT_SECONDS = 1.0
 _TERMINAL = frozenset(name.encode() for name in TERMINAL_EVENT_TYPES)
 
 
@@ -46,27 +47,33 @@ async def follow_events(
 ) -> AsyncIterator[list[EventRow]]:
     """Batches of events with ``seq > after`` until the response's stream ends."""
     store = runner.engine.store
-    while True:
-        log = runner.logs.get(response_id)
-        if log is not None:
-            async for rows in _stored(runner, response_id, after, log.first_seq):
+    finished = False
+    with store.watch_events(response_id) as watch:
+        while True:
+            log = runner.logs.get(response_id)
+            if log is not None:
+                async for rows in _stored(runner, response_id, after, log.first_seq):
+                    yield rows
+                    after = rows[-1].seq
+                async for rows in log.follow(after):
+                    yield rows
+                return
+            rows = await store.read_events(response_id, after=after, limit=_PAGE)
+            if rows:
                 yield rows
                 after = rows[-1].seq
-            async for rows in log.follow(after):
-                yield rows
-            return
-        rows = await store.read_events(response_id, after=after, limit=_PAGE)
-        if rows:
-            yield rows
-            after = rows[-1].seq
-            if event_type(rows[-1].data) in _TERMINAL:
+                if event_type(rows[-1].data) in _TERMINAL:
+                    return
+                continue
+            if finished:
                 return
-            continue
-        record = await store.get_response(response_id)
-        if record is None or record.status in TERMINAL_STATUSES:
-            return
-        # the loop runs in another process (or awaits a claim): follow the store
-        await asyncio.sleep(_POLL_SECONDS)
+            record = await store.get_response(response_id)
+            if record is None or record.status in TERMINAL_STATUSES:
+                # read once more: its last events were committed before its status
+                finished = True
+                continue
+            # the loop runs in another process (or awaits a claim): wait for its events
+            await watch.wait(_WAIT_SECONDS)
 
 
 def _frame(row: EventRow) -> bytes:

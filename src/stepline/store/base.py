@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stepline.engine.steps import NewStep, Step, StepState
+from stepline.store.notify import EventWatch
 
 __all__ = ["TERMINAL_STATUSES", "EventRow", "ResponseRecord", "StepStore"]
 
@@ -138,6 +139,15 @@ class StepStore(Protocol):
 
     async def last_event_seq(self, response_id: str) -> int:
         """The highest stored ``seq`` of the response, or -1."""
+        ...
+
+    def watch_events(self, response_id: str) -> EventWatch:
+        """Register interest in new events of a response, before reading them.
+
+        The watch wakes when events of the response are committed by this
+        process, or by any process where the backend carries notifications
+        (PostgreSQL); its ``wait`` also ends after a timeout.
+        """
         ...
 
     async def renew_leases(

@@ -28,6 +28,7 @@ import orjson
 from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
 from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord
+from stepline.store.notify import EventNotifier, EventWatch
 
 __all__ = ["MemoryStore"]
 
@@ -76,6 +77,7 @@ class MemoryStore:
     """A complete in-memory :class:`~stepline.store.base.StepStore`."""
 
     def __init__(self) -> None:
+        self._notifier = EventNotifier()
         self._responses: dict[str, ResponseRecord] = {}
         #: each response's steps in sequence order
         self._steps: dict[str, list[Step]] = {}
@@ -245,6 +247,10 @@ class MemoryStore:
     async def append_events(self, rows: Sequence[EventRow]) -> None:
         for row in rows:
             self._events.setdefault(row.response_id, _EventLog()).add(row)
+        self._notifier.notify({row.response_id for row in rows})
+
+    def watch_events(self, response_id: str) -> EventWatch:
+        return self._notifier.watch(response_id)
 
     async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:
         log = self._events.get(response_id)

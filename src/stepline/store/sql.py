@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
 from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord
+from stepline.store.notify import CHANNEL, EventNotifier, EventWatch, PgListener
 from stepline.store.schema import VERSION_TABLE, JsonText, events, responses, steps
 
 __all__ = [
@@ -338,6 +339,7 @@ _STEP_EVENTS = (
     .where(events.c.response_id == sa.bindparam("p_id"), events.c.step_id == sa.bindparam("p_step"))
     .order_by(events.c.seq)
 )
+_NOTIFY = sa.text(f"SELECT pg_notify('{CHANNEL}', id) FROM unnest(CAST(:p_ids AS text[])) AS id")
 _LAST_EVENT_SEQ = sa.select(sa.func.max(events.c.seq)).where(
     events.c.response_id == sa.bindparam("p_id")
 )
@@ -478,6 +480,9 @@ class SqlStore:
         self._autocommit = _autocommit_engine(engine)
         self._insert_events = _insert_events(engine.dialect.name)
         self._writes: set[asyncio.Task[Any]] = set()
+        self._postgres = engine.dialect.name == "postgresql"
+        self._notifier = EventNotifier()
+        self._listener: PgListener | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -679,10 +684,33 @@ class SqlStore:
             for row in rows
         ]
 
+        response_ids = sorted({row.response_id for row in rows})
+
         async def work(connection: AsyncConnection) -> None:
             await connection.execute(self._insert_events, values)
+            if self._postgres:
+                # delivered on commit to every process that LISTENs
+                await connection.execute(_NOTIFY, {"p_ids": response_ids})
 
         await self._write(work, transaction=True)
+        self._notifier.notify(response_ids)
+
+    async def listening(self) -> None:
+        """Wait until this process receives other processes' event notifications.
+
+        Only PostgreSQL carries them; elsewhere this returns at once.
+        """
+        if self._postgres:
+            self.watch_events("").__exit__()
+            assert self._listener is not None
+            await self._listener.listening.wait()
+
+    def watch_events(self, response_id: str) -> EventWatch:
+        if self._postgres and self._listener is None:
+            dsn = self._engine.url.set(drivername="postgresql")
+            self._listener = PgListener(dsn.render_as_string(hide_password=False), self._notifier)
+            self._listener.start()
+        return self._notifier.watch(response_id)
 
     async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:
         params = {"p_id": response_id, "p_after": after, "p_limit": limit}
@@ -751,6 +779,8 @@ class SqlStore:
         """Wait for writes still running, then close every pooled connection."""
         if self._writes:
             await asyncio.wait(self._writes)
+        if self._listener is not None:
+            await self._listener.aclose()
         await self._engine.dispose()
 
     # -- machinery --
