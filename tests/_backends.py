@@ -102,7 +102,7 @@ async def store_backend(kind: str, tmp_path: Path) -> AsyncIterator[StepStore]:
 async def database_url(kind: str, tmp_path: Path) -> AsyncIterator[str]:
     """The URL of a fresh, empty (unmigrated) database of ``kind``, dropped afterwards."""
     if kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'stepline-url.db'}"
+        yield f"sqlite:///{tmp_path / f'stepline-{uuid.uuid4().hex[:12]}.db'}"
     elif kind == "postgres":
         async with _admin_engine() as admin:
             name = f"stepline_test_{uuid.uuid4().hex[:12]}"

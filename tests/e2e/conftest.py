@@ -30,6 +30,8 @@ from stepline.config import Settings
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
 from stepline.server.app import create_app
 from stepline.store.sql import open_store
+from tests._backends import SQL_KINDS, backend_params
+from tests._backends import database_url as backend_database
 
 
 @dataclass
@@ -125,21 +127,23 @@ class Stack:
 StackFactory = Callable[..., Any]
 
 
-@pytest.fixture
-async def stack_factory(tmp_path: Path) -> AsyncIterator[StackFactory]:
-    """Start a stack with optional ``limits``; every stack stops with the test."""
+@pytest.fixture(params=backend_params(SQL_KINDS))
+async def stack_factory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StackFactory]:
+    """Start a stack with optional ``limits`` on the test's database backend
+    (SQLite and PostgreSQL); every stack stops with the test."""
     async with AsyncExitStack() as exits:
-        counter = 0
 
         async def start(**limits: Any) -> Stack:
-            nonlocal counter
-            counter += 1
+            database_url = await exits.enter_async_context(
+                backend_database(request.param, tmp_path)
+            )
             tools = ToolServer()
             model = ScriptedModel(demo_token_delay=0)
             tools_url = await exits.enter_async_context(serve_app(tools.app()))
             exits.callback(tools.release.set)
             upstream = await exits.enter_async_context(serve_app(create_scripted_app(model)))
-            database_url = f"sqlite:///{tmp_path}/stepline-{counter}.db"
             settings = _settings(database_url, upstream, tools_url, **limits)
             url = await exits.enter_async_context(serve_app(create_app(settings, shutdown_grace=5)))
             client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="test", max_retries=0)
