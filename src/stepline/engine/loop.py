@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import orjson
 
-from stepline.config import AgentToolConfig, HttpToolConfig, Settings
+from stepline.config import Settings
 from stepline.engine.conversation import conversation_history
 from stepline.engine.event_log import EventLog
 from stepline.engine.observer import LoopObserver, NullObserver
@@ -58,7 +58,7 @@ from stepline.protocol.assemble import (
 from stepline.protocol.chat_request import chat_payload, client_tool_definitions
 from stepline.protocol.chat_stream import ChatStreamAccumulator
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.items import chain_messages, input_messages
+from stepline.protocol.items import SERVER_LABEL, chain_messages, input_messages
 from stepline.protocol.model_events import ModelCallEvents, PriorEmission
 from stepline.protocol.request import (
     MessageItem,
@@ -67,8 +67,7 @@ from stepline.protocol.request import (
     parse_request,
 )
 from stepline.store.base import ResponseRecord, StepStore
-from stepline.tools.http import call_http_tool
-from stepline.tools.registry import ServerTool, ToolRegistry
+from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
 from stepline.upstream.routing import UpstreamTarget, resolve_target
 
 __all__ = [
@@ -243,6 +242,10 @@ class ScopeLoop:
     def _is_client(self, name: str) -> bool:
         return name in self.policy.client_tools
 
+    def _label_of(self, name: str) -> str:
+        tool = self.server_tools.get(name)
+        return tool.label if tool is not None else SERVER_LABEL
+
     def _tool_definitions(self, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
         server = [
             tool.chat_definition()
@@ -269,7 +272,12 @@ class ScopeLoop:
             sent = await self.engine.store.step_events(self.response_id, step.id)
             prior = PriorEmission(sent) if sent else None
         sink = ModelCallEvents(
-            self.events, self.output, step_id=step.id, is_client=self._is_client, prior=prior
+            self.events,
+            self.output,
+            step_id=step.id,
+            is_client=self._is_client,
+            label_of=self._label_of,
+            prior=prior,
         )
         accumulator = ChatStreamAccumulator(sink)
         try:
@@ -366,14 +374,13 @@ class ScopeLoop:
         if allowed is not None and name not in allowed:
             raise ToolError(f"tool {name!r} is not allowed in this response", tool=name)
         arguments = tool.parse_arguments(str(step.request.get("arguments", "")))
-        if isinstance(tool.config, HttpToolConfig):
-            return await call_http_tool(
-                self.engine.http, name, tool.config, arguments, step_id=step.id
-            )
-        return await self._run_agent(step, tool.name, tool.config, arguments)
+        if tool.agent is not None:
+            return await self._run_agent(step, tool.name, tool.agent, arguments)
+        assert tool.run is not None
+        return await tool.run(arguments, ToolCallContext(step_id=step.id, http=self.engine.http))
 
     async def _run_agent(
-        self, step: Step, name: str, config: AgentToolConfig, arguments: dict[str, Any]
+        self, step: Step, name: str, config: AgentSpec, arguments: dict[str, Any]
     ) -> str:
         settings = self.engine.settings
         if self.depth + 1 > settings.limits.max_depth:

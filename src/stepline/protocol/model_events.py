@@ -143,9 +143,11 @@ class ModelCallEvents:
         *,
         step_id: str,
         is_client: Callable[[str], bool],
+        label_of: Callable[[str], str] = lambda name: SERVER_LABEL,
         prior: PriorEmission | None = None,
     ) -> None:
         self._events = events
+        self._label_of = label_of
         self._output = output
         self._step_id = step_id
         self._is_client = is_client
@@ -287,7 +289,7 @@ class ModelCallEvents:
                 "id": mcp_call_id(call_id),
                 "type": "mcp_call",
                 "status": "in_progress",
-                "server_label": SERVER_LABEL,
+                "server_label": self._label_of(name),
                 "name": name,
                 "arguments": "",
                 "output": None,

@@ -1,34 +1,99 @@
 """Which server tools exist, which a model or agent gets, and how their calls are checked.
 
-Server tools come from the config only: nothing in a request can add one or
-name a URL for the server to call. A tool's arguments are parsed and checked
-against its JSON schema before it runs; a bad call becomes a
-:class:`~stepline.errors.ToolError`, which the loop gives back to the model.
+Every server tool is a :class:`ServerTool`: a name, a description, a JSON
+schema, and either a ``run`` coroutine (HTTP tools, Python functions, MCP
+tools) or an :class:`AgentSpec` (a sub-agent, which the loop runs as a nested
+loop). Server tools come from the config, from Python modules the operator
+loads, or from the library: nothing in a request can add one or name a URL
+for the server to call.
+
+A tool's arguments are parsed and checked against its JSON schema before it
+runs; a bad call becomes a :class:`~stepline.errors.ToolError`, which the
+loop gives back to the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from stepline.config import AgentToolConfig, HttpToolConfig, ToolConfig
 from stepline.errors import ConfigError, ToolError
+from stepline.protocol.items import SERVER_LABEL
+from stepline.tools.http import call_http_tool
 
-__all__ = ["ServerTool", "ToolRegistry"]
+__all__ = ["AgentSpec", "ServerTool", "ToolCallContext", "ToolRegistry", "ToolRun"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallContext:
+    """What a running tool may use: its step id (for idempotency) and the shared client."""
+
+    step_id: str
+    http: httpx.AsyncClient
+
+
+#: runs one call: (validated arguments, context) -> the output the model sees
+ToolRun = Callable[[dict[str, Any], ToolCallContext], Awaitable[str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSpec:
+    """A sub-agent: a model (routed like any model name), instructions and tools."""
+
+    model: str
+    instructions: str | None = None
+    tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerTool:
-    """One configured tool with its compiled argument validator."""
+    """One tool the server runs, with its compiled argument validator."""
 
     name: str
-    config: HttpToolConfig | AgentToolConfig
+    description: str
+    parameters: dict[str, Any]
     validator: Draft202012Validator = field(compare=False, repr=False)
+    run: ToolRun | None = field(default=None, compare=False, repr=False)
+    agent: AgentSpec | None = None
+    #: ``server_label`` of the tool's ``mcp_call`` items
+    label: str = SERVER_LABEL
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        *,
+        description: str,
+        parameters: dict[str, Any],
+        run: ToolRun | None = None,
+        agent: AgentSpec | None = None,
+        label: str = SERVER_LABEL,
+    ) -> ServerTool:
+        """A tool with its schema checked; exactly one of ``run`` and ``agent``."""
+        if (run is None) == (agent is None):
+            raise ConfigError(f"tool {name!r} needs exactly one of run and agent")
+        try:
+            Draft202012Validator.check_schema(parameters)
+        except SchemaError as exc:
+            raise ConfigError(
+                f"tool {name!r} has an invalid parameters schema: {exc.message}"
+            ) from None
+        return cls(
+            name=name,
+            description=description,
+            parameters=parameters,
+            validator=Draft202012Validator(parameters),
+            run=run,
+            agent=agent,
+            label=label,
+        )
 
     def chat_definition(self) -> dict[str, Any]:
         """The tool as a Chat Completions function tool."""
@@ -36,8 +101,8 @@ class ServerTool:
             "type": "function",
             "function": {
                 "name": self.name,
-                "description": self.config.description,
-                "parameters": self.config.parameters,
+                "description": self.description,
+                "parameters": self.parameters,
             },
         }
 
@@ -65,25 +130,49 @@ class ServerTool:
         return arguments
 
 
-class ToolRegistry:
-    """The configured server tools, by name."""
+def _http_run(name: str, config: HttpToolConfig) -> ToolRun:
+    async def run(arguments: dict[str, Any], context: ToolCallContext) -> str:
+        return await call_http_tool(context.http, name, config, arguments, step_id=context.step_id)
 
-    def __init__(self, tools: Mapping[str, ToolConfig]) -> None:
-        self._tools: dict[str, ServerTool] = {}
-        for name, config in tools.items():
-            try:
-                Draft202012Validator.check_schema(config.parameters)
-            except SchemaError as exc:
-                raise ConfigError(
-                    f"tool {name!r} has an invalid parameters schema: {exc.message}"
-                ) from None
-            self._tools[name] = ServerTool(
-                name=name, config=config, validator=Draft202012Validator(config.parameters)
-            )
+    return run
+
+
+def _configured(name: str, config: ToolConfig) -> ServerTool:
+    if isinstance(config, AgentToolConfig):
+        spec = AgentSpec(model=config.model, instructions=config.instructions, tools=config.tools)
+        return ServerTool.build(
+            name, description=config.description, parameters=config.parameters, agent=spec
+        )
+    return ServerTool.build(
+        name,
+        description=config.description,
+        parameters=config.parameters,
+        run=_http_run(name, config),
+    )
+
+
+class ToolRegistry:
+    """The server tools, by name: the configured ones and any added later."""
+
+    def __init__(self, tools: Mapping[str, ToolConfig] | None = None) -> None:
+        self._tools: dict[str, ServerTool] = {
+            name: _configured(name, config) for name, config in (tools or {}).items()
+        }
+
+    def add(self, tool: ServerTool) -> None:
+        if tool.name in self._tools:
+            raise ConfigError(f"two server tools are named {tool.name!r}")
+        self._tools[tool.name] = tool
 
     def get(self, name: str) -> ServerTool | None:
         return self._tools.get(name)
 
+    def names(self) -> list[str]:
+        return list(self._tools)
+
     def select(self, names: Iterable[str]) -> dict[str, ServerTool]:
-        """The named tools (names were checked against the config at load)."""
-        return {name: self._tools[name] for name in names}
+        """The named tools; a name the registry does not hold is a ConfigError."""
+        try:
+            return {name: self._tools[name] for name in names}
+        except KeyError as exc:
+            raise ConfigError(f"no server tool named {exc.args[0]!r}") from None
