@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import httpx
 import orjson
@@ -36,7 +36,18 @@ from stepline.config import Settings
 from stepline.engine.conversation import conversation_history
 from stepline.engine.event_log import EventLog
 from stepline.engine.observer import LoopObserver, NullObserver
-from stepline.engine.policies import LoopPolicy
+from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
+from stepline.engine.run_events import (
+    RunCompleted,
+    RunError,
+    RunEvent,
+    StepCompleted,
+    StepStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    UsageDelta,
+)
 from stepline.engine.steps import (
     AppendSteps,
     Complete,
@@ -56,7 +67,7 @@ from stepline.protocol.assemble import (
     sum_usage,
 )
 from stepline.protocol.chat_request import chat_payload, client_tool_definitions
-from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.items import SERVER_LABEL, chain_messages, input_messages
 from stepline.protocol.model_events import ModelCallEvents, PriorEmission
@@ -66,6 +77,7 @@ from stepline.protocol.request import (
     allowed_tool_names,
     parse_request,
 )
+from stepline.protocol.validate import conversation_problem
 from stepline.store.base import ResponseRecord, StepStore
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
 from stepline.upstream.routing import UpstreamTarget, resolve_target
@@ -89,6 +101,45 @@ class ChatStreamer(Protocol):
     def stream(
         self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
     ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def _ended(state: StepState) -> Literal["completed", "failed", "cancelled"]:
+    assert state.terminal
+    return cast(Literal["completed", "failed", "cancelled"], state.value)
+
+
+class _SiblingFailed(Exception):
+    """A fail_fast fan-out: a tool call failed, so the task group cancels its siblings."""
+
+
+class _TappedText:
+    """A delta sink that also reports text deltas to the run's tap."""
+
+    def __init__(
+        self,
+        sink: DeltaSink,
+        tap: Callable[[RunEvent], None],
+        *,
+        step_id: str,
+        scope: str | None,
+    ) -> None:
+        self._sink = sink
+        self._tap = tap
+        self._step_id = step_id
+        self._scope = scope
+
+    def on_reasoning(self, text: str) -> None:
+        self._sink.on_reasoning(text)
+
+    def on_text(self, text: str) -> None:
+        self._sink.on_text(text)
+        self._tap(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
+
+    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
+        self._sink.on_tool_call(index, call_id, name)
+
+    def on_tool_arguments(self, index: int, text: str) -> None:
+        self._sink.on_tool_arguments(index, text)
 
 
 class LoopDrained(Exception):
@@ -115,6 +166,8 @@ class Engine:
     key_tools: Callable[[str | None], frozenset[str] | None] = lambda key_id: None
     #: set when the process drains: running steps finish, no new step starts
     draining: bool = False
+    #: receives the typed events of every run, in order (the library's taps)
+    tap: Callable[[RunEvent], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +175,8 @@ class Outcome:
     """How a scope's loop ended."""
 
     status: Literal["completed", "failed", "incomplete"]
+    #: what ended the run: a policy's name, a cap, or why it completed
+    stop_reason: str
     text: str = ""
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
@@ -142,14 +197,28 @@ class ScopeLoop:
     depth: int = 0
     events: ResponseEvents | None = None
     output: OutputList = field(default_factory=OutputList)
+    #: stop policies, checked after every step of this scope
+    stops: tuple[StopPolicy, ...] = ()
+    #: what the whole run did so far; sub-agents share their parent's
+    state: RunState = field(default_factory=RunState)
     _chain: dict[str, Step] = field(default_factory=dict)
 
     # -- the loop ----------------------------------------------------------
 
     async def run(self) -> Outcome:
         store = self.engine.store
+        started = self.engine.clock() - self.state.elapsed
         self._chain = {s.id: s for s in await store.load_chain(self.response_id, scope=self.scope)}
         while True:
+            self.state.elapsed = self.engine.clock() - started
+            stop = self._stop_reason()
+            if stop is not None:
+                return Outcome(
+                    status="incomplete",
+                    stop_reason=stop,
+                    text=self._final_text(),
+                    incomplete_details={"reason": stop},
+                )
             action = next_action(self.policy, self._ordered())
             if (
                 self.scope is None
@@ -167,15 +236,36 @@ class ScopeLoop:
             elif isinstance(action, RunSteps):
                 await self._run_steps(action.steps)
             elif isinstance(action, Complete):
-                return Outcome(status="completed", text=self._final_text())
+                reason = "client_tool_calls" if action.client_call_ids else "until_no_tool_calls"
+                return Outcome(status="completed", stop_reason=reason, text=self._final_text())
             elif isinstance(action, Finish):
-                return Outcome(status="incomplete", incomplete_details={"reason": action.reason})
+                return Outcome(
+                    status="incomplete",
+                    stop_reason=action.reason,
+                    text=self._final_text(),
+                    incomplete_details={"reason": action.reason},
+                )
             else:
                 assert isinstance(action, Fail)
                 return Outcome(
                     status="failed",
+                    stop_reason="error",
                     error=wire_error(action.code, action.message, action.details.get("status")),
                 )
+
+    def _stop_reason(self) -> str | None:
+        """The first stop policy that fires, once a step has run since the last check."""
+        if not self.stops or not any(s.state.terminal for s in self._chain.values()):
+            return None
+        for policy in self.stops:
+            reason = policy(self.state)
+            if reason:
+                return reason
+        return None
+
+    def _tap(self, event: RunEvent) -> None:
+        if self.engine.tap is not None:
+            self.engine.tap(event)
 
     def _ordered(self) -> list[Step]:
         return sorted(self._chain.values(), key=lambda step: step.sequence)
@@ -197,6 +287,7 @@ class ScopeLoop:
         if not tool_calls:
             return
         limit = asyncio.Semaphore(self.engine.settings.limits.tool_concurrency)
+        fail_fast = self.policy.join == "fail_fast"
 
         async def bounded(step: Step) -> None:
             async with limit:
@@ -204,17 +295,22 @@ class ScopeLoop:
                 if done is not None:
                     self.engine.observer.tool_call_finished(done)
                 await self._record(done)
+            if fail_fast and done is not None and done.state is StepState.FAILED:
+                raise _SiblingFailed(step.id)
 
         try:
             async with asyncio.TaskGroup() as group:
                 for step in tool_calls:
                     group.create_task(bounded(step))
         except ExceptionGroup as failed:
+            # fail_fast: the group cancelled the siblings, which recorded it
+            errors = [e for e in failed.exceptions if not isinstance(e, _SiblingFailed)]
             # a sibling's storage failure must stay a storage failure for run_response
-            for error in failed.exceptions:
+            for error in errors:
                 if isinstance(error, StoreError):
                     raise error from failed
-            raise
+            if errors:
+                raise
 
     async def _record(self, step: Step | None) -> None:
         if step is None:
@@ -256,8 +352,24 @@ class ScopeLoop:
 
     async def _run_model_call(self, step: Step) -> Step | None:
         step = await self.engine.store.start_step(step.id)
+        self._tap(
+            StepStarted(step_id=step.id, kind="model_call", scope=self.scope, attempt=step.attempt)
+        )
         chain = [s for s in self._ordered() if s.sequence < step.sequence]
         messages = self.base_messages + chain_messages(chain)
+        problem = conversation_problem(messages, self.policy.validation)
+        if problem is not None:
+            done = await self._finish(
+                step,
+                StepState.FAILED,
+                error={
+                    "message": f"invalid conversation: {problem}",
+                    "code": "invalid_conversation",
+                    "status": None,
+                },
+            )
+            self._model_call_done(done)
+            return done
         payload = chat_payload(
             self.request,
             model=self.target.upstream_model,
@@ -271,7 +383,7 @@ class ScopeLoop:
             # run again after a crash: continue what the earlier attempt sent
             sent = await self.engine.store.step_events(self.response_id, step.id)
             prior = PriorEmission(sent) if sent else None
-        sink = ModelCallEvents(
+        items_sink = ModelCallEvents(
             self.events,
             self.output,
             step_id=step.id,
@@ -279,32 +391,63 @@ class ScopeLoop:
             label_of=self._label_of,
             prior=prior,
         )
+        sink: DeltaSink = items_sink
+        if self.engine.tap is not None:
+            sink = _TappedText(sink, self.engine.tap, step_id=step.id, scope=self.scope)
         accumulator = ChatStreamAccumulator(sink)
         try:
             async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
                 accumulator.feed(chunk)
             turn = accumulator.result()
         except UpstreamError as exc:
-            sink.abort()
-            return await self._finish(
+            items_sink.abort()
+            done = await self._finish(
                 step,
                 StepState.FAILED,
                 error={"message": exc.message, "code": exc.code, "status": exc.status},
             )
-        items = sink.close(turn)
+            self._model_call_done(done)
+            return done
+        items = items_sink.close(turn)
         message = turn.message()
         if turn.reasoning:
             message["reasoning_content"] = turn.reasoning
-        return await self._finish(
+        done = await self._finish(
             step,
             StepState.COMPLETED,
             response={
                 "message": message,
                 "items": items,
-                "call_items": sink.call_items,
+                "call_items": items_sink.call_items,
                 "usage": turn.usage,
                 "finish_reason": turn.finish_reason,
             },
+        )
+        self._model_call_done(done)
+        return done
+
+    def _model_call_done(self, step: Step | None) -> None:
+        if step is None:
+            return
+        usage = (step.response or {}).get("usage") or {}
+        calls = ((step.response or {}).get("message") or {}).get("tool_calls") or ()
+        self.state.model_calls += 1
+        self.state.input_tokens += int(usage.get("input_tokens", 0))
+        self.state.output_tokens += int(usage.get("output_tokens", 0))
+        self.state.wants_tools = bool(calls)
+        if usage:
+            self._tap(
+                UsageDelta(
+                    step_id=step.id,
+                    scope=self.scope,
+                    input_tokens=int(usage.get("input_tokens", 0)),
+                    output_tokens=int(usage.get("output_tokens", 0)),
+                )
+            )
+        self._tap(
+            StepCompleted(
+                step_id=step.id, kind="model_call", scope=self.scope, state=_ended(step.state)
+            )
         )
 
     # -- tool calls --------------------------------------------------------
@@ -312,6 +455,18 @@ class ScopeLoop:
     async def _run_tool_call(self, step: Step) -> Step | None:
         step = await self.engine.store.start_step(step.id)
         assert step.call_id is not None
+        self._tap(
+            StepStarted(step_id=step.id, kind="tool_call", scope=self.scope, attempt=step.attempt)
+        )
+        self._tap(
+            ToolCallStarted(
+                step_id=step.id,
+                scope=self.scope,
+                call_id=step.call_id,
+                name=step.tool_name,
+                arguments=str(step.request.get("arguments", "")),
+            )
+        )
         item_id = self._item_of_call(step)
         index = self.output.index_of(item_id) if item_id is not None else None
         if self.events is not None and index is not None:
@@ -328,24 +483,59 @@ class ScopeLoop:
                 StepState.FAILED,
                 error={"message": exc.message, "code": exc.code, "status": exc.status},
             )
+        except asyncio.CancelledError:
+            # a failed sibling (fail_fast) or a cancelled response: say so, then stop
+            done = await self._finish(
+                step,
+                StepState.CANCELLED,
+                error={"message": "tool call cancelled", "code": "cancelled", "status": None},
+            )
+            self._tool_call_done(step, done, item_id, index)
+            raise
         else:
             done = await self._finish(step, StepState.COMPLETED, response={"output": result})
-        if index is not None and done is not None:
-            item = mcp_item_state(self.output.items[index], done)
-            self.output.replace(index, item)
-            if self.events is not None:
-                ended = "completed" if done.state is StepState.COMPLETED else "failed"
-                self.events.emit(
-                    f"response.mcp_call.{ended}",
-                    {"item_id": item_id, "output_index": index},
-                    step_id=step.id,
-                )
-                self.events.emit(
-                    "response.output_item.done",
-                    {"output_index": index, "item": item},
-                    step_id=step.id,
-                )
+        self._tool_call_done(step, done, item_id, index)
         return done
+
+    def _tool_call_done(
+        self, step: Step, done: Step | None, item_id: str | None, index: int | None
+    ) -> None:
+        if done is None:
+            return
+        assert step.call_id is not None
+        self.state.tool_invocations += 1
+        self.state.tools_called.append(step.tool_name)
+        error = (done.error or {}).get("message") if done.state is not StepState.COMPLETED else None
+        output = (done.response or {}).get("output") if error is None else None
+        self._tap(
+            ToolCallFinished(
+                step_id=step.id,
+                scope=self.scope,
+                call_id=step.call_id,
+                name=step.tool_name,
+                output=output,
+                error=error,
+            )
+        )
+        self._tap(
+            StepCompleted(
+                step_id=step.id, kind="tool_call", scope=self.scope, state=_ended(done.state)
+            )
+        )
+        if index is None:
+            return
+        item = mcp_item_state(self.output.items[index], done)
+        self.output.replace(index, item)
+        if self.events is not None:
+            ended = "completed" if done.state is StepState.COMPLETED else "failed"
+            self.events.emit(
+                f"response.mcp_call.{ended}",
+                {"item_id": item_id, "output_index": index},
+                step_id=step.id,
+            )
+            self.events.emit(
+                "response.output_item.done", {"output_index": index, "item": item}, step_id=step.id
+            )
 
     def _item_of_call(self, step: Step) -> str | None:
         """The output item of the model call this tool step answers."""
@@ -459,9 +649,17 @@ _TERMINAL_EVENT = {
 
 
 async def run_response(
-    engine: Engine, record: ResponseRecord, log: EventLog | None
+    engine: Engine,
+    record: ResponseRecord,
+    log: EventLog | None,
+    *,
+    stops: tuple[StopPolicy, ...] = (),
 ) -> dict[str, Any]:
-    """Run (or resume) a stored response to its terminal state; return the response object."""
+    """Run (or resume) a stored response to its terminal state; return the response object.
+
+    ``stops`` are checked after every top-level step; the first that fires
+    ends the response ``incomplete`` with its name as the reason.
+    """
     store = engine.store
     request = parse_request(record.body)
     events = ResponseEvents(record.id, log.append, next_seq=log.first_seq) if log else None
@@ -482,10 +680,8 @@ async def run_response(
         if route_target is None:
             outcome = Outcome(
                 status="failed",
-                error={
-                    "code": "model_error",
-                    "message": f"no upstream for model {request.model!r}",
-                },
+                stop_reason="error",
+                error=wire_error("model_error", f"no upstream for model {request.model!r}"),
             )
         else:
             route = engine.settings.route_for(request.model)
@@ -508,6 +704,7 @@ async def run_response(
                 policy=top_level_policy(engine.settings, request),
                 events=events,
                 output=output,
+                stops=stops,
             )
             outcome = await loop.run()
     except (StoreError, LoopDrained):
@@ -516,6 +713,7 @@ async def run_response(
         logger.exception("response %s failed unexpectedly", record.id)
         outcome = Outcome(
             status="failed",
+            stop_reason="error",
             error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
         )
     return await _finish_response(engine, record, request, outcome, events, log)
@@ -579,7 +777,9 @@ async def _finish_response(
         events.lifecycle(_TERMINAL_EVENT[outcome.status], response)
     if log is not None:
         await log.wait_durable()
-    return await _store_result(engine, record, request, response)
+    stored = await _store_result(engine, record, request, response)
+    _report_end(engine, outcome, stored)
+    return stored
 
 
 async def _store_result(
@@ -596,6 +796,16 @@ async def _store_result(
         await store.delete_response(record.id)
     engine.observer.response_finished(response)
     return response
+
+
+def _report_end(engine: Engine, outcome: Outcome, response: dict[str, Any]) -> None:
+    if engine.tap is None:
+        return
+    if outcome.error is not None:
+        engine.tap(RunError(message=outcome.error["message"], code=outcome.error["type"]))
+    engine.tap(
+        RunCompleted(status=outcome.status, stop_reason=outcome.stop_reason, response=response)
+    )
 
 
 async def _already_finished(

@@ -107,15 +107,13 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
         )
 
     if policy.fail_on_tool_error:
-        for call in server_calls:
-            step = siblings[call["id"]]
-            if step.state is not StepState.COMPLETED:
-                error = step.error or {}
-                return Fail(
-                    message=f"tool {step.tool_name!r} failed: {error.get('message', '')}",
-                    code="tool_error",
-                    details=error,
-                )
+        failed = [
+            siblings[call["id"]]
+            for call in server_calls
+            if siblings[call["id"]].state is not StepState.COMPLETED
+        ]
+        if failed:
+            return _tool_failure(failed)
 
     if client_calls:
         return Complete(client_call_ids=tuple(call["id"] for call in client_calls))
@@ -123,3 +121,28 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
     if len(model_calls) >= policy.max_iterations:
         return Finish(reason="max_iterations")
     return AppendSteps(steps=(model_call(len(model_calls) + 1),))
+
+
+def _tool_failure(failed: list[Step]) -> Fail:
+    """One error for the failed siblings of a fan-out, in call order.
+
+    Siblings cancelled because another failed (``fail_fast``) are not named
+    as errors of their own.
+    """
+    errors = [step for step in failed if step.state is StepState.FAILED] or failed
+    described = [
+        f"tool {step.tool_name!r} failed: {(step.error or {}).get('message', step.state.value)}"
+        for step in errors
+    ]
+    if len(errors) == 1:
+        return Fail(message=described[0], code="tool_error", details=errors[0].error or {})
+    return Fail(
+        message=f"{len(described)} tool calls failed: " + "; ".join(described),
+        code="tool_error",
+        details={
+            "errors": [
+                {"call_id": step.call_id, "name": step.tool_name, **(step.error or {})}
+                for step in errors
+            ]
+        },
+    )

@@ -1,0 +1,108 @@
+"""The typed events of a run, as the loop reports them to a tap.
+
+These are the library's view of a run (the server speaks Responses events
+instead). The loop calls its tap inline, in order, as things happen: a tap
+sees every event of the run, unbuffered and never reordered, and cannot
+change the run. ``scope`` is None for the top-level agent and the calling
+step's id for a sub-agent's events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "RunCompleted",
+    "RunError",
+    "RunEvent",
+    "StepCompleted",
+    "StepStarted",
+    "TextDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "UsageDelta",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepStarted:
+    step_id: str
+    kind: Literal["model_call", "tool_call"]
+    scope: str | None
+    attempt: int
+    type: Literal["step_started"] = "step_started"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextDelta:
+    step_id: str
+    scope: str | None
+    text: str
+    type: Literal["text_delta"] = "text_delta"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallStarted:
+    step_id: str
+    scope: str | None
+    call_id: str
+    name: str
+    arguments: str
+    type: Literal["tool_call_started"] = "tool_call_started"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallFinished:
+    step_id: str
+    scope: str | None
+    call_id: str
+    name: str
+    output: str | None
+    error: str | None
+    type: Literal["tool_call_finished"] = "tool_call_finished"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageDelta:
+    step_id: str
+    scope: str | None
+    input_tokens: int
+    output_tokens: int
+    type: Literal["usage_delta"] = "usage_delta"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepCompleted:
+    step_id: str
+    kind: Literal["model_call", "tool_call"]
+    scope: str | None
+    state: Literal["completed", "failed", "cancelled"]
+    type: Literal["step_completed"] = "step_completed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunCompleted:
+    status: Literal["completed", "failed", "incomplete"]
+    stop_reason: str
+    response: dict[str, Any]
+    type: Literal["run_completed"] = "run_completed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunError:
+    message: str
+    code: str
+    type: Literal["error"] = "error"
+
+
+RunEvent = (
+    StepStarted
+    | TextDelta
+    | ToolCallStarted
+    | ToolCallFinished
+    | UsageDelta
+    | StepCompleted
+    | RunCompleted
+    | RunError
+)
