@@ -154,6 +154,11 @@ class LimitsConfig(_Strict):
     tool_concurrency: int = Field(default=8, ge=1)
     #: ``model``: a tool error becomes the tool's result; ``fail``: it fails the response
     tool_errors: Literal["model", "fail"] = "model"
+    #: ``all``: a fan-out runs to the end; ``fail_fast``: the first failed call
+    #: cancels its running siblings (with ``tool_errors = "fail"``, the response fails)
+    tool_join: Literal["all", "fail_fast"] = "all"
+    #: how strictly a transcript is checked before each model call
+    validation: Literal["strict", "lenient", "off"] = "lenient"
     lease_seconds: float = Field(default=15.0, gt=0)
 
 

@@ -601,6 +601,8 @@ class ScopeLoop:
             policy=LoopPolicy(
                 max_iterations=settings.limits.max_iterations,
                 fail_on_tool_error=settings.limits.tool_errors == "fail",
+                join=settings.limits.tool_join,
+                validation=settings.limits.validation,
             ),
             depth=self.depth + 1,
         )
@@ -638,6 +640,8 @@ def top_level_policy(settings: Settings, request: ResponseRequest) -> LoopPolicy
         max_tool_calls=request.max_tool_calls,
         fail_on_tool_error=settings.limits.tool_errors == "fail",
         client_tools=client,
+        join=settings.limits.tool_join,
+        validation=settings.limits.validation,
     )
 
 
@@ -654,15 +658,18 @@ async def run_response(
     log: EventLog | None,
     *,
     stops: tuple[StopPolicy, ...] = (),
+    tools: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a stored response to its terminal state; return the response object.
 
     ``stops`` are checked after every top-level step; the first that fires
-    ends the response ``incomplete`` with its name as the reason.
+    ends the response ``incomplete`` with its name as the reason. ``tools``
+    names the server tools of the top level (default: the model route's).
     """
     store = engine.store
     request = parse_request(record.body)
     events = ResponseEvents(record.id, log.append, next_seq=log.first_seq) if log else None
+    transcript: list[dict[str, Any]] = []
     try:
         if log is not None and log.first_seq > 0:
             finished = await _already_finished(store, record.id, log.first_seq - 1)
@@ -686,11 +693,11 @@ async def run_response(
         else:
             route = engine.settings.route_for(request.model)
             allowed = engine.key_tools(record.key_id)
-            tool_names = [
-                name
-                for name in (route.tools if route else ())
-                if allowed is None or name in allowed
-            ]
+            offered = tools if tools is not None else (route.tools if route else ())
+            tool_names = [name for name in offered if allowed is None or name in allowed]
+            transcript = base_messages(
+                request, await conversation_history(store, request.previous_response_id)
+            )
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
@@ -698,9 +705,7 @@ async def run_response(
                 request=request,
                 target=route_target,
                 server_tools=engine.tools.select(tool_names),
-                base_messages=base_messages(
-                    request, await conversation_history(store, request.previous_response_id)
-                ),
+                base_messages=transcript,
                 policy=top_level_policy(engine.settings, request),
                 events=events,
                 output=output,
@@ -716,7 +721,7 @@ async def run_response(
             stop_reason="error",
             error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
         )
-    return await _finish_response(engine, record, request, outcome, events, log)
+    return await _finish_response(engine, record, request, outcome, events, log, transcript)
 
 
 async def stored_response(store: StepStore, record: ResponseRecord) -> dict[str, Any]:
@@ -754,6 +759,7 @@ async def _finish_response(
     outcome: Outcome,
     events: ResponseEvents | None,
     log: EventLog | None,
+    transcript: list[dict[str, Any]],
 ) -> dict[str, Any]:
     steps = await engine.store.load_steps(record.id)
     completed_at = engine.clock() if outcome.status == "completed" else None
@@ -778,7 +784,7 @@ async def _finish_response(
     if log is not None:
         await log.wait_durable()
     stored = await _store_result(engine, record, request, response)
-    _report_end(engine, outcome, stored)
+    _report_end(engine, outcome, stored, steps, transcript)
     return stored
 
 
@@ -798,13 +804,27 @@ async def _store_result(
     return response
 
 
-def _report_end(engine: Engine, outcome: Outcome, response: dict[str, Any]) -> None:
+def _report_end(
+    engine: Engine,
+    outcome: Outcome,
+    response: dict[str, Any],
+    steps: list[Step],
+    transcript: list[dict[str, Any]],
+) -> None:
     if engine.tap is None:
         return
     if outcome.error is not None:
         engine.tap(RunError(message=outcome.error["message"], code=outcome.error["type"]))
+    top = [step for step in steps if step.scope is None]
     engine.tap(
-        RunCompleted(status=outcome.status, stop_reason=outcome.stop_reason, response=response)
+        RunCompleted(
+            status=outcome.status,
+            stop_reason=outcome.stop_reason,
+            response=response,
+            messages=transcript + chain_messages(top),
+            steps=len(steps),
+            tool_invocations=sum(1 for step in steps if step.kind is StepKind.TOOL_CALL),
+        )
     )
 
 

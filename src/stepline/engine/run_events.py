@@ -83,9 +83,15 @@ class StepCompleted:
 
 @dataclass(frozen=True, kw_only=True)
 class RunCompleted:
+    """The run's end: its response object, and the top-level transcript as chat messages."""
+
     status: Literal["completed", "failed", "incomplete"]
     stop_reason: str
     response: dict[str, Any]
+    messages: list[dict[str, Any]]
+    #: steps of every scope, and how many of them were tool calls
+    steps: int
+    tool_invocations: int
     type: Literal["run_completed"] = "run_completed"
 
 

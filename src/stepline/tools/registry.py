@@ -28,7 +28,14 @@ from stepline.errors import ConfigError, ToolError
 from stepline.protocol.items import SERVER_LABEL
 from stepline.tools.http import call_http_tool
 
-__all__ = ["AgentSpec", "ServerTool", "ToolCallContext", "ToolRegistry", "ToolRun"]
+__all__ = [
+    "AgentSpec",
+    "ServerTool",
+    "ToolCallContext",
+    "ToolRegistry",
+    "ToolRun",
+    "configured_tool",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,7 +144,8 @@ def _http_run(name: str, config: HttpToolConfig) -> ToolRun:
     return run
 
 
-def _configured(name: str, config: ToolConfig) -> ServerTool:
+def configured_tool(name: str, config: ToolConfig) -> ServerTool:
+    """The server tool a config entry describes (HTTP tool or sub-agent)."""
     if isinstance(config, AgentToolConfig):
         spec = AgentSpec(model=config.model, instructions=config.instructions, tools=config.tools)
         return ServerTool.build(
@@ -156,7 +164,7 @@ class ToolRegistry:
 
     def __init__(self, tools: Mapping[str, ToolConfig] | None = None) -> None:
         self._tools: dict[str, ServerTool] = {
-            name: _configured(name, config) for name, config in (tools or {}).items()
+            name: configured_tool(name, config) for name, config in (tools or {}).items()
         }
 
     def add(self, tool: ServerTool) -> None:

@@ -1,0 +1,66 @@
+"""The agent loop as a Python library: agents, tools, stop policies, events, taps.
+
+    from stepline.agent import Agent, ChatModel, tool
+
+    @tool
+    def add(a: int, b: int) -> int:
+        "Add two numbers."
+        return a + b
+
+    agent = Agent(model=ChatModel(model="llama", base_url="http://127.0.0.1:8001/v1"),
+                  instructions="Use the tools.", tools=[add])
+    result = await agent.run("What is 2 + 3?")
+
+The same engine runs behind ``stepline serve``.
+"""
+
+from stepline.agent.agent import Agent, AgentTool, ChatModel, HttpTool, RunResult, Usage, collect
+from stepline.agent.function_tool import FunctionTool, tool
+from stepline.engine.policies import (
+    RunState,
+    StopPolicy,
+    any_of,
+    budget,
+    max_steps,
+    until_no_tool_calls,
+    until_tool_called,
+)
+from stepline.engine.run_events import (
+    RunCompleted,
+    RunError,
+    RunEvent,
+    StepCompleted,
+    StepStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    UsageDelta,
+)
+
+__all__ = [
+    "Agent",
+    "AgentTool",
+    "ChatModel",
+    "FunctionTool",
+    "HttpTool",
+    "RunCompleted",
+    "RunError",
+    "RunEvent",
+    "RunResult",
+    "RunState",
+    "StepCompleted",
+    "StepStarted",
+    "StopPolicy",
+    "TextDelta",
+    "ToolCallFinished",
+    "ToolCallStarted",
+    "Usage",
+    "UsageDelta",
+    "any_of",
+    "budget",
+    "collect",
+    "max_steps",
+    "tool",
+    "until_no_tool_calls",
+    "until_tool_called",
+]
