@@ -173,3 +173,29 @@ def test_prior_items_after_completed_steps_keep_their_positions() -> None:
     ]
     assert second.events()[-1]["output_index"] == 1
     assert [item["id"] for item in output.items] == ["msg_done", items[0]["id"]]
+
+
+def test_a_failed_call_closes_its_open_items_as_incomplete_and_leaves_no_output() -> None:
+    rows: list[EventRow] = []
+    output = OutputList()
+    attempt = Attempt(rows, output, None)
+    attempt.feed(text_chunk("Half"), call_chunk(0, "call_1", "weather", '{"ci'))
+    attempt.sink.abort()
+
+    assert summary(attempt.events()) == [
+        ("response.output_item.added", 0, None),
+        ("response.content_part.added", 0, None),
+        ("response.output_text.delta", 0, "Half"),
+        ("response.output_text.done", 0, "Half"),
+        ("response.content_part.done", 0, None),
+        ("response.output_item.done", 0, None),
+        ("response.output_item.added", 1, None),
+        ("response.mcp_call_arguments.delta", 1, '{"ci'),
+        ("response.mcp_call_arguments.done", 1, '{"ci'),
+        ("response.output_item.done", 1, None),
+    ]
+    done = [e["item"]["status"] for e in attempt.events() if e["type"].endswith("item.done")]
+    assert done == ["completed", "incomplete"]  # the text was done when the call began
+    assert output.items == []
+    for event in attempt.events():
+        EVENTS.validate_python(event)

@@ -389,9 +389,14 @@ class ModelCallEvents:
         return self._output.items[self._start :]
 
     def abort(self) -> None:
-        """The model call failed: drop its items from the output.
+        """The model call failed: close its open items as incomplete, drop them from the output.
 
-        Events already sent for them stay in the log; the assembled output
-        (built from completed steps only) never shows a half-streamed item.
+        Clients that saw an item added see it done (``incomplete``); the
+        assembled output, built from completed steps only, never shows it.
         """
+        for opened in [self._reasoning, self._message, *self._tools.values()]:
+            if opened is not None:
+                self._close(opened, status="incomplete")
+        self._reasoning = self._message = None
+        self._tools.clear()
         self._output.truncate(self._start)

@@ -181,10 +181,9 @@ async def cancel_response(request: Request, response_id: str) -> Response:
         raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
     if record.status in TERMINAL_STATUSES and record.result is not None:
         return JSON(record.result)
-    task = runner.tasks.get(record.id)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    # stop a loop running here without releasing its lease; one elsewhere stops when
+    # its renewal finds the response cancelled
+    await runner.stop_loop(record.id)
     await store.cancel_steps(record.id)
     steps = await store.load_steps(record.id)
     parsed = parse_request(record.body)

@@ -21,7 +21,7 @@ from typing import Any
 
 from stepline.engine.event_log import EventLog, EventWriter
 from stepline.engine.loop import Engine, LoopDrained, run_response, stored_response
-from stepline.store.base import ResponseRecord
+from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
 __all__ = ["Runner"]
 
@@ -39,6 +39,7 @@ class Runner:
         self.logs: dict[str, EventLog] = {}
         self.tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._keeper: asyncio.Task[None] | None = None
+        self._cancelling: set[str] = set()
         self.accepting = True
 
     def lease_expiry(self) -> float:
@@ -70,8 +71,11 @@ class Runner:
             current = await store.get_response(record.id)
             return await stored_response(store, current or record)
         except asyncio.CancelledError:
-            # stopped here (shutdown, lease lost, cancelled): never leave our lease behind
-            await asyncio.shield(store.release_lease(record.id, self.owner))
+            # stopped here (shutdown, lease lost): never leave our lease behind; a
+            # cancelled response keeps it until its cancellation is stored, so no
+            # other claimer picks it up in between
+            if record.id not in self._cancelling:
+                await asyncio.shield(store.release_lease(record.id, self.owner))
             raise
         finally:
             log.close()
@@ -90,7 +94,8 @@ class Runner:
             if response_id in self.tasks:
                 continue
             record = await store.get_response(response_id)
-            if record is None:
+            if record is None or record.status in TERMINAL_STATUSES:
+                # finished (say, cancelled) between the claim and this read
                 continue
             logger.info("resuming response %s", response_id)
             self.launch(record, first_seq=await store.last_event_seq(response_id) + 1)
@@ -118,6 +123,22 @@ class Runner:
             if response_id not in held and task is not None:
                 logger.warning("lease of %s lost; stopping its loop here", response_id)
                 task.cancel()
+
+    async def stop_loop(self, response_id: str) -> None:
+        """Stop the loop of a response that is being cancelled, keeping its lease.
+
+        The caller stores the cancellation next (which clears the lease), so the
+        response is never claimable while it is half cancelled.
+        """
+        task = self.tasks.get(response_id)
+        if task is None:
+            return
+        self._cancelling.add(response_id)
+        try:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        finally:
+            self._cancelling.discard(response_id)
 
     def begin_drain(self, grace: float) -> None:
         """Stop taking work: running steps finish, no new step starts, and loops still

@@ -10,6 +10,7 @@ process picks the work up.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from types import FrameType
 
@@ -34,8 +35,12 @@ class _DrainingServer(uvicorn.Server):
         self._signalled = True
         runner: Runner | None = getattr(self._app.state, "runner", None)
         if runner is not None:
-            runner.begin_drain(self._grace)
-        super().handle_exit(sig, frame)
+            # a signal handler runs between two bytecodes of the loop's thread:
+            # hand the drain to the loop rather than touching it from here
+            asyncio.get_running_loop().call_soon_threadsafe(runner.begin_drain, self._grace)
+        # a drained shutdown is a clean exit: unlike uvicorn's own handler, this
+        # one does not record the signal to raise it again after shutdown
+        self.should_exit = True
 
 
 def serve(app: FastAPI, *, host: str, port: int, grace: float = 10.0) -> None:

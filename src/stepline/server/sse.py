@@ -81,6 +81,13 @@ def _frame(row: EventRow) -> bytes:
 
 
 async def sse_frames(runner: Runner, response_id: str, after: int) -> AsyncIterator[bytes]:
+    """The SSE body; ``[DONE]`` only once the response has ended.
+
+    A stream that stops while its response goes on (the process drains) just
+    closes, so the client knows to resume it with ``starting_after``.
+    """
     async for rows in follow_events(runner, response_id, after):
         yield b"".join(_frame(row) for row in rows)
-    yield b"data: [DONE]\n\n"
+    record = await runner.engine.store.get_response(response_id)
+    if record is None or record.status in TERMINAL_STATUSES:
+        yield b"data: [DONE]\n\n"
