@@ -12,12 +12,17 @@ from pydantic import TypeAdapter
 
 from stepline.protocol.chat_stream import ChatStreamAccumulator
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.model_events import ModelCallEvents
+from stepline.protocol.model_events import CLIENT, SERVER, ModelCallEvents, ToolView
 from stepline.store.base import EventRow
 
 RESPONSE_ID = "resp_test"
 STEP_ID = "step_0"
 CLIENT_TOOLS = frozenset({"ask_user"})
+
+
+def describe(name: str) -> ToolView:
+    return CLIENT if name in CLIENT_TOOLS else SERVER
+
 
 STREAM_EVENT = TypeAdapter[Any](ResponseStreamEvent)
 OUTPUT_ITEM = TypeAdapter[Any](ResponseOutputItem)
@@ -83,7 +88,10 @@ def run_model_call(
     if events is None:
         events = ResponseEvents(RESPONSE_ID, recorder)
     sink = ModelCallEvents(
-        events, output, step_id=STEP_ID, is_client=lambda name: name in CLIENT_TOOLS
+        events,
+        output,
+        step_id=STEP_ID,
+        describe=describe,
     )
     accumulator = ChatStreamAccumulator(sink)
     for delta in deltas:
@@ -543,7 +551,7 @@ def test_arguments_held_before_the_name_are_sent_with_the_announcement() -> None
 
 def test_without_events_the_items_are_still_built() -> None:
     output = OutputList()
-    sink = ModelCallEvents(None, output, step_id=STEP_ID, is_client=lambda name: False)
+    sink = ModelCallEvents(None, output, step_id=STEP_ID, describe=lambda name: SERVER)
     accumulator = ChatStreamAccumulator(sink)
     accumulator.feed(chunk({"content": "quiet"}, finish_reason="stop"))
     items = sink.close(accumulator.result())
@@ -633,7 +641,7 @@ def test_abort_removes_the_failed_calls_items_and_keeps_earlier_ones() -> None:
         ResponseEvents(RESPONSE_ID, recorder),
         output,
         step_id=STEP_ID,
-        is_client=lambda name: name in CLIENT_TOOLS,
+        describe=describe,
     )
     accumulator = ChatStreamAccumulator(sink)
     for delta in FULL_TURN:

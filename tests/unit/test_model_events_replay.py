@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 
 from stepline.protocol.chat_stream import ChatStreamAccumulator
 from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.model_events import ModelCallEvents, PriorEmission
+from stepline.protocol.model_events import CLIENT, SERVER, ModelCallEvents, PriorEmission
 from stepline.store.base import EventRow
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
@@ -42,7 +42,11 @@ class Attempt:
         self.first = len(rows)
         events = ResponseEvents("resp_1", rows.append, next_seq=len(rows))
         self.sink = ModelCallEvents(
-            events, output, step_id=STEP, is_client=lambda name: name == "ask", prior=prior
+            events,
+            output,
+            step_id=STEP,
+            describe=lambda name: CLIENT if name == "ask" else SERVER,
+            prior=prior,
         )
         self.accumulator = ChatStreamAccumulator(self.sink)
 

@@ -4,18 +4,33 @@ With ``previous_response_id`` the model sees, oldest first, each earlier
 response's input and then its output (its stored chain), and then the new
 input. Instructions are not carried over: each response brings its own.
 A response created with ``store: false`` cannot be continued.
+
+The previous response may have ended holding tool calls for approval
+(``mcp_approval_request`` items); the new input answers them with
+``mcp_approval_response`` items, which :func:`approvals` checks and turns
+into the calls to run first and the refusals to show the model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from stepline.errors import NotFound
-from stepline.protocol.items import chain_messages, input_messages
-from stepline.protocol.request import parse_request
+from stepline.engine.policies import ApprovedCall
+from stepline.engine.steps import Step, StepKind
+from stepline.errors import InvalidRequest, NotFound
+from stepline.protocol.items import chain_messages, input_messages, leading_tool_messages
+from stepline.protocol.request import McpApprovalResponseItem, ResponseRequest, parse_request
 from stepline.store.base import ResponseRecord, StepStore
 
-__all__ = ["conversation_history", "previous_chain_records"]
+__all__ = [
+    "Conversation",
+    "HeldCall",
+    "approvals",
+    "conversation_history",
+    "load_conversation",
+    "previous_chain_records",
+]
 
 _MAX_CHAIN = 1000
 
@@ -38,11 +53,92 @@ async def previous_chain_records(store: StepStore, previous_id: str | None) -> l
     return records
 
 
-async def conversation_history(store: StepStore, previous_id: str | None) -> list[dict[str, Any]]:
-    """Chat messages of every response before this one, oldest first."""
+@dataclass(frozen=True, kw_only=True)
+class HeldCall:
+    """A tool call the previous response held for the client's approval."""
+
+    call_id: str
+    name: str
+    arguments: str
+    server_label: str
+    shown_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conversation:
+    """The messages of earlier responses, and the calls the last one held, by request id."""
+
+    history: list[dict[str, Any]]
+    held: dict[str, HeldCall]
+
+
+def _held_calls(chain: list[Step]) -> dict[str, HeldCall]:
+    model_calls = [s for s in chain if s.kind is StepKind.MODEL_CALL and s.response is not None]
+    if not model_calls:
+        return {}
+    response = model_calls[-1].response
+    assert response is not None
+    call_of = {item: call for call, item in response.get("call_items", {}).items()}
+    calls = {c["id"]: c["function"] for c in response["message"].get("tool_calls") or ()}
+    held: dict[str, HeldCall] = {}
+    for item in response["items"]:
+        call_id = call_of.get(item["id"])
+        if item["type"] == "mcp_approval_request" and call_id is not None and call_id in calls:
+            held[item["id"]] = HeldCall(
+                call_id=call_id,
+                name=calls[call_id]["name"],
+                arguments=calls[call_id]["arguments"],
+                server_label=item["server_label"],
+                shown_name=item["name"],
+            )
+    return held
+
+
+async def load_conversation(store: StepStore, previous_id: str | None) -> Conversation:
+    """Chat messages of every response before this one, oldest first, and the held calls."""
     messages: list[dict[str, Any]] = []
+    held: dict[str, HeldCall] = {}
     for record in await previous_chain_records(store, previous_id):
         request = parse_request(record.body)
-        messages.extend(input_messages(request.input))
-        messages.extend(chain_messages(await store.load_chain(record.id, scope=None)))
-    return messages
+        chain = await store.load_chain(record.id, scope=None)
+        approved = {
+            item.approval_request_id: held[item.approval_request_id].call_id
+            for item in request.input
+            if isinstance(item, McpApprovalResponseItem) and item.approval_request_id in held
+        }
+        messages.extend(input_messages(request.input, approved))
+        messages.extend(leading_tool_messages(chain))
+        messages.extend(chain_messages(chain))
+        held = _held_calls(chain)
+    return Conversation(history=messages, held=held)
+
+
+async def conversation_history(store: StepStore, previous_id: str | None) -> list[dict[str, Any]]:
+    """Chat messages of every response before this one, oldest first."""
+    return (await load_conversation(store, previous_id)).history
+
+
+def approvals(request: ResponseRequest, conversation: Conversation) -> list[ApprovedCall]:
+    """The held calls this request approves; InvalidRequest names an unknown approval id."""
+    approved: list[ApprovedCall] = []
+    for index, item in enumerate(request.input):
+        if not isinstance(item, McpApprovalResponseItem):
+            continue
+        call = conversation.held.get(item.approval_request_id)
+        if call is None:
+            raise InvalidRequest(
+                f"No approval request found with id '{item.approval_request_id}'.",
+                param=f"input[{index}].approval_request_id",
+            )
+        if item.approve:
+            approved.append(
+                ApprovedCall(
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                    approval_request_id=item.approval_request_id,
+                    server_label=call.server_label,
+                    shown_name=call.shown_name,
+                )
+            )
+    return approved

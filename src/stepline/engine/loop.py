@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
@@ -33,10 +33,10 @@ import httpx
 import orjson
 
 from stepline.config import Settings
-from stepline.engine.conversation import conversation_history
+from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.event_log import EventLog
 from stepline.engine.observer import LoopObserver, NullObserver
-from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
+from stepline.engine.policies import ApprovedCall, LoopPolicy, RunState, StopPolicy
 from stepline.engine.run_events import (
     RunCompleted,
     RunError,
@@ -61,6 +61,7 @@ from stepline.engine.steps import (
 from stepline.engine.transition import next_action
 from stepline.errors import StoreError, ToolError, UpstreamError
 from stepline.protocol.assemble import (
+    approved_call_item,
     mcp_item_state,
     output_items,
     response_object,
@@ -69,8 +70,14 @@ from stepline.protocol.assemble import (
 from stepline.protocol.chat_request import chat_payload, client_tool_definitions
 from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.items import SERVER_LABEL, chain_messages, input_messages
-from stepline.protocol.model_events import ModelCallEvents, PriorEmission
+from stepline.protocol.items import chain_messages, input_messages, leading_tool_messages
+from stepline.protocol.model_events import (
+    CLIENT,
+    SERVER,
+    ModelCallEvents,
+    PriorEmission,
+    ToolView,
+)
 from stepline.protocol.request import (
     MessageItem,
     ResponseRequest,
@@ -201,6 +208,9 @@ class ScopeLoop:
     stops: tuple[StopPolicy, ...] = ()
     #: what the whole run did so far; sub-agents share their parent's
     state: RunState = field(default_factory=RunState)
+    #: where in ``base_messages`` the results of approved calls go (right after
+    #: the call they answer); None: at the end
+    results_at: int | None = None
     _chain: dict[str, Step] = field(default_factory=dict)
 
     # -- the loop ----------------------------------------------------------
@@ -335,12 +345,16 @@ class ScopeLoop:
 
     # -- model calls -------------------------------------------------------
 
-    def _is_client(self, name: str) -> bool:
-        return name in self.policy.client_tools
-
-    def _label_of(self, name: str) -> str:
+    def _describe(self, name: str) -> ToolView:
+        if name in self.policy.client_tools:
+            return CLIENT
         tool = self.server_tools.get(name)
-        return tool.label if tool is not None else SERVER_LABEL
+        if tool is None:
+            return SERVER
+        kind: Literal["server", "approval"] = (
+            "approval" if name in self.policy.approval_tools else "server"
+        )
+        return ToolView(kind=kind, label=tool.label, shown_name=tool.display_name)
 
     def _tool_definitions(self, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
         server = [
@@ -356,7 +370,13 @@ class ScopeLoop:
             StepStarted(step_id=step.id, kind="model_call", scope=self.scope, attempt=step.attempt)
         )
         chain = [s for s in self._ordered() if s.sequence < step.sequence]
-        messages = self.base_messages + chain_messages(chain)
+        at = len(self.base_messages) if self.results_at is None else self.results_at
+        messages = [
+            *self.base_messages[:at],
+            *leading_tool_messages(chain),
+            *self.base_messages[at:],
+            *chain_messages(chain),
+        ]
         problem = conversation_problem(messages, self.policy.validation)
         if problem is not None:
             done = await self._finish(
@@ -387,8 +407,7 @@ class ScopeLoop:
             self.events,
             self.output,
             step_id=step.id,
-            is_client=self._is_client,
-            label_of=self._label_of,
+            describe=self._describe,
             prior=prior,
         )
         sink: DeltaSink = items_sink
@@ -469,6 +488,8 @@ class ScopeLoop:
         )
         item_id = self._item_of_call(step)
         index = self.output.index_of(item_id) if item_id is not None else None
+        if item_id is None and "approval_request_id" in step.request:
+            item_id, index = self._approved_item(step)
         if self.events is not None and index is not None:
             self.events.emit(
                 "response.mcp_call.in_progress",
@@ -536,6 +557,21 @@ class ScopeLoop:
             self.events.emit(
                 "response.output_item.done", {"output_index": index, "item": item}, step_id=step.id
             )
+
+    def _approved_item(self, step: Step) -> tuple[str, int]:
+        """The ``mcp_call`` item of an approved call (added now unless a crash left it)."""
+        assert step.call_id is not None
+        item = approved_call_item(step)
+        index = self.output.index_of(item["id"])
+        if index is None:
+            index = self.output.add(item)
+            if self.events is not None:
+                self.events.emit(
+                    "response.output_item.added",
+                    {"output_index": index, "item": item},
+                    step_id=step.id,
+                )
+        return item["id"], index
 
     def _item_of_call(self, step: Step) -> str | None:
         """The output item of the model call this tool step answers."""
@@ -624,13 +660,32 @@ def wire_error(code: str, message: str, status: int | None = None) -> dict[str, 
     return {"code": "server_error", "type": category, "message": message}
 
 
-def base_messages(request: ResponseRequest, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """System instructions, then the earlier conversation, then this request's input."""
+def base_messages(
+    request: ResponseRequest,
+    history: list[dict[str, Any]],
+    held: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """System instructions, then the earlier conversation, then this request's input.
+
+    ``held`` maps the previous response's approval request ids to their calls.
+    """
     system = [{"role": "system", "content": request.instructions}] if request.instructions else []
-    return [*system, *history, *input_messages(request.input)]
+    return [*system, *history, *input_messages(request.input, held)]
 
 
-def top_level_policy(settings: Settings, request: ResponseRequest) -> LoopPolicy:
+def _results_at(messages: list[dict[str, Any]], start: int) -> int:
+    """Past the tool messages (refusals) that follow ``start``: where approved results go."""
+    while start < len(messages) and messages[start]["role"] == "tool":
+        start += 1
+    return start
+
+
+def top_level_policy(
+    settings: Settings,
+    request: ResponseRequest,
+    server_tools: dict[str, ServerTool] | None = None,
+    approved: Sequence[ApprovedCall] = (),
+) -> LoopPolicy:
     allowed = allowed_tool_names(request)
     client = frozenset(
         tool.name for tool in request.tools if allowed is None or tool.name in allowed
@@ -642,6 +697,10 @@ def top_level_policy(settings: Settings, request: ResponseRequest) -> LoopPolicy
         client_tools=client,
         join=settings.limits.tool_join,
         validation=settings.limits.validation,
+        approval_tools=frozenset(
+            name for name, tool in (server_tools or {}).items() if tool.approval
+        ),
+        approved_calls=tuple(approved),
     )
 
 
@@ -695,18 +754,24 @@ async def run_response(
             allowed = engine.key_tools(record.key_id)
             offered = tools if tools is not None else (route.tools if route else ())
             tool_names = [name for name in offered if allowed is None or name in allowed]
-            transcript = base_messages(
-                request, await conversation_history(store, request.previous_response_id)
-            )
+            conversation = await load_conversation(store, request.previous_response_id)
+            held = {request_id: call.call_id for request_id, call in conversation.held.items()}
+            transcript = base_messages(request, conversation.history, held)
+            server_tools = engine.tools.select(tool_names)
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
                 scope=None,
                 request=request,
                 target=route_target,
-                server_tools=engine.tools.select(tool_names),
+                server_tools=server_tools,
                 base_messages=transcript,
-                policy=top_level_policy(engine.settings, request),
+                results_at=_results_at(
+                    transcript, len(transcript) - len(input_messages(request.input, held))
+                ),
+                policy=top_level_policy(
+                    engine.settings, request, server_tools, approvals(request, conversation)
+                ),
                 events=events,
                 output=output,
                 stops=stops,

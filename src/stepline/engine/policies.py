@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from stepline.protocol.validate import Strictness
 
 __all__ = [
+    "ApprovedCall",
     "LoopPolicy",
     "RunState",
     "StopPolicy",
@@ -27,6 +28,19 @@ __all__ = [
     "until_no_tool_calls",
     "until_tool_called",
 ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovedCall:
+    """A held tool call the client approved; the next response runs it first."""
+
+    call_id: str
+    name: str
+    arguments: str
+    approval_request_id: str
+    #: what its ``mcp_call`` item shows
+    server_label: str
+    shown_name: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +60,10 @@ class LoopPolicy:
     join: Literal["all", "fail_fast"] = "all"
     #: how strictly a transcript is checked before each model call
     validation: Strictness = "lenient"
+    #: server tools whose calls wait for the client's approval (``mcp_approval_request``)
+    approval_tools: frozenset[str] = frozenset()
+    #: approved calls of the previous response, run before the first model call
+    approved_calls: tuple[ApprovedCall, ...] = ()
 
 
 @dataclass(kw_only=True)

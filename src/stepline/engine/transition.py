@@ -5,17 +5,18 @@ after a crash decides exactly what the first process would have.
 
 Rules, in order:
 
-1. An empty chain starts with a model call.
-2. Any step of the chain that is not terminal is run (again) before anything
+1. Any step of the chain that is not terminal is run (again) before anything
    else: a fan-out is never passed over while a sibling is pending or
    processing, whichever sibling finished last.
+2. A chain without a model call first runs the calls the client approved
+   (held by the previous response), then starts with a model call.
 3. A failed model call fails the response with its error.
 4. A model call without tool calls completes the response (``incomplete``
    when the upstream stopped on ``length``).
-5. Tool calls that name client tools go back to the client; every other call
-   is a server step (an unknown name fails at run time and goes back to the
-   model). Server calls without a step yet are recorded together, in the
-   order the model made them, as one fan-out.
+5. Tool calls that name client tools, or tools that need approval, go back
+   to the client; every other call is a server step (an unknown name fails
+   at run time and goes back to the model). Server calls without a step yet
+   are recorded together, in the order the model made them, as one fan-out.
 6. Once every server sibling is terminal: a failure fails the response when
    the policy says so; client calls end the response with them; otherwise
    the follow-up model call, unless ``max_iterations`` model calls were made.
@@ -26,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from stepline.engine.policies import LoopPolicy
+from stepline.engine.policies import ApprovedCall, LoopPolicy
 from stepline.engine.steps import (
     AppendSteps,
     Complete,
@@ -55,14 +56,17 @@ def tool_calls_of(step: Step) -> list[dict[str, Any]]:
 
 
 def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
-    if not chain:
-        return AppendSteps(steps=(model_call(1),))
-
     unfinished = tuple(step for step in chain if not step.state.terminal)
     if unfinished:
         return RunSteps(steps=unfinished)
 
     model_calls = [step for step in chain if step.kind is StepKind.MODEL_CALL]
+    if not model_calls:
+        recorded = {step.call_id for step in chain}
+        approved = [call for call in policy.approved_calls if call.call_id not in recorded]
+        if approved:
+            return AppendSteps(steps=tuple(_approved_step(call) for call in approved))
+        return AppendSteps(steps=(model_call(1),))
     last = model_calls[-1]
     if last.state is not StepState.COMPLETED:
         error = last.error or {}
@@ -84,8 +88,10 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
         for step in chain
         if step.kind is StepKind.TOOL_CALL and step.sequence > last.sequence
     }
-    server_calls = [call for call in calls if call["function"]["name"] not in policy.client_tools]
-    client_calls = [call for call in calls if call["function"]["name"] in policy.client_tools]
+    held = policy.client_tools | policy.approval_tools
+    server_calls = [call for call in calls if call["function"]["name"] not in held]
+    # client calls, and calls held for approval, go back to the client
+    client_calls = [call for call in calls if call["function"]["name"] in held]
 
     missing = [call for call in server_calls if call["id"] not in siblings]
     if missing:
@@ -121,6 +127,20 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
     if len(model_calls) >= policy.max_iterations:
         return Finish(reason="max_iterations")
     return AppendSteps(steps=(model_call(len(model_calls) + 1),))
+
+
+def _approved_step(call: ApprovedCall) -> NewStep:
+    return NewStep(
+        kind=StepKind.TOOL_CALL,
+        call_id=call.call_id,
+        request={
+            "name": call.name,
+            "arguments": call.arguments,
+            "approval_request_id": call.approval_request_id,
+            "server_label": call.server_label,
+            "shown_name": call.shown_name,
+        },
+    )
 
 
 def _tool_failure(failed: list[Step]) -> Fail:

@@ -21,6 +21,7 @@ from stepline.engine.steps import Step, StepKind, StepState, batches
 from stepline.protocol.request import ResponseRequest
 
 __all__ = [
+    "approved_call_item",
     "mcp_call_id",
     "mcp_item_state",
     "output_items",
@@ -69,9 +70,30 @@ def _mcp_error(error: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def approved_call_item(step: Step) -> dict[str, Any]:
+    """The ``mcp_call`` item of a call the client approved, run before any model call."""
+    assert step.call_id is not None
+    return {
+        "id": mcp_call_id(step.call_id),
+        "type": "mcp_call",
+        "status": "in_progress",
+        "server_label": step.request["server_label"],
+        "name": step.request["shown_name"],
+        "arguments": step.request["arguments"],
+        "output": None,
+        "error": None,
+        "approval_request_id": step.request["approval_request_id"],
+    }
+
+
 def output_items(chain: Sequence[Step]) -> list[dict[str, Any]]:
     """The output list of a response, from its top-level chain."""
     items: list[dict[str, Any]] = []
+    for step in sorted(chain, key=lambda s: s.sequence):
+        if step.kind is StepKind.MODEL_CALL:
+            break
+        if "approval_request_id" in step.request:
+            items.append(mcp_item_state(approved_call_item(step), step))
     for model_call, tool_steps in batches(chain):
         if model_call.state is not StepState.COMPLETED:
             continue

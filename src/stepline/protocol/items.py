@@ -14,17 +14,18 @@ Everything here is pure and works on plain dicts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from stepline.engine.steps import Step, StepState, batches
+from stepline.engine.steps import Step, StepKind, StepState, batches
 from stepline.protocol.request import (
     FunctionCallItem,
     FunctionCallOutputItem,
     InputImage,
     InputItem,
+    McpApprovalResponseItem,
     McpCallItem,
     MessageItem,
     OutputText,
@@ -82,10 +83,29 @@ def _add_call(messages: list[Message], call_id: str, name: str, arguments: str) 
     )
 
 
-def input_messages(items: Iterable[InputItem]) -> list[Message]:
-    """Chat messages for request input items, in order."""
+#: what the model sees for a held call the client refused
+REFUSED = "The user refused this tool call."
+
+
+def input_messages(
+    items: Iterable[InputItem], approvals: Mapping[str, str] | None = None
+) -> list[Message]:
+    """Chat messages for request input items, in order.
+
+    ``approvals`` maps an ``mcp_approval_request`` id of the previous
+    response to the call it held: a refusal answers that call here; an
+    approved call is run by the response and answered by its tool step.
+    """
     messages: list[Message] = []
     for item in items:
+        if isinstance(item, McpApprovalResponseItem):
+            call_id = (approvals or {}).get(item.approval_request_id)
+            if call_id is not None and not item.approve:
+                reason = f" Reason: {item.reason}" if item.reason else ""
+                messages.append(
+                    {"role": "tool", "tool_call_id": call_id, "content": REFUSED + reason}
+                )
+            continue
         if isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
             content = _content(item.content)
@@ -152,6 +172,23 @@ def chain_messages(chain: Sequence[Step]) -> list[Message]:
                 messages.append(
                     {"role": "tool", "tool_call_id": call["id"], "content": tool_result_text(done)}
                 )
+    return messages
+
+
+def leading_tool_messages(chain: Sequence[Step]) -> list[Message]:
+    """Tool messages of the steps a chain runs before its first model call.
+
+    Those are calls the client approved; they answer the previous response's
+    last assistant message.
+    """
+    messages: list[Message] = []
+    for step in sorted(chain, key=lambda s: s.sequence):
+        if step.kind is StepKind.MODEL_CALL:
+            break
+        if step.call_id is not None and step.state.terminal:
+            messages.append(
+                {"role": "tool", "tool_call_id": step.call_id, "content": tool_result_text(step)}
+            )
     return messages
 
 

@@ -37,9 +37,9 @@ from stepline.protocol.events import OutputList, ResponseEvents
 from stepline.protocol.items import SERVER_LABEL, message_item
 from stepline.store.base import EventRow
 
-__all__ = ["ModelCallEvents", "PriorEmission"]
+__all__ = ["ModelCallEvents", "PriorEmission", "ToolView"]
 
-Kind = Literal["reasoning", "message", "function_call", "mcp_call"]
+Kind = Literal["reasoning", "message", "function_call", "mcp_call", "mcp_approval_request"]
 
 _DELTA = {
     "reasoning": "response.reasoning_text.delta",
@@ -48,6 +48,21 @@ _DELTA = {
     "mcp_call": "response.mcp_call_arguments.delta",
 }
 _HAS_PART = frozenset({"reasoning", "message"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolView:
+    """How a model's tool call shows: a ``function_call`` for the client to run, an
+    ``mcp_call`` the server runs, or an ``mcp_approval_request`` held for approval."""
+
+    kind: Literal["client", "server", "approval"]
+    label: str = SERVER_LABEL
+    #: the name its item shows (an MCP tool's own name); default: the call's name
+    shown_name: str | None = None
+
+
+CLIENT = ToolView(kind="client")
+SERVER = ToolView(kind="server")
 
 
 @dataclass(kw_only=True)
@@ -142,15 +157,13 @@ class ModelCallEvents:
         output: OutputList,
         *,
         step_id: str,
-        is_client: Callable[[str], bool],
-        label_of: Callable[[str], str] = lambda name: SERVER_LABEL,
+        describe: Callable[[str], ToolView],
         prior: PriorEmission | None = None,
     ) -> None:
         self._events = events
-        self._label_of = label_of
+        self._describe = describe
         self._output = output
         self._step_id = step_id
-        self._is_client = is_client
         self._prior = prior
         self._start = len(output.items)
         self._reasoning: _Open | None = None
@@ -231,6 +244,8 @@ class ModelCallEvents:
                 return
             text = text[opened.skip :]
             opened.skip = 0
+        if opened.kind == "mcp_approval_request":
+            return  # its arguments arrive whole, with the item's done event
         fields: dict[str, Any] = {"item_id": opened.item_id, "output_index": opened.index}
         if opened.kind in _HAS_PART:
             fields["content_index"] = 0
@@ -274,7 +289,18 @@ class ModelCallEvents:
         self._close_open_reasoning()
         self._close_open_message()
         item: dict[str, Any]
-        if self._is_client(name):
+        view = self._describe(name)
+        shown = view.shown_name or name
+        if view.kind == "approval":
+            item = {
+                "id": f"mcpr_{secrets.token_hex(16)}",
+                "type": "mcp_approval_request",
+                "server_label": view.label,
+                "name": shown,
+                "arguments": "",
+            }
+            opened = self._open("mcp_approval_request", item, name=shown, call_id=call_id)
+        elif view.kind == "client":
             item = {
                 "id": f"fc_{secrets.token_hex(16)}",
                 "type": "function_call",
@@ -289,13 +315,13 @@ class ModelCallEvents:
                 "id": mcp_call_id(call_id),
                 "type": "mcp_call",
                 "status": "in_progress",
-                "server_label": self._label_of(name),
-                "name": name,
+                "server_label": view.label,
+                "name": shown,
                 "arguments": "",
                 "output": None,
                 "error": None,
             }
-            opened = self._open("mcp_call", item, name=name, call_id=call_id)
+            opened = self._open("mcp_call", item, name=shown, call_id=call_id)
         self._tools[index] = opened
         self.call_items[call_id] = opened.item_id
 
@@ -358,6 +384,9 @@ class ModelCallEvents:
                     {**where, "name": opened.name, "arguments": text},
                 )
             ]
+        elif opened.kind == "mcp_approval_request":
+            item = {**self._output.items[opened.index], "arguments": text}
+            done = []
         else:
             # an mcp_call item stays open for its tool step; only its arguments are done
             item = {

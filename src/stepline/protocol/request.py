@@ -107,8 +107,29 @@ class ReasoningItem(_Lenient):
     type: Literal["reasoning"]
 
 
+class McpApprovalResponseItem(_Lenient):
+    """The client's answer to an ``mcp_approval_request`` of the previous response."""
+
+    type: Literal["mcp_approval_response"]
+    approval_request_id: str = Field(min_length=1)
+    approve: bool
+    reason: str | None = None
+
+
+class EchoedItem(_Lenient):
+    """Output items a client sends back that carry nothing for the model."""
+
+    type: Literal["mcp_approval_request", "mcp_list_tools"]
+
+
 InputItem = Annotated[
-    MessageItem | FunctionCallItem | FunctionCallOutputItem | McpCallItem | ReasoningItem,
+    MessageItem
+    | FunctionCallItem
+    | FunctionCallOutputItem
+    | McpCallItem
+    | ReasoningItem
+    | McpApprovalResponseItem
+    | EchoedItem,
     Field(discriminator="type"),
 ]
 
@@ -256,6 +277,9 @@ _UNION_TAGS = frozenset(
         "function_call_output",
         "mcp_call",
         "reasoning",
+        "mcp_approval_response",
+        "mcp_approval_request",
+        "mcp_list_tools",
         "input_text",
         "input_image",
         "output_text",

@@ -71,6 +71,10 @@ class ServerTool:
     agent: AgentSpec | None = None
     #: ``server_label`` of the tool's ``mcp_call`` items
     label: str = SERVER_LABEL
+    #: the name its ``mcp_call`` items show (an MCP tool's own name); default ``name``
+    display_name: str | None = None
+    #: calls wait for the client's approval (``mcp_approval_request``) before running
+    approval: bool = False
 
     @classmethod
     def build(
@@ -82,6 +86,8 @@ class ServerTool:
         run: ToolRun | None = None,
         agent: AgentSpec | None = None,
         label: str = SERVER_LABEL,
+        display_name: str | None = None,
+        approval: bool = False,
     ) -> ServerTool:
         """A tool with its schema checked; exactly one of ``run`` and ``agent``."""
         if (run is None) == (agent is None):
@@ -100,6 +106,8 @@ class ServerTool:
             run=run,
             agent=agent,
             label=label,
+            display_name=display_name,
+            approval=approval,
         )
 
     def chat_definition(self) -> dict[str, Any]:
