@@ -186,9 +186,19 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m stepline serve`` as a child process; restartable on the same port."""
 
-    def __init__(self, *, config: Path, database: Path, port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        config: Path,
+        database: Path,
+        port: int,
+        log_dir: Path,
+        database_url: str | None = None,
+    ) -> None:
         self.config = config
         self.database = database
+        #: the database the process uses; the SQLite file ``database`` by default
+        self.database_url = database_url or f"sqlite:///{database}"
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_dir = log_dir
@@ -230,7 +240,7 @@ class ServerProcess:
             "--port",
             str(self.port),
             "--database",
-            f"sqlite:///{self.database}",
+            self.database_url,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("wb") as log:
@@ -305,6 +315,7 @@ class Harness:
         upstream: dict[str, Any] | None = None,
         limits: dict[str, Any] | None = None,
         start: bool = True,
+        database_url: str | None = None,
     ) -> ServerProcess:
         """A stepline process on this harness's database (started unless told not to)."""
         config = self.tmp_path / f"stepline-{len(self.servers)}.toml"
@@ -314,7 +325,11 @@ class Harness:
             )
         )
         server = ServerProcess(
-            config=config, database=self.database, port=free_port(), log_dir=self.tmp_path
+            config=config,
+            database=self.database,
+            port=free_port(),
+            log_dir=self.tmp_path,
+            database_url=database_url,
         )
         self.servers.append(server)
         if start:
