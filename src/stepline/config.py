@@ -24,15 +24,30 @@ Example::
     [default_model]          # any other model name
     upstream = "local"
 
+    [[models]]               # several weighted targets, with failover
+    name = "big"
+    targets = [
+      { upstream = "local", weight = 3, upstream_model = "qwen3-32b" },
+      { upstream = "spare", weight = 1 },
+    ]
+
     [tools.weather]
     type = "http"
     description = "Current weather for a city"
     url = "http://127.0.0.1:9000/weather"
     parameters = { type = "object", properties = { city = { type = "string" } } }
+
+    [keys.alice]             # an API key; only its SHA-256 hash is stored
+    hash = "sha256:5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+    models = ["llama", "big"]
+    tools = ["weather"]
+    rate = { requests_per_second = 5, burst = 10 }
+    max_concurrent = 4
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from pathlib import Path
@@ -45,9 +60,13 @@ from stepline.errors import ConfigError
 __all__ = [
     "AgentToolConfig",
     "HttpToolConfig",
+    "KeyConfig",
     "LimitsConfig",
+    "McpSourceConfig",
     "ModelRoute",
+    "RateConfig",
     "Settings",
+    "TargetConfig",
     "TimeoutsConfig",
     "ToolConfig",
     "UpstreamConfig",
@@ -59,7 +78,8 @@ DEFAULT_DATABASE_URL = "sqlite:///stepline.db"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A rejected value is never echoed in the error: it may be a secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 def resolve_secret(value: str) -> str:
@@ -86,7 +106,8 @@ class UpstreamConfig(_Strict):
     """One OpenAI-compatible Chat Completions endpoint."""
 
     base_url: str
-    api_key: str | None = None
+    #: a literal key (or ``env:NAME``); never shown in a repr
+    api_key: str | None = Field(default=None, repr=False)
     api_key_env: str | None = None
     stream: bool = True
     timeouts: TimeoutsConfig = TimeoutsConfig()
@@ -94,6 +115,12 @@ class UpstreamConfig(_Strict):
     retry_deadline: float = Field(default=30.0, ge=0)
     #: forward ``reasoning.effort`` as ``reasoning_effort``
     reasoning_effort: bool = False
+    #: calls in flight to this upstream at once (from every route); None: no cap
+    max_concurrent: int | None = Field(default=None, ge=1)
+    #: consecutive failures (connection, timeout, 429, 5xx) that take it out of rotation
+    cooldown_after: int = Field(default=3, ge=1)
+    #: seconds it stays out before it is tried again
+    cooldown_seconds: float = Field(default=30.0, ge=0)
 
     def resolved_api_key(self) -> str | None:
         if self.api_key_env:
@@ -103,13 +130,36 @@ class UpstreamConfig(_Strict):
         return None
 
 
-class ModelRoute(_Strict):
-    """A model name clients use, mapped to an upstream and its own model name."""
+class TargetConfig(_Strict):
+    """One upstream a model route may send a call to, and how often (``weight``)."""
 
-    name: str = "*"
     upstream: str
     upstream_model: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+
+class ModelRoute(_Strict):
+    """A model name clients use, mapped to an upstream (or weighted ``targets``)
+    and its own model name there."""
+
+    name: str = "*"
+    upstream: str | None = None
+    upstream_model: str | None = None
+    targets: tuple[TargetConfig, ...] = ()
     tools: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ModelRoute:
+        if (self.upstream is None) == (not self.targets):
+            raise ValueError(f"model {self.name!r} needs either upstream or targets, not both")
+        return self
+
+    def target_list(self) -> tuple[TargetConfig, ...]:
+        """Every target of the route; the single ``upstream`` form is one target."""
+        if self.targets:
+            return self.targets
+        assert self.upstream is not None
+        return (TargetConfig(upstream=self.upstream, upstream_model=self.upstream_model),)
 
 
 class HttpToolConfig(_Strict):
@@ -119,11 +169,20 @@ class HttpToolConfig(_Strict):
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     url: str
-    headers: dict[str, str] = Field(default_factory=dict)
+    #: values may be secrets (``env:NAME`` reads the environment); never shown in a repr
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
     timeout: float = Field(default=30.0, gt=0)
+    #: longer outputs are cut for the model; default ``limits.max_tool_output_chars``
+    max_output_chars: int | None = Field(default=None, ge=1)
 
     def resolved_headers(self) -> dict[str, str]:
         return {name: resolve_secret(value) for name, value in self.headers.items()}
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Header values read from the environment (``env:NAME``): never shown anywhere."""
+        return tuple(
+            resolve_secret(value) for value in self.headers.values() if value.startswith("env:")
+        )
 
 
 class AgentToolConfig(_Strict):
@@ -160,6 +219,81 @@ class LimitsConfig(_Strict):
     #: how strictly a transcript is checked before each model call
     validation: Literal["strict", "lenient", "off"] = "lenient"
     lease_seconds: float = Field(default=15.0, gt=0)
+    #: a ``/v1`` request body larger than this is refused (413)
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: items in one request's ``input`` (or ``messages`` of a chat completion)
+    max_input_items: int = Field(default=2048, ge=1)
+    #: a server tool's output longer than this reaches the model truncated
+    max_tool_output_chars: int = Field(default=100_000, ge=1)
+
+
+class RateConfig(_Strict):
+    """A token bucket: ``requests_per_second`` on average, ``burst`` at once."""
+
+    requests_per_second: float = Field(gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+    @property
+    def capacity(self) -> float:
+        return float(self.burst) if self.burst is not None else max(1.0, self.requests_per_second)
+
+
+class KeyConfig(_Strict):
+    """An API key: the SHA-256 hash of its token, and what it may do.
+
+    ``models`` are client model names or shell patterns (``llama-*``); ``tools``
+    are server tool names. Left out, either means "all".
+    """
+
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    models: tuple[str, ...] | None = None
+    tools: tuple[str, ...] | None = None
+    rate: RateConfig | None = None
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class McpSourceConfig(BaseModel):
+    """One MCP server: either a Streamable HTTP ``url`` or a stdio ``command``."""
+
+    # A rejected value is never echoed in the error: it may be a secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    url: str | None = None
+    #: sent with every HTTP request; values may be ``env:NAME``, read at connect time
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    #: extra environment of the stdio process; values may be ``env:NAME``
+    env: dict[str, str] = Field(default_factory=dict, repr=False)
+    #: MCP tool names the model may see and call; None: all of them
+    allowed_tools: list[str] | None = None
+    #: which calls wait for approval: none, all, or the named MCP tools
+    require_approval: Literal["never", "always"] | list[str] = "never"
+    #: seconds one call (or listing) may take, connecting and one reconnect included
+    timeout: float = Field(default=30.0, gt=0)
+    #: seconds a tool listing is reused before the server is asked again
+    refresh_seconds: float = Field(default=300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpSourceConfig:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("an MCP source needs exactly one of url and command")
+        if self.url is not None and (self.args or self.env):
+            raise ValueError("args and env apply to a stdio command, not to a url")
+        if self.command is not None and self.headers:
+            raise ValueError("headers apply to a url, not to a stdio command")
+        return self
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Values read from the environment (``env:NAME``): never shown anywhere.
+        One that cannot be resolved is skipped: it cannot leak either."""
+        found: list[str] = []
+        for value in (*self.headers.values(), *self.env.values()):
+            if value.startswith("env:"):
+                with contextlib.suppress(ConfigError):
+                    if secret := resolve_secret(value):
+                        found.append(secret)
+        return tuple(found)
 
 
 class Settings(_Strict):
@@ -171,23 +305,73 @@ class Settings(_Strict):
     default_model: ModelRoute | None = None
     tools: dict[str, ToolConfig] = Field(default_factory=dict)
     limits: LimitsConfig = LimitsConfig()
+    keys: dict[str, KeyConfig] = Field(default_factory=dict)
+    #: MCP servers as tool sources, by label; a model route names a label among its tools
+    mcp: dict[str, McpSourceConfig] = Field(default_factory=dict)
+    #: server URLs a request may name in an ``{"type": "mcp"}`` tool (``*`` ends a prefix)
+    mcp_allowed_urls: tuple[str, ...] = ()
     demo: bool = False
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
         routes = [*self.models, *([self.default_model] if self.default_model else [])]
         for route in routes:
-            if route.upstream not in self.upstreams:
-                raise ValueError(f"model {route.name!r} names unknown upstream {route.upstream!r}")
+            for target in route.target_list():
+                if target.upstream not in self.upstreams:
+                    raise ValueError(
+                        f"model {route.name!r} names unknown upstream {target.upstream!r}"
+                    )
             for tool_name in route.tools:
-                if tool_name not in self.tools:
+                if tool_name not in self.tools and tool_name not in self.mcp:
                     raise ValueError(f"model {route.name!r} names unknown tool {tool_name!r}")
+        for label in self.mcp:
+            if label in self.tools:
+                raise ValueError(f"MCP server {label!r} has the name of a tool")
         for name, tool in self.tools.items():
             if isinstance(tool, AgentToolConfig):
                 for sub in tool.tools:
                     if sub not in self.tools:
                         raise ValueError(f"agent tool {name!r} names unknown tool {sub!r}")
+            elif tool.max_output_chars is None:
+                # the global limit, unless the tool sets its own
+                self.tools[name] = tool.model_copy(
+                    update={"max_output_chars": self.limits.max_tool_output_chars}
+                )
+        hashes: set[str] = set()
+        for key_name, key in self.keys.items():
+            if key.hash in hashes:
+                raise ValueError(f"key {key_name!r} has the same hash as another key")
+            hashes.add(key.hash)
+            for tool_name in key.tools or ():
+                if tool_name not in self.tools and tool_name not in self.mcp:
+                    raise ValueError(f"key {key_name!r} names unknown tool {tool_name!r}")
         return self
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret the config resolves (upstream keys, tool and MCP headers and
+        environment from ``env:``), to be kept out of replies, stored rows and logs. A secret
+        that cannot be resolved is skipped: it cannot leak either."""
+        found: list[str] = []
+        for upstream in self.upstreams.values():
+            try:
+                key = upstream.resolved_api_key()
+            except ConfigError:
+                continue
+            if key:
+                found.append(key)
+        for tool in self.tools.values():
+            if isinstance(tool, HttpToolConfig):
+                for header in tool.headers.values():
+                    if header.startswith("env:"):
+                        try:
+                            value = resolve_secret(header)
+                        except ConfigError:
+                            continue
+                        if value:
+                            found.append(value)
+        for source in self.mcp.values():
+            found.extend(source.secret_values())
+        return tuple(dict.fromkeys(found))
 
     def route_for(self, model: str) -> ModelRoute | None:
         """The route of a client model name, or the catch-all, or None."""

@@ -781,3 +781,18 @@ async def test_a_watch_wakes_for_events_another_process_stored(tmp_path: Path) -
         finally:
             await follower.close()
             await writer.close()
+
+
+async def test_record_steps_can_record_them_already_started(store: StepStore) -> None:
+    await store.create_response(make_record())
+
+    (step,) = await store.record_steps("resp_1", scope=None, steps=[model_call()], start=True)
+
+    assert (step.state, step.attempt, step.started_at) == (
+        StepState.PROCESSING,
+        1,
+        step.created_at,
+    )
+    assert await store.load_chain("resp_1", scope=None) == [step]
+    finished = await store.finish_step(step.id, state=StepState.COMPLETED, response={"ok": 1})
+    assert finished is not None and finished.state is StepState.COMPLETED

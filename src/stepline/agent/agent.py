@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from stepline.store.memory import MemoryStore
 from stepline.tools.registry import AgentSpec, ServerTool, ToolRegistry, configured_tool
 from stepline.upstream.client import ChatClient
 from stepline.upstream.routing import UpstreamTarget
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Agent", "ChatModel", "HttpTool", "RunResult", "Usage", "collect"]
 
@@ -336,9 +339,13 @@ class _Run:
         taps = self.agent.taps
 
         def tap(event: RunEvent) -> None:
-            for observer in taps:
-                observer(event)
             queue.put_nowait(event)
+            for observer in taps:
+                try:
+                    observer(event)
+                except Exception:
+                    # a tap observes; its failure is logged, never the run's
+                    logger.exception("tap %r failed on %s", observer, event.type)
 
         store = self.agent.store or MemoryStore()
         async with httpx.AsyncClient() as http:
@@ -360,7 +367,14 @@ class _Run:
                     raise ConfigError(f"no stored run {response_id!r} to resume")
                 record = found
             task = asyncio.create_task(
-                run_response(engine, record, None, stops=self.agent.stops, tools=self.root_tools)
+                run_response(
+                    engine,
+                    record,
+                    None,
+                    stops=self.agent.stops,
+                    tools=self.root_tools,
+                    fresh=response_id is None,
+                )
             )
             task.add_done_callback(lambda _: queue.put_nowait(None))
             try:

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from stepline.engine.run_events import (
     RunCompleted,
     RunError,
     RunEvent,
+    RunStarted,
     StepCompleted,
     StepStarted,
     TextDelta,
@@ -70,7 +72,11 @@ from stepline.protocol.assemble import (
 from stepline.protocol.chat_request import chat_payload, client_tool_definitions
 from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.items import chain_messages, input_messages, leading_tool_messages
+from stepline.protocol.items import (
+    chain_messages,
+    input_messages,
+    leading_tool_messages,
+)
 from stepline.protocol.model_events import (
     CLIENT,
     SERVER,
@@ -86,6 +92,7 @@ from stepline.protocol.request import (
 )
 from stepline.protocol.validate import conversation_problem
 from stepline.store.base import ResponseRecord, StepStore
+from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
 from stepline.upstream.routing import UpstreamTarget, resolve_target
 
@@ -108,6 +115,15 @@ class ChatStreamer(Protocol):
     def stream(
         self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
     ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ToolEnding:
+    """Where a tool call's end is shown: its item, and whether an earlier attempt did."""
+
+    item_id: str | None
+    index: int | None
+    done_sent: bool
 
 
 def _ended(state: StepState) -> Literal["completed", "failed", "cancelled"]:
@@ -175,6 +191,8 @@ class Engine:
     draining: bool = False
     #: receives the typed events of every run, in order (the library's taps)
     tap: Callable[[RunEvent], None] | None = None
+    #: MCP servers: configured sources, and request-level ones
+    mcp: McpTools | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,14 +229,22 @@ class ScopeLoop:
     #: where in ``base_messages`` the results of approved calls go (right after
     #: the call they answer); None: at the end
     results_at: int | None = None
+    #: the MCP servers this response lists on its first model call
+    listings: list[McpListing] = field(default_factory=list)
+    #: the scope's chain when the caller has just read it (saves reading it again)
+    chain: list[Step] | None = None
     _chain: dict[str, Step] = field(default_factory=dict)
+    _failing_fast: bool = False
 
     # -- the loop ----------------------------------------------------------
 
     async def run(self) -> Outcome:
         store = self.engine.store
         started = self.engine.clock() - self.state.elapsed
-        self._chain = {s.id: s for s in await store.load_chain(self.response_id, scope=self.scope)}
+        chain = self.chain
+        if chain is None:
+            chain = await store.load_chain(self.response_id, scope=self.scope)
+        self._chain = {s.id: s for s in chain}
         while True:
             self.state.elapsed = self.engine.clock() - started
             stop = self._stop_reason()
@@ -238,11 +264,13 @@ class ScopeLoop:
                 # a sub-agent is part of its running step and finishes with it
                 raise LoopDrained(self.response_id)
             if isinstance(action, AppendSteps):
+                # a model call runs at once: record it started, one write instead of two
+                runs_at_once = all(new.kind is StepKind.MODEL_CALL for new in action.steps)
                 recorded = await store.record_steps(
-                    self.response_id, scope=self.scope, steps=action.steps
+                    self.response_id, scope=self.scope, steps=action.steps, start=runs_at_once
                 )
                 self._chain.update((step.id, step) for step in recorded)
-                await self._run_steps(recorded)
+                await self._run_steps(recorded, started=runs_at_once)
             elif isinstance(action, RunSteps):
                 await self._run_steps(action.steps)
             elif isinstance(action, Complete):
@@ -286,11 +314,12 @@ class ScopeLoop:
                 return str(step.response["message"].get("content") or "")
         return ""
 
-    async def _run_steps(self, steps: Sequence[Step]) -> None:
+    async def _run_steps(self, steps: Sequence[Step], *, started: bool = False) -> None:
+        """Run recorded steps; ``started``: they were just recorded already processing."""
         model_calls = [step for step in steps if step.kind is StepKind.MODEL_CALL]
         tool_calls = [step for step in steps if step.kind is StepKind.TOOL_CALL]
         for step in model_calls:
-            done = await self._run_model_call(step)
+            done = await self._run_model_call(step, started=started)
             if done is not None:
                 self.engine.observer.model_call_finished(done, target=self.target.name)
             await self._record(done)
@@ -306,8 +335,10 @@ class ScopeLoop:
                     self.engine.observer.tool_call_finished(done)
                 await self._record(done)
             if fail_fast and done is not None and done.state is StepState.FAILED:
+                self._failing_fast = True
                 raise _SiblingFailed(step.id)
 
+        self._failing_fast = False
         try:
             async with asyncio.TaskGroup() as group:
                 for step in tool_calls:
@@ -338,6 +369,10 @@ class ScopeLoop:
         response: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> Step | None:
+        # a step's events are stored before its end is: a resumed run never
+        # misses the events of a step it will not run again
+        if self.events is not None:
+            await self.events.durable()
         # a write that started completes even if the loop is cancelled meanwhile
         return await asyncio.shield(
             self.engine.store.finish_step(step.id, state=state, response=response, error=error)
@@ -356,6 +391,20 @@ class ScopeLoop:
         )
         return ToolView(kind=kind, label=tool.label, shown_name=tool.display_name)
 
+    def _listed(self, listing: McpListing) -> list[dict[str, Any]]:
+        """A listing's tools as an ``mcp_list_tools`` item shows them."""
+        allowed = allowed_tool_names(self.request)
+        return [
+            {
+                "name": tool.display_name or name,
+                "description": tool.description,
+                "input_schema": tool.parameters,
+                "annotations": None,
+            }
+            for name, tool in listing.tools.items()
+            if allowed is None or name in allowed
+        ]
+
     def _tool_definitions(self, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
         server = [
             tool.chat_definition()
@@ -364,8 +413,9 @@ class ScopeLoop:
         ]
         return server + client_tool_definitions(self.request, allowed)
 
-    async def _run_model_call(self, step: Step) -> Step | None:
-        step = await self.engine.store.start_step(step.id)
+    async def _run_model_call(self, step: Step, *, started: bool = False) -> Step | None:
+        if not started:
+            step = await self.engine.store.start_step(step.id)
         self._tap(
             StepStarted(step_id=step.id, kind="model_call", scope=self.scope, attempt=step.attempt)
         )
@@ -410,6 +460,9 @@ class ScopeLoop:
             describe=self._describe,
             prior=prior,
         )
+        if self.scope is None and step.request.get("iteration") == 1:
+            for listing in self.listings:
+                items_sink.list_tools(listing.label, self._listed(listing), listing.error)
         sink: DeltaSink = items_sink
         if self.engine.tap is not None:
             sink = _TappedText(sink, self.engine.tap, step_id=step.id, scope=self.scope)
@@ -453,7 +506,8 @@ class ScopeLoop:
         self.state.model_calls += 1
         self.state.input_tokens += int(usage.get("input_tokens", 0))
         self.state.output_tokens += int(usage.get("output_tokens", 0))
-        self.state.wants_tools = bool(calls)
+        if self.scope is None:
+            self.state.wants_tools = bool(calls)
         if usage:
             self._tap(
                 UsageDelta(
@@ -490,73 +544,87 @@ class ScopeLoop:
         index = self.output.index_of(item_id) if item_id is not None else None
         if item_id is None and "approval_request_id" in step.request:
             item_id, index = self._approved_item(step)
-        if self.events is not None and index is not None:
+        done_sent = False
+        if self.events is not None and step.attempt > 1:
+            # run again after a crash: what its earlier attempt made durable stays said
+            sent = await self.engine.store.step_events(self.response_id, step.id)
+            done_sent = any(event_type(row.data) == b"response.output_item.done" for row in sent)
+        if self.events is not None and index is not None and not done_sent:
             self.events.emit(
                 "response.mcp_call.in_progress",
                 {"item_id": item_id, "output_index": index},
                 step_id=step.id,
             )
+        ending = _ToolEnding(item_id=item_id, index=index, done_sent=done_sent)
         try:
             result = await self._execute_tool(step)
         except ToolError as exc:
-            done = await self._finish(
-                step,
-                StepState.FAILED,
-                error={"message": exc.message, "code": exc.code, "status": exc.status},
-            )
+            error = {"message": exc.message, "code": exc.code, "status": exc.status}
+            return await self._end_tool_call(step, StepState.FAILED, None, error, ending)
         except asyncio.CancelledError:
-            # a failed sibling (fail_fast) or a cancelled response: say so, then stop
-            done = await self._finish(
-                step,
-                StepState.CANCELLED,
-                error={"message": "tool call cancelled", "code": "cancelled", "status": None},
-            )
-            self._tool_call_done(step, done, item_id, index)
+            if self._failing_fast:
+                # a sibling failed: this call is abandoned, and says so
+                error = {
+                    "message": "tool call cancelled: a sibling call failed",
+                    "code": "cancelled",
+                    "status": None,
+                }
+                done = await self._end_tool_call(step, StepState.CANCELLED, None, error, ending)
+                if done is not None:
+                    self._chain[step.id] = done
+            # otherwise the run itself stops (shutdown, lost lease, a consumer gone):
+            # the step stays processing, and whoever resumes the run runs it again
             raise
-        else:
-            done = await self._finish(step, StepState.COMPLETED, response={"output": result})
-        self._tool_call_done(step, done, item_id, index)
-        return done
+        return await self._end_tool_call(
+            step, StepState.COMPLETED, {"output": result}, None, ending
+        )
 
-    def _tool_call_done(
-        self, step: Step, done: Step | None, item_id: str | None, index: int | None
-    ) -> None:
-        if done is None:
-            return
+    async def _end_tool_call(
+        self,
+        step: Step,
+        state: StepState,
+        response: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        ending: _ToolEnding,
+    ) -> Step | None:
+        """Show how a tool call ended, then store it (its events first, see ``_finish``)."""
         assert step.call_id is not None
+        ended = dataclasses.replace(step, state=state, response=response, error=error)
+        if ending.index is not None:
+            item = mcp_item_state(self.output.items[ending.index], ended)
+            self.output.replace(ending.index, item)
+            if self.events is not None and not ending.done_sent:
+                result = "completed" if state is StepState.COMPLETED else "failed"
+                self.events.emit(
+                    f"response.mcp_call.{result}",
+                    {"item_id": ending.item_id, "output_index": ending.index},
+                    step_id=step.id,
+                )
+                self.events.emit(
+                    "response.output_item.done",
+                    {"output_index": ending.index, "item": item},
+                    step_id=step.id,
+                )
+        done = await self._finish(step, state, response=response, error=error)
+        if done is None:
+            return None
         self.state.tool_invocations += 1
         self.state.tools_called.append(step.tool_name)
-        error = (done.error or {}).get("message") if done.state is not StepState.COMPLETED else None
-        output = (done.response or {}).get("output") if error is None else None
+        failure = (error or {}).get("message") if state is not StepState.COMPLETED else None
         self._tap(
             ToolCallFinished(
                 step_id=step.id,
                 scope=self.scope,
                 call_id=step.call_id,
                 name=step.tool_name,
-                output=output,
-                error=error,
+                output=(response or {}).get("output") if failure is None else None,
+                error=failure,
             )
         )
         self._tap(
-            StepCompleted(
-                step_id=step.id, kind="tool_call", scope=self.scope, state=_ended(done.state)
-            )
+            StepCompleted(step_id=step.id, kind="tool_call", scope=self.scope, state=_ended(state))
         )
-        if index is None:
-            return
-        item = mcp_item_state(self.output.items[index], done)
-        self.output.replace(index, item)
-        if self.events is not None:
-            ended = "completed" if done.state is StepState.COMPLETED else "failed"
-            self.events.emit(
-                f"response.mcp_call.{ended}",
-                {"item_id": item_id, "output_index": index},
-                step_id=step.id,
-            )
-            self.events.emit(
-                "response.output_item.done", {"output_index": index, "item": item}, step_id=step.id
-            )
+        return done
 
     def _approved_item(self, step: Step) -> tuple[str, int]:
         """The ``mcp_call`` item of an approved call (added now unless a crash left it)."""
@@ -641,6 +709,7 @@ class ScopeLoop:
                 validation=settings.limits.validation,
             ),
             depth=self.depth + 1,
+            state=self.state,
         )
         outcome = await sub.run()
         if outcome.status != "completed":
@@ -688,7 +757,7 @@ def top_level_policy(
 ) -> LoopPolicy:
     allowed = allowed_tool_names(request)
     client = frozenset(
-        tool.name for tool in request.tools if allowed is None or tool.name in allowed
+        tool.name for tool in request.function_tools() if allowed is None or tool.name in allowed
     )
     return LoopPolicy(
         max_iterations=settings.limits.max_iterations,
@@ -718,23 +787,32 @@ async def run_response(
     *,
     stops: tuple[StopPolicy, ...] = (),
     tools: Sequence[str] | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a stored response to its terminal state; return the response object.
 
     ``stops`` are checked after every top-level step; the first that fires
     ends the response ``incomplete`` with its name as the reason. ``tools``
     names the server tools of the top level (default: the model route's).
+    ``fresh`` says the response was just created here, so nothing is stored
+    for it yet but its record.
     """
     store = engine.store
     request = parse_request(record.body)
-    events = ResponseEvents(record.id, log.append, next_seq=log.first_seq) if log else None
+    events = (
+        ResponseEvents(record.id, log.append, next_seq=log.first_seq, durable=log.wait_durable)
+        if log
+        else None
+    )
     transcript: list[dict[str, Any]] = []
+    if engine.tap is not None:
+        engine.tap(RunStarted(response_id=record.id, resumed=not fresh))
     try:
         if log is not None and log.first_seq > 0:
             finished = await _already_finished(store, record.id, log.first_seq - 1)
             if finished is not None:
                 return await _store_result(engine, record, request, finished)
-        chain = await store.load_chain(record.id, scope=None)
+        chain = [] if fresh else await store.load_chain(record.id, scope=None)
         output = OutputList(output_items(chain))
         if events is not None and events.next_seq == 0:
             snapshot = _snapshot(record, request, "in_progress", [])
@@ -754,10 +832,15 @@ async def run_response(
             allowed = engine.key_tools(record.key_id)
             offered = tools if tools is not None else (route.tools if route else ())
             tool_names = [name for name in offered if allowed is None or name in allowed]
+            listings = await _mcp_listings(engine, tool_names, request)
             conversation = await load_conversation(store, request.previous_response_id)
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
             transcript = base_messages(request, conversation.history, held)
-            server_tools = engine.tools.select(tool_names)
+            server_tools = engine.tools.select(
+                [name for name in tool_names if not (engine.mcp and engine.mcp.is_source(name))]
+            )
+            for listing in listings:
+                server_tools.update(listing.tools)
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
@@ -775,6 +858,8 @@ async def run_response(
                 events=events,
                 output=output,
                 stops=stops,
+                listings=listings,
+                chain=chain,
             )
             outcome = await loop.run()
     except (StoreError, LoopDrained):
@@ -787,6 +872,16 @@ async def run_response(
             error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
         )
     return await _finish_response(engine, record, request, outcome, events, log, transcript)
+
+
+async def _mcp_listings(
+    engine: Engine, tool_names: Sequence[str], request: ResponseRequest
+) -> list[McpListing]:
+    """The MCP servers a response offers: sources its route names, and its own."""
+    if engine.mcp is None:
+        return []
+    labels = [name for name in tool_names if engine.mcp.is_source(name)]
+    return await engine.mcp.listings(labels, request.mcp_tools())
 
 
 async def stored_response(store: StepStore, record: ResponseRecord) -> dict[str, Any]:

@@ -16,6 +16,7 @@ __all__ = [
     "RunCompleted",
     "RunError",
     "RunEvent",
+    "RunStarted",
     "StepCompleted",
     "StepStarted",
     "TextDelta",
@@ -23,6 +24,15 @@ __all__ = [
     "ToolCallStarted",
     "UsageDelta",
 ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStarted:
+    """The first event of a run: the id to resume it by, should it be interrupted."""
+
+    response_id: str
+    resumed: bool
+    type: Literal["run_started"] = "run_started"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +113,8 @@ class RunError:
 
 
 RunEvent = (
-    StepStarted
+    RunStarted
+    | StepStarted
     | TextDelta
     | ToolCallStarted
     | ToolCallFinished

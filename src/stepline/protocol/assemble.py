@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepline.engine.steps import Step, StepKind, StepState, batches
-from stepline.protocol.request import ResponseRequest
+from stepline.protocol.request import FunctionTool, ResponseRequest
 
 __all__ = [
     "approved_call_item",
@@ -180,7 +180,10 @@ def response_object(
         "temperature": request.temperature if request.temperature is not None else 1.0,
         "text": _text_config(request),
         "tool_choice": _tool_choice(request),
-        "tools": [tool.model_dump(exclude_none=True) for tool in request.tools],
+        "tools": [
+            tool.model_dump(exclude_none=True) if isinstance(tool, FunctionTool) else tool.public()
+            for tool in request.tools
+        ],
         "top_logprobs": request.top_logprobs or 0,
         "top_p": request.top_p if request.top_p is not None else 1.0,
         "presence_penalty": request.presence_penalty or 0.0,

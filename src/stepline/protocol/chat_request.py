@@ -20,7 +20,7 @@ def client_tool_definitions(
 ) -> list[dict[str, Any]]:
     """The request's own function tools, as Chat Completions tools."""
     tools: list[dict[str, Any]] = []
-    for tool in request.tools:
+    for tool in request.function_tools():
         if allowed is not None and tool.name not in allowed:
             continue
         function: dict[str, Any] = {

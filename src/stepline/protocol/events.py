@@ -16,7 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -44,11 +44,22 @@ class ResponseEvents:
     """Numbers and encodes the events of one response and hands them to ``sink``."""
 
     def __init__(
-        self, response_id: str, sink: Callable[[EventRow], None], *, next_seq: int = 0
+        self,
+        response_id: str,
+        sink: Callable[[EventRow], None],
+        *,
+        next_seq: int = 0,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.response_id = response_id
         self._sink = sink
         self.next_seq = next_seq
+        self._durable = durable
+
+    async def durable(self) -> None:
+        """Wait until every event handed to the sink so far is stored."""
+        if self._durable is not None:
+            await self._durable()
 
     def emit(self, type_: str, fields: dict[str, Any], *, step_id: str | None = None) -> int:
         seq = self.next_seq

@@ -39,7 +39,9 @@ from stepline.store.base import EventRow
 
 __all__ = ["ModelCallEvents", "PriorEmission", "ToolView"]
 
-Kind = Literal["reasoning", "message", "function_call", "mcp_call", "mcp_approval_request"]
+Kind = Literal[
+    "reasoning", "message", "function_call", "mcp_call", "mcp_approval_request", "mcp_list_tools"
+]
 
 _DELTA = {
     "reasoning": "response.reasoning_text.delta",
@@ -90,7 +92,7 @@ class PriorEmission:
                 item = event["item"]
                 prior = _PriorItem(
                     kind=item["type"],
-                    name=item.get("name", ""),
+                    name=item.get("name") or item.get("server_label", ""),
                     item_id=item["id"],
                     index=event["output_index"],
                     item=item,
@@ -233,6 +235,17 @@ class ModelCallEvents:
             retired.pieces.append(prior.text)
             self._output.add(prior.item)
             self._close(retired, status="incomplete")
+
+    def list_tools(self, label: str, tools: list[dict[str, Any]], error: str | None) -> None:
+        """Show a tool source's tools, listed for this response (before any delta)."""
+        item = {
+            "id": f"mcpl_{secrets.token_hex(16)}",
+            "type": "mcp_list_tools",
+            "server_label": label,
+            "tools": tools,
+            "error": error,
+        }
+        self._close(self._open("mcp_list_tools", item, name=label))
 
     # -- DeltaSink ---------------------------------------------------------
 
@@ -387,6 +400,13 @@ class ModelCallEvents:
         elif opened.kind == "mcp_approval_request":
             item = {**self._output.items[opened.index], "arguments": text}
             done = []
+        elif opened.kind == "mcp_list_tools":
+            item = self._output.items[opened.index]
+            ended = "failed" if item["error"] else "completed"
+            done = [
+                ("response.mcp_list_tools.in_progress", where),
+                (f"response.mcp_list_tools.{ended}", where),
+            ]
         else:
             # an mcp_call item stays open for its tool step; only its arguments are done
             item = {

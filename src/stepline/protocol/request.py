@@ -23,6 +23,7 @@ from stepline.errors import InvalidRequest
 
 __all__ = [
     "FunctionTool",
+    "McpTool",
     "ResponseRequest",
     "allowed_tool_names",
     "new_id",
@@ -144,6 +145,61 @@ class FunctionTool(BaseModel):
     strict: bool | None = None
 
 
+class McpToolNames(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    tool_names: list[str] = Field(default_factory=list)
+
+
+class McpApprovalFilter(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    always: McpToolNames | None = None
+    never: McpToolNames | None = None
+
+
+class McpTool(BaseModel):
+    """A request-level MCP server (OpenAI's hosted-MCP tool shape).
+
+    Accepted only for a ``server_url`` on the config's allow-list; the check
+    is the server's, as it needs the config.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["mcp"]
+    server_label: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    server_url: str = Field(min_length=1)
+    headers: dict[str, str] | None = None
+    allowed_tools: list[str] | McpToolNames | None = None
+    require_approval: Literal["always", "never"] | McpApprovalFilter | None = "always"
+    server_description: str | None = None
+
+    def allowed_names(self) -> list[str] | None:
+        if isinstance(self.allowed_tools, McpToolNames):
+            return self.allowed_tools.tool_names
+        return self.allowed_tools
+
+    def needs_approval(self, tool_name: str) -> bool:
+        rule = self.require_approval
+        if rule is None or rule == "always":
+            return True
+        if rule == "never":
+            return False
+        if rule.never is not None and tool_name in rule.never.tool_names:
+            return False
+        if rule.always is not None:
+            return tool_name in rule.always.tool_names
+        return True
+
+    def public(self) -> dict[str, Any]:
+        """The tool as echoed in a response: without its headers, which may hold secrets."""
+        return self.model_dump(exclude={"headers"}, exclude_none=True)
+
+
+RequestTool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
+
+
 class ToolChoiceFunction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -210,7 +266,7 @@ class ResponseRequest(BaseModel):
     model: str = Field(min_length=1)
     input: list[InputItem]
     instructions: str | None = None
-    tools: list[FunctionTool] = Field(default_factory=list)
+    tools: list[RequestTool] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     parallel_tool_calls: bool = True
     max_tool_calls: int | None = Field(default=None, ge=1)
@@ -243,14 +299,23 @@ class ResponseRequest(BaseModel):
                     raise _ParamError(
                         "metadata", "metadata keys are at most 64 characters, values 512"
                     )
-        names = [tool.name for tool in self.tools]
+        names = [tool.name for tool in self.function_tools()]
         if len(set(names)) != len(names):
             raise _ParamError("tools", "tool names must be unique")
+        labels = [tool.server_label for tool in self.mcp_tools()]
+        if len(set(labels)) != len(labels):
+            raise _ParamError("tools", "mcp server_label values must be unique")
         if isinstance(self.tool_choice, ToolChoiceFunction) and self.tool_choice.name not in names:
             raise _ParamError(
                 "tool_choice", f"tool_choice names unknown tool {self.tool_choice.name!r}"
             )
         return self
+
+    def function_tools(self) -> list[FunctionTool]:
+        return [tool for tool in self.tools if isinstance(tool, FunctionTool)]
+
+    def mcp_tools(self) -> list[McpTool]:
+        return [tool for tool in self.tools if isinstance(tool, McpTool)]
 
 
 class _ParamError(ValueError):
@@ -287,6 +352,7 @@ _UNION_TAGS = frozenset(
         "function",
         "allowed_tools",
         "str",
+        "mcp",
     }
 )
 
@@ -341,10 +407,10 @@ def parse_request(body: bytes | dict[str, Any]) -> ResponseRequest:
     if isinstance(data.get("tools"), list):
         for index, tool in enumerate(data["tools"]):
             kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind != "function":
+            if kind not in ("function", "mcp"):
                 raise InvalidRequest(
-                    f"tool type {kind!r} is not supported; stepline accepts function tools "
-                    "and runs its own server tools from its config",
+                    f"tool type {kind!r} is not supported; stepline accepts function and mcp "
+                    "tools and runs its own server tools from its config",
                     param=f"tools[{index}].type",
                 )
     try:

@@ -9,6 +9,11 @@ grace period, then their leases are released for another process.
 Every error leaves in the OpenAI envelope, with a 4xx for what the caller
 got wrong; an unexpected failure is a 500 ``server_error`` that says no more
 than that.
+
+In front of the routes, the gateway (``server/gateway.py``) names every
+request, authenticates its API key and applies the key's limits; the app's
+:class:`~stepline.server.metrics.Metrics` observe the loop and the upstream
+client, and ``/metrics``, ``/healthz`` and ``/readyz`` serve operators.
 """
 
 from __future__ import annotations
@@ -27,10 +32,17 @@ from starlette.types import ASGIApp
 from stepline.config import Settings
 from stepline.engine.loop import Engine
 from stepline.errors import RequestError
+from stepline.server import health, metrics, passthrough
+from stepline.server.auth import KeyRing
+from stepline.server.gateway import Gateway, GatewayMiddleware
+from stepline.server.limits import KeyLimits
+from stepline.server.logs import register_secrets
+from stepline.server.metrics import Metrics
 from stepline.server.routes import router
 from stepline.server.runner import Runner
 from stepline.store.base import StepStore
-from stepline.store.sql import open_store
+from stepline.store.sql import SqlStore, open_store
+from stepline.tools.mcp_tools import McpTools
 from stepline.tools.registry import ToolRegistry
 from stepline.upstream.client import ChatClient
 
@@ -82,6 +94,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+async def _close(chat: ChatClient | None, http: httpx.AsyncClient, store: StepStore | None) -> None:
+    if chat is not None:
+        await chat.aclose()
+    await http.aclose()
+    if store is not None:
+        await store.close()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -89,44 +109,81 @@ def create_app(
     migrate: bool = True,
     shutdown_grace: float = 10.0,
     mounts: dict[str, ASGIApp] | None = None,
+    allow_anonymous: bool = True,
+    chat: ChatClient | None = None,
 ) -> FastAPI:
     """The stepline app. ``store`` overrides the one named by ``settings.database_url``;
-    ``mounts`` adds sub-applications (the demo mounts its scripted model and tools)."""
+    ``mounts`` adds sub-applications (the demo mounts its scripted model and tools).
+
+    ``allow_anonymous`` lets requests without a key in while no key exists (the
+    CLI allows it on loopback only, or with ``--insecure``). ``chat`` replaces
+    the upstream client (the caller closes it; its observer becomes the app's
+    metrics)."""
+    register_secrets(settings.secret_values())
+    app_metrics = Metrics(settings)
+    keys = KeyRing(settings.keys, allow_anonymous=allow_anonymous)
+    gateway = Gateway(
+        keys=keys,
+        limits=KeyLimits(),
+        metrics=app_metrics,
+        max_request_bytes=settings.limits.max_request_bytes,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_store = store is None
         the_store: StepStore = store or await open_store(settings.database_url, migrate=migrate)
-        chat = ChatClient()
+        the_chat = chat or ChatClient()
+        the_chat.observer = app_metrics
         http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
+            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
+            follow_redirects=False,
         )
-        engine = Engine(
-            store=the_store,
-            chat=chat,
-            settings=settings,
-            tools=ToolRegistry(settings.tools),
-            http=http,
-        )
-        runner = Runner(engine)
-        app.state.runner = runner
-        await runner.start()
+        try:
+            await keys.attach(the_store.engine if isinstance(the_store, SqlStore) else None)
+            if not keys.enabled:
+                if allow_anonymous:
+                    logger.warning("no API keys configured: every request is accepted")
+                else:
+                    logger.warning("no API keys configured: every /v1 request will be refused")
+            engine = Engine(
+                store=the_store,
+                chat=the_chat,
+                settings=settings,
+                tools=ToolRegistry(settings.tools),
+                http=http,
+                observer=app_metrics,
+                key_tools=keys.tools_for,
+                mcp=McpTools(settings.mcp, settings.mcp_allowed_urls),
+            )
+            runner = Runner(engine)
+            app.state.runner = runner
+            app.state.chat = the_chat
+            await runner.start()
+        except BaseException:
+            await _close(the_chat if chat is None else None, http, the_store if own_store else None)
+            raise
         try:
             yield
         finally:
             await runner.stop(grace=shutdown_grace)
-            await chat.aclose()
-            await http.aclose()
-            if own_store:
-                await the_store.close()
+            if engine.mcp is not None:
+                await engine.mcp.aclose()
+            await _close(the_chat if chat is None else None, http, the_store if own_store else None)
 
     app = FastAPI(
         title="stepline",
         summary="An Open Responses server that runs the agent loop, stored step by step.",
         lifespan=lifespan,
     )
+    app.state.gateway = gateway
+    app.state.metrics = app_metrics
     _install_error_handlers(app)
+    app.add_middleware(GatewayMiddleware, gateway=gateway)
     app.include_router(router)
+    app.include_router(passthrough.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
     return app

@@ -5,23 +5,33 @@ Plain, streaming and background requests share one path — the response is
 stored and its loop launched as a task — and differ only in how they read
 the result: await the task, follow the event log as SSE, or return at once.
 A client that goes away cancels only its own reader, never the loop.
+
+Every route runs for an authenticated caller (``caller_of``): a response
+belongs to the key that created it, and any other key is told it does not
+exist (404), whichever route it uses, ``previous_response_id`` included.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from prometheus_client import Gauge
+from starlette.types import Receive, Scope, Send
 
-from stepline.engine.conversation import conversation_history
+from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.items import check_tool_results
-from stepline.protocol.request import ResponseRequest, new_id, parse_request
+from stepline.protocol.request import FunctionTool, ResponseRequest, new_id, parse_request
+from stepline.server.auth import Caller, caller_of
+from stepline.server.gateway import Gateway
+from stepline.server.logs import response_id_var
 from stepline.server.runner import Runner
 from stepline.server.sse import sse_frames
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
@@ -44,33 +54,86 @@ def _runner(request: Request) -> Runner:
     return runner
 
 
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _sse(runner: Runner, response_id: str, after: int) -> StreamingResponse:
-    return StreamingResponse(
-        sse_frames(runner, response_id, after),
-        media_type="text/event-stream",
-        headers=_SSE_HEADERS,
-    )
+class _CountedStream(StreamingResponse):
+    """An SSE response counted in ``stepline_open_streams`` while its frames flow.
+
+    The count drops before the end of the body is sent, so a client that saw
+    the end never sees the stream counted; ``__call__`` closes the frames
+    however the response ends (a client that left included)."""
+
+    def __init__(self, frames: AsyncIterator[bytes], gateway: Gateway) -> None:
+        self._frames: AsyncGenerator[bytes, None] = _counted(frames, gateway.metrics.open_streams)
+        super().__init__(self._frames, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._frames.aclose()
 
 
-async def _validate(runner: Runner, request: ResponseRequest) -> None:
-    """Refuse what would fail later: unknown model, shadowed tools, orphan tool outputs."""
+async def _counted(
+    frames: AsyncIterator[bytes], open_streams: Gauge
+) -> AsyncGenerator[bytes, None]:
+    open_streams.inc()
+    try:
+        async for frame in frames:
+            yield frame
+    finally:
+        open_streams.dec()
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _sse(request: Request, runner: Runner, response_id: str, after: int) -> StreamingResponse:
+    return _CountedStream(sse_frames(runner, response_id, after), _gateway(request))
+
+
+async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> None:
+    """Refuse what would fail later: unknown model, shadowed tools, orphan tool outputs;
+    and what the caller's key may not do, or may not see."""
     settings = runner.engine.settings
+    if len(request.input) > settings.limits.max_input_items:
+        raise InvalidRequest(
+            f"input has {len(request.input)} items; this server accepts at most "
+            f"{settings.limits.max_input_items}.",
+            param="input",
+        )
     if resolve_target(settings, request.model) is None:
         raise InvalidRequest(
             f"The model '{request.model}' does not exist.", param="model", code="model_not_found"
         )
+    caller.check_model(request.model)
     route = settings.route_for(request.model)
     server_tools = set(route.tools) if route else set()
+    caller.check_tools(request, server_tools)
+    if request.previous_response_id is not None:
+        previous = await runner.engine.store.get_response(request.previous_response_id)
+        if previous is not None and previous.key_id != caller.key_id:
+            raise NotFound(
+                f"Previous response with id '{request.previous_response_id}' not found.",
+                param="previous_response_id",
+            )
     for index, tool in enumerate(request.tools):
-        if tool.name in server_tools:
+        if isinstance(tool, FunctionTool) and tool.name in server_tools:
             raise InvalidRequest(
                 f"tool name {tool.name!r} is taken by a server tool of model {request.model!r}",
                 param=f"tools[{index}].name",
             )
-    history = await conversation_history(runner.engine.store, request.previous_response_id)
+    if runner.engine.mcp is not None:
+        runner.engine.mcp.check_request(request)
+    conversation = await load_conversation(runner.engine.store, request.previous_response_id)
+    approvals(request, conversation)  # an unknown approval id is a 400
+    history = conversation.history
     orphan = check_tool_results(base_messages(request, history))
     if orphan is not None:
         raise InvalidRequest(
@@ -81,10 +144,13 @@ async def _validate(runner: Runner, request: ResponseRequest) -> None:
 @router.post("/responses")
 async def create_response(request: Request) -> Response:
     runner = _runner(request)
+    caller = caller_of(request)
     if not runner.accepting:
         raise InvalidRequest("server is shutting down", status_code=503, error_type="server_error")
     parsed = parse_request(await request.body())
-    await _validate(runner, parsed)
+    await _validate(runner, parsed, caller)
+    # the key's slot is held until the loop ends, whoever reads the result
+    release = _gateway(request).limits.enter(caller)
     now = runner.engine.clock()
     record = ResponseRecord(
         id=new_id("resp"),
@@ -97,11 +163,18 @@ async def create_response(request: Request) -> Response:
         background=parsed.background,
         owner=runner.owner,
         lease_expires_at=runner.lease_expiry(),
+        key_id=caller.key_id,
     )
-    await runner.engine.store.create_response(record)
-    task = runner.launch(record)
+    try:
+        await runner.engine.store.create_response(record)
+        response_id_var.set(record.id)  # the loop's task inherits it, for its log lines
+        task = runner.launch(record)
+    except BaseException:
+        release()
+        raise
+    task.add_done_callback(lambda _: release())
     if parsed.stream:
-        return _sse(runner, record.id, -1)
+        return _sse(request, runner, record.id, -1)
     if parsed.background:
         return JSON(_snapshot(record, parsed, record.status, []))
     return JSON(await asyncio.shield(task))
@@ -124,9 +197,13 @@ def _snapshot(
     )
 
 
-async def _record(runner: Runner, response_id: str) -> ResponseRecord:
+async def _record(runner: Runner, response_id: str, caller: Caller) -> ResponseRecord:
     record = await runner.engine.store.get_response(response_id)
-    if record is None or (not record.store and record.status in TERMINAL_STATUSES):
+    if (
+        record is None
+        or (not record.store and record.status in TERMINAL_STATUSES)
+        or record.key_id != caller.key_id
+    ):
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
     return record
 
@@ -140,7 +217,7 @@ async def get_response(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     runner = _runner(request)
-    record = await _record(runner, response_id)
+    record = await _record(runner, response_id, caller_of(request))
     if stream:
         after = starting_after
         if after is None and last_event_id is not None:
@@ -150,7 +227,7 @@ async def get_response(
                 raise InvalidRequest(
                     "Last-Event-ID must be an integer", param="Last-Event-ID"
                 ) from None
-        return _sse(runner, record.id, -1 if after is None else after)
+        return _sse(request, runner, record.id, -1 if after is None else after)
     if record.result is not None:
         return JSON(record.result)
     store = runner.engine.store
@@ -163,7 +240,7 @@ async def get_response(
 @router.delete("/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
     runner = _runner(request)
-    record = await _record(runner, response_id)
+    record = await _record(runner, response_id, caller_of(request))
     task = runner.tasks.get(record.id)
     if task is not None:
         task.cancel()
@@ -175,8 +252,9 @@ async def delete_response(request: Request, response_id: str) -> Response:
 @router.post("/responses/{response_id}/cancel")
 async def cancel_response(request: Request, response_id: str) -> Response:
     runner = _runner(request)
+    caller = caller_of(request)
     store = runner.engine.store
-    record = await _record(runner, response_id)
+    record = await _record(runner, response_id, caller)
     if not record.background:
         raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
     if record.status in TERMINAL_STATUSES and record.result is not None:
@@ -192,8 +270,9 @@ async def cancel_response(request: Request, response_id: str) -> Response:
     if not await store.finish_response(
         record.id, status="cancelled", result=result, completed_at=None
     ):
-        finished = await _record(runner, response_id)
+        finished = await _record(runner, response_id, caller)
         return JSON(finished.result)
+    _gateway(request).metrics.responses.labels("cancelled").inc()
     return JSON(result)
 
 
@@ -214,7 +293,7 @@ async def list_input_items(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> Response:
-    record = await _record(_runner(request), response_id)
+    record = await _record(_runner(request), response_id, caller_of(request))
     items = [_input_item(item) for item in record.body.get("input", [])]
     if order == "desc":
         items.reverse()
@@ -238,9 +317,11 @@ async def list_input_items(
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     settings = _runner(request).engine.settings
+    caller = caller_of(request)
     created = 0
     data = [
         {"id": route.name, "object": "model", "created": created, "owned_by": "stepline"}
         for route in settings.models
+        if caller.may_use_model(route.name)
     ]
     return JSON({"object": "list", "data": data})

@@ -51,20 +51,27 @@ class Runner:
             self._keep_leases(), name="stepline-lease-keeper"
         )
 
-    def launch(self, record: ResponseRecord, *, first_seq: int = 0) -> asyncio.Task[dict[str, Any]]:
-        """Run a stored response's loop in this process (its lease is already ours)."""
-        log = EventLog(record.id, self.writer, first_seq=first_seq)
+    def launch(
+        self, record: ResponseRecord, *, resume_from: int | None = None
+    ) -> asyncio.Task[dict[str, Any]]:
+        """Run a stored response's loop in this process (its lease is already ours).
+
+        ``resume_from`` is the next event sequence of a response resumed here;
+        None means the response was just created.
+        """
+        log = EventLog(record.id, self.writer, first_seq=resume_from or 0)
         self.logs[record.id] = log
         task = asyncio.get_running_loop().create_task(
-            self._run(record, log), name=f"stepline-response-{record.id}"
+            self._run(record, log, fresh=resume_from is None),
+            name=f"stepline-response-{record.id}",
         )
         self.tasks[record.id] = task
         return task
 
-    async def _run(self, record: ResponseRecord, log: EventLog) -> dict[str, Any]:
+    async def _run(self, record: ResponseRecord, log: EventLog, *, fresh: bool) -> dict[str, Any]:
         store = self.engine.store
         try:
-            return await run_response(self.engine, record, log)
+            return await run_response(self.engine, record, log, fresh=fresh)
         except LoopDrained:
             # stopped between steps: the next process to claim it goes on from here
             await store.release_lease(record.id, self.owner)
@@ -98,7 +105,7 @@ class Runner:
                 # finished (say, cancelled) between the claim and this read
                 continue
             logger.info("resuming response %s", response_id)
-            self.launch(record, first_seq=await store.last_event_seq(response_id) + 1)
+            self.launch(record, resume_from=await store.last_event_seq(response_id) + 1)
         return claimed
 
     async def _keep_leases(self) -> None:

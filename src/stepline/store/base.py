@@ -93,9 +93,14 @@ class StepStore(Protocol):
         ...
 
     async def record_steps(
-        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep]
+        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool = False
     ) -> list[Step]:
-        """Insert ``steps`` as ``pending`` with fresh ids and sequences, in order."""
+        """Insert ``steps`` as ``pending`` with fresh ids and sequences, in order.
+
+        ``start=True`` records them already ``processing`` (attempt 1), as
+        :meth:`start_step` would: one write instead of two for a step that
+        runs at once.
+        """
         ...
 
     async def start_step(self, step_id: str) -> Step:

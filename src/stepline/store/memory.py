@@ -142,7 +142,7 @@ class MemoryStore:
     # -- steps --
 
     async def record_steps(
-        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep]
+        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool = False
     ) -> list[Step]:
         if not steps:
             return []
@@ -160,11 +160,12 @@ class MemoryStore:
                 previous_step_id=previous_step_id,
                 sequence=last_sequence + offset,
                 kind=new.kind,
-                state=StepState.PENDING,
+                state=StepState.PROCESSING if start else StepState.PENDING,
                 request=_json_copy(new.request),
                 call_id=new.call_id,
-                attempt=0,
+                attempt=1 if start else 0,
                 created_at=now,
+                started_at=now if start else None,
             )
             for offset, new in enumerate(steps, start=1)
         ]

@@ -2,9 +2,17 @@
 
 The step id goes out as ``Idempotency-Key`` (and ``X-Stepline-Step-Id``), so
 a tool server can tell a retried call after a crash from a new one. A 2xx
-body, JSON or text, is the tool's output verbatim; anything else is a
-:class:`~stepline.errors.ToolError` whose message never carries the tool's
-configured headers (they may hold secrets).
+body, JSON or text, is the tool's output; anything else is a
+:class:`~stepline.errors.ToolError`.
+
+Invariants:
+
+* The URL is the configured one; nothing from the model or the request
+  changes where the call goes, and redirects are not followed.
+* The tool's secret header values (``env:NAME``) never come back: a tool
+  that echoes one gets it masked, in its output and in an error alike.
+* An output longer than ``max_output_chars`` reaches the model cut, with a
+  ``[truncated: N more characters]`` marker saying how much is missing.
 """
 
 from __future__ import annotations
@@ -17,9 +25,25 @@ import orjson
 from stepline.config import HttpToolConfig
 from stepline.errors import ToolError
 
-__all__ = ["call_http_tool"]
+__all__ = ["call_http_tool", "mask_secrets", "truncate_output"]
 
 _MAX_ERROR_BODY = 500
+_MASK = "***"
+
+
+def truncate_output(text: str, limit: int | None) -> str:
+    """``text`` cut to ``limit`` characters, with a marker saying how many are left out."""
+    if limit is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[truncated: {len(text) - limit} more characters]"
+
+
+def mask_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every occurrence of each secret masked."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, _MASK)
+    return text
 
 
 async def call_http_tool(
@@ -36,12 +60,14 @@ async def call_http_tool(
         "Idempotency-Key": step_id,
         "X-Stepline-Step-Id": step_id,
     }
+    secrets = config.secret_values()
     try:
         reply = await client.post(
             config.url,
             content=orjson.dumps(arguments),
             headers=headers,
             timeout=httpx.Timeout(config.timeout),
+            follow_redirects=False,
         )
     except httpx.TimeoutException:
         raise ToolError(
@@ -54,10 +80,11 @@ async def call_http_tool(
             step_id=step_id,
         ) from None
     if not reply.is_success:
+        body = mask_secrets(reply.text, secrets)[:_MAX_ERROR_BODY]
         raise ToolError(
-            f"tool {name!r} answered HTTP {reply.status_code}: {reply.text[:_MAX_ERROR_BODY]}",
+            f"tool {name!r} answered HTTP {reply.status_code}: {body}",
             tool=name,
             status=reply.status_code,
             step_id=step_id,
         )
-    return reply.text
+    return truncate_output(mask_secrets(reply.text, secrets), config.max_output_chars)

@@ -18,6 +18,14 @@ Invariants:
   the upstream's chunk gap, and the consumer is never cancelled by our clock.
 * This is the hot path of every token: a streamed chunk costs one
   ``orjson.loads`` and a few dict lookups, nothing more.
+* A route with several targets (``UpstreamTarget.candidates``) fails over
+  here, in the same place: a retryable failure before any output moves the
+  call to the next target at once; when every target failed, the retry policy
+  of the route's first target decides whether a new round starts after a
+  backoff. The :class:`~stepline.upstream.routing.TargetPool` orders the
+  targets, takes failing ones out for a cool-down and bounds calls in flight.
+* An upstream's API key never leaves in an error: it is masked in messages
+  and bodies before they are raised.
 """
 
 from __future__ import annotations
@@ -29,17 +37,18 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import httpx
 import orjson
 
 from stepline.config import TimeoutsConfig
 from stepline.errors import UpstreamError, UpstreamTimeout
-from stepline.upstream.routing import UpstreamTarget
+from stepline.upstream.routing import TargetPool, UpstreamTarget
 
-__all__ = ["ChatClient"]
+__all__ = ["ChatClient", "ForwardedReply", "NullUpstreamObserver", "UpstreamObserver"]
 
 _Phase = Literal["connect", "first_byte", "chunk", "total"]
 
@@ -53,6 +62,38 @@ _MESSAGE_LIMIT = 500
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
+_MASK = "***"
+
+
+class UpstreamObserver(Protocol):
+    """What the client reports per attempt, for metrics; must be cheap and never raise."""
+
+    def upstream_attempt(self, target: str, *, seconds: float, error: str | None) -> None:
+        """One attempt at ``target`` ended; ``error`` is None on success, else its kind
+        (``connect``, ``timeout``, ``http_503``, ``stream``...)."""
+        ...
+
+    def upstream_cooldown(self, target: str) -> None:
+        """``target`` was taken out of rotation for its cool-down."""
+        ...
+
+
+class NullUpstreamObserver:
+    def upstream_attempt(self, target: str, *, seconds: float, error: str | None) -> None:
+        return None
+
+    def upstream_cooldown(self, target: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Opened:
+    """A response whose status is 2xx, the target that gave it, and its deadlines."""
+
+    target: UpstreamTarget
+    response: httpx.Response
+    first_byte_deadline: float
+    attempt_started: float
 
 
 class ChatClient:
@@ -62,6 +103,8 @@ class ChatClient:
     create it once per process and :meth:`aclose` it on shutdown. ``transport``
     replaces the network (tests pass ``httpx.MockTransport``); ``sleep`` is what
     waits between retries, so tests can record the delays instead of waiting.
+    ``pool`` holds the targets' health and capacity; ``observer`` gets one
+    report per attempt.
     """
 
     def __init__(
@@ -71,8 +114,12 @@ class ChatClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_connections: int = 1000,
         max_keepalive_connections: int = 200,
+        pool: TargetPool | None = None,
+        observer: UpstreamObserver | None = None,
     ) -> None:
         self._sleep = sleep
+        self.pool = pool or TargetPool()
+        self.observer: UpstreamObserver = observer or NullUpstreamObserver()
         self._http = httpx.AsyncClient(
             transport=transport,
             limits=httpx.Limits(
@@ -114,41 +161,33 @@ class ChatClient:
         as life); ``total`` bounds the whole call, retries and the consumer's
         time included.
         """
-        config = target.config
-        timeouts = config.timeouts
         loop = asyncio.get_running_loop()
         started = loop.time()
-        total_deadline = started + timeouts.total
-        request = self._build_request(target, payload, step_id)
-
-        retries = 0
-        while True:
-            try:
-                response, first_byte_deadline = await self._send(
-                    request, target, step_id, total_deadline
-                )
-                break
-            except UpstreamError as exc:
-                delay = _retry_delay(exc, retries, config.max_retries)
-                now = loop.time()
-                if (
-                    delay is None
-                    or now - started + delay > config.retry_deadline
-                    or now + delay >= total_deadline
-                ):
-                    raise
-            retries += 1
-            await self._sleep(delay)
+        total_deadline = started + target.config.timeouts.total
+        opened = await self._open(
+            target,
+            lambda current: self._build_request(current, payload, step_id),
+            step_id,
+            started,
+            total_deadline,
+        )
+        target, response = opened.target, opened.response
+        first_byte_deadline = opened.first_byte_deadline
+        config = target.config
+        timeouts = config.timeouts
 
         reads = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
         watchdog = _Watchdog(loop)
+        outcome: str | None = "cancelled"
         try:
             # Some servers ignore ``stream`` and answer with one JSON body.
             if not config.stream or response.headers.get("content-type", "").startswith(
                 "application/json"
             ):
                 body = await _read_body(reads, target, step_id, total_deadline)
-                for chunk in _completion_chunks(body, step_id):
+                chunks = _completion_chunks(body, step_id)
+                outcome = None
+                for chunk in chunks:
                     yield chunk
                 return
 
@@ -188,11 +227,149 @@ class ChatClient:
                     phase = "chunk"
             if not parser.finished:
                 raise UpstreamError("upstream stream ended before finish_reason", step_id=step_id)
+            outcome = None
+        except UpstreamTimeout:
+            outcome = "timeout"
+            raise
+        except UpstreamError:
+            outcome = "stream"
+            raise
         finally:
             watchdog.close()
             await reads.aclose()
             with contextlib.suppress(httpx.HTTPError):
                 await response.aclose()
+            self._finished(opened, outcome)
+
+    async def _open(
+        self,
+        target: UpstreamTarget,
+        build: Callable[[UpstreamTarget], httpx.Request],
+        step_id: str,
+        started: float,
+        total_deadline: float,
+    ) -> _Opened:
+        """Send to the route's targets in the pool's order until one answers 2xx.
+
+        A retryable failure moves on to the next target at once; after a round
+        in which every target failed, the first target's retry policy decides on
+        another round. The returned target's call slot is held: :meth:`_finished`
+        gives it back.
+        """
+        loop = asyncio.get_running_loop()
+        config = target.config
+        candidates = target.candidates or (target,)
+        retries = 0
+        while True:
+            failure: UpstreamError | None = None
+            for current in self.pool.order(candidates):
+                request = build(current)
+                await self._acquire(current, step_id, total_deadline)
+                attempt_started = loop.time()
+                try:
+                    response, first_byte_deadline = await self._send(
+                        request, current, step_id, total_deadline
+                    )
+                except UpstreamError as exc:
+                    self.pool.release(current)
+                    self._report(current, attempt_started, _error_kind(exc), health=exc.retryable)
+                    if not exc.retryable:
+                        raise
+                    failure = exc
+                    if loop.time() >= total_deadline:
+                        raise
+                    continue
+                except BaseException:
+                    self.pool.release(current)
+                    raise
+                return _Opened(
+                    target=current,
+                    response=response,
+                    first_byte_deadline=first_byte_deadline,
+                    attempt_started=attempt_started,
+                )
+            assert failure is not None
+            delay = _retry_delay(failure, retries, config.max_retries)
+            now = loop.time()
+            if (
+                delay is None
+                or now - started + delay > config.retry_deadline
+                or now + delay >= total_deadline
+            ):
+                raise failure
+            retries += 1
+            await self._sleep(delay)
+
+    async def _acquire(self, target: UpstreamTarget, step_id: str, total_deadline: float) -> None:
+        try:
+            async with asyncio.timeout_at(total_deadline):
+                await self.pool.acquire(target)
+        except TimeoutError:
+            raise _timeout("total", target.config.timeouts, step_id) from None
+
+    def _finished(self, opened: _Opened, error: str | None) -> None:
+        """The call on an opened response ended: free its slot, count its outcome."""
+        self.pool.release(opened.target)
+        if error == "cancelled":
+            return  # the consumer stopped early: says nothing about the upstream
+        self._report(opened.target, opened.attempt_started, error, health=True)
+
+    def _report(
+        self, target: UpstreamTarget, attempt_started: float, error: str | None, *, health: bool
+    ) -> None:
+        seconds = asyncio.get_running_loop().time() - attempt_started
+        self.observer.upstream_attempt(target.name, seconds=seconds, error=error)
+        if error is None:
+            self.pool.succeeded(target)
+        elif health and self.pool.failed(target):
+            self.observer.upstream_cooldown(target.name)
+
+    async def forward(
+        self,
+        target: UpstreamTarget,
+        body: dict[str, Any],
+        raw: bytes,
+        *,
+        request_id: str,
+    ) -> ForwardedReply:
+        """Send a client's Chat Completions body as it is, but for the model name,
+        to the route's targets with the same failover as :meth:`stream`.
+
+        ``raw`` goes out untouched when the target's model name is the client's;
+        otherwise ``body`` is sent with ``model`` replaced. The reply's bytes are
+        relayed without decoding. A final failure raises ``UpstreamError`` (with
+        the upstream's ``status`` and masked ``body`` when it answered).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        total_deadline = started + target.config.timeouts.total
+
+        def build(current: UpstreamTarget) -> httpx.Request:
+            content = raw
+            if current.upstream_model != body.get("model"):
+                content = orjson.dumps({**body, "model": current.upstream_model})
+            headers = {
+                "Content-Type": "application/json",
+                "Accept-Encoding": "identity",
+                "X-Request-Id": request_id,
+            }
+            if current.api_key:
+                headers["Authorization"] = f"Bearer {current.api_key}"
+            try:
+                return self._http.build_request(
+                    "POST",
+                    f"{current.base_url}/chat/completions",
+                    content=content,
+                    headers=headers,
+                    timeout=httpx.Timeout(None, connect=current.config.timeouts.connect),
+                )
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                raise UpstreamError(
+                    f"invalid upstream URL {current.base_url!r}: {exc}", step_id=request_id
+                ) from exc
+
+        opened = await self._open(target, build, request_id, started, total_deadline)
+        return ForwardedReply(self, opened, total_deadline, request_id)
 
     def _build_request(
         self, target: UpstreamTarget, payload: dict[str, Any], step_id: str
@@ -259,7 +436,68 @@ class ChatClient:
             ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream request failed: {exc}", step_id=step_id) from exc
-        raise _status_error(response, body, step_id)
+        raise _status_error(response, body, step_id, secret=target.api_key)
+
+
+class ForwardedReply:
+    """An upstream's 2xx reply to a forwarded call: its status, content type and raw
+    bytes. Iterate :meth:`body` once (it frees the target's slot at its end), or
+    :meth:`aclose` it without reading."""
+
+    def __init__(
+        self, client: ChatClient, opened: _Opened, total_deadline: float, request_id: str
+    ) -> None:
+        self._client = client
+        self._opened = opened
+        self._total_deadline = total_deadline
+        self._request_id = request_id
+        self._closed = False
+        self.status_code = opened.response.status_code
+        self.content_type = opened.response.headers.get("content-type", "application/json")
+        #: relayed with the bytes, should an upstream compress despite being asked not to
+        self.content_encoding = opened.response.headers.get("content-encoding")
+        self.target = opened.target.name
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The reply's bytes as they arrive; each wait bounded by the ``chunk`` timeout."""
+        loop = asyncio.get_running_loop()
+        timeouts = self._opened.target.config.timeouts
+        reads = cast(AsyncGenerator[bytes, None], self._opened.response.aiter_raw())
+        outcome: str | None = "cancelled"
+        try:
+            while True:
+                deadline = min(loop.time() + timeouts.chunk, self._total_deadline)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        block = await anext(reads, None)
+                except TimeoutError:
+                    outcome = "timeout"
+                    phase: _Phase = "chunk" if deadline < self._total_deadline else "total"
+                    raise _timeout(phase, timeouts, self._request_id) from None
+                except httpx.HTTPError as exc:
+                    outcome = "stream"
+                    raise _stream_failure(exc, "chunk", timeouts, self._request_id) from exc
+                if block is None:
+                    outcome = None
+                    return
+                yield block
+        finally:
+            await reads.aclose()
+            await self._close(outcome)
+
+    async def read(self) -> bytes:
+        return b"".join([block async for block in self.body()])
+
+    async def aclose(self) -> None:
+        await self._close("cancelled")
+
+    async def _close(self, outcome: str | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(httpx.HTTPError):
+            await self._opened.response.aclose()
+        self._client._finished(self._opened, outcome)
 
 
 class _Watchdog:
@@ -453,10 +691,25 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     return max(0.0, when - time.time())
 
 
-def _status_error(response: httpx.Response, body: bytes, step_id: str) -> UpstreamError:
+def _error_kind(exc: UpstreamError) -> str:
+    if isinstance(exc, UpstreamTimeout):
+        return "connect" if exc.phase == "connect" else "timeout"
+    if exc.status is not None:
+        return f"http_{exc.status}"
+    return "connect" if exc.retryable else "request"
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` masked."""
+    return text.replace(secret, _MASK) if secret and secret in text else text
+
+
+def _status_error(
+    response: httpx.Response, body: bytes, step_id: str, *, secret: str | None = None
+) -> UpstreamError:
     status = response.status_code
     retryable = status in _RETRY_STATUSES or status >= 500
-    text = body[:_BODY_LIMIT].decode("utf-8", "replace")
+    text = mask_secret(body[:_BODY_LIMIT].decode("utf-8", "replace"), secret)
     try:
         message = _error_message(_loads(body))
     except _JSONDecodeError:
@@ -464,7 +717,7 @@ def _status_error(response: httpx.Response, body: bytes, step_id: str) -> Upstre
     if not message:
         message = text.strip()[:_MESSAGE_LIMIT] or f"upstream returned HTTP {status}"
     return UpstreamError(
-        message,
+        mask_secret(message, secret),
         status=status,
         body=text,
         retryable=retryable,

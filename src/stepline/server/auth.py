@@ -1,0 +1,352 @@
+"""API keys: who is calling, and what they may use.
+
+A key is a random token the client sends as ``Authorization: Bearer <token>``;
+stepline keeps only its SHA-256 hash. Keys come from the config
+(``[keys.NAME] hash = "sha256:..."``) or from ``stepline keys create``, which
+stores them in the database, in the ``stepline_api_keys`` table this module
+owns. The database is where created keys live because every process of a
+deployment already shares it (PostgreSQL for several processes), so a key
+created once works everywhere, with nothing to copy or keep in sync.
+
+Invariants:
+
+* A token is compared only as a hash, with :func:`hmac.compare_digest`;
+  tokens are high-entropy random strings, so a fast hash is the right one.
+* When any key exists, every ``/v1`` request needs one; without keys the
+  server is open only if it was started that way (``allow_anonymous``).
+* Stored keys are re-read at most every ``reload_seconds`` (and on an
+  unknown token, at most every ``miss_reload_seconds``): a created key works
+  and a revoked key stops within seconds, and unknown tokens cannot hammer
+  the database.
+* A key limited to some models or tools is refused others with a 403; the
+  loop never offers it a server tool outside its list (``tools_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Request
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stepline.config import KeyConfig
+from stepline.errors import RequestError
+from stepline.protocol.request import ResponseRequest, allowed_tool_names
+from stepline.store.schema import JsonText
+
+__all__ = [
+    "ANONYMOUS",
+    "ApiKey",
+    "Caller",
+    "KeyRing",
+    "StoredKey",
+    "caller_of",
+    "delete_stored_key",
+    "ensure_key_table",
+    "hash_token",
+    "list_stored_keys",
+    "new_token",
+    "store_key",
+]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_PREFIX = "sk-stepline-"
+#: where the gateway leaves the authenticated caller in the ASGI scope
+CALLER_SCOPE_KEY = "stepline.caller"
+
+_metadata = sa.MetaData()
+api_keys = sa.Table(
+    "stepline_api_keys",
+    _metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("hash", sa.String, nullable=False, unique=True),
+    sa.Column("models", JsonText, nullable=True),
+    sa.Column("tools", JsonText, nullable=True),
+    sa.Column("rate", JsonText, nullable=True),
+    sa.Column("max_concurrent", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+
+def new_token() -> str:
+    """A fresh API key token: 256 random bits."""
+    return _TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The form a key is kept in: ``sha256:<hex digest>``."""
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- who is calling -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiKey:
+    """A key's name (the ``key_id`` stored on its responses) and its limits."""
+
+    name: str
+    config: KeyConfig
+
+    @property
+    def tools(self) -> frozenset[str] | None:
+        return None if self.config.tools is None else frozenset(self.config.tools)
+
+    def may_use_model(self, model: str) -> bool:
+        patterns = self.config.models
+        return patterns is None or any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caller:
+    """The caller of one request: a key, or anonymous on a server without keys."""
+
+    key: ApiKey | None
+
+    @property
+    def key_id(self) -> str | None:
+        return None if self.key is None else self.key.name
+
+    def may_use_model(self, model: str) -> bool:
+        return self.key is None or self.key.may_use_model(model)
+
+    def check_model(self, model: str, *, param: str = "model") -> None:
+        if not self.may_use_model(model):
+            raise RequestError(
+                f"This API key may not use the model '{model}'.",
+                param=param,
+                code="model_not_allowed",
+                status_code=403,
+            )
+
+    def check_tools(self, request: ResponseRequest, server_tools: Iterable[str]) -> None:
+        """Refuse ``tool_choice`` that names a server tool this key may not use."""
+        allowed = None if self.key is None else self.key.tools
+        named = allowed_tool_names(request)
+        if allowed is None or named is None:
+            return
+        forbidden = sorted(named & (set(server_tools) - allowed))
+        if forbidden:
+            raise RequestError(
+                f"This API key may not use the server tool '{forbidden[0]}'.",
+                param="tool_choice",
+                code="tool_not_allowed",
+                status_code=403,
+            )
+
+
+ANONYMOUS = Caller(key=None)
+
+
+def caller_of(request: Request) -> Caller:
+    """The caller the gateway authenticated for this request."""
+    caller = request.scope.get(CALLER_SCOPE_KEY)
+    if not isinstance(caller, Caller):
+        raise _unauthorized("Missing API key.")
+    return caller
+
+
+def _unauthorized(message: str) -> RequestError:
+    return RequestError(
+        message,
+        code="invalid_api_key",
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+# -- the keys of a server ---------------------------------------------------------
+
+
+class KeyRing:
+    """The keys a server accepts: the config's, and those stored in the database."""
+
+    def __init__(
+        self,
+        configured: Mapping[str, KeyConfig],
+        *,
+        allow_anonymous: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        reload_seconds: float = 5.0,
+        miss_reload_seconds: float = 1.0,
+    ) -> None:
+        self.allow_anonymous = allow_anonymous
+        self._configured = {
+            name: ApiKey(name=name, config=config) for name, config in configured.items()
+        }
+        self._stored: dict[str, ApiKey] = {}
+        self._engine: AsyncEngine | None = None
+        self._clock = clock
+        self._reload_seconds = reload_seconds
+        self._miss_reload_seconds = miss_reload_seconds
+        self._loaded_at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        """True when any key exists: then every request needs one."""
+        return bool(self._configured or self._stored)
+
+    async def attach(self, engine: AsyncEngine | None) -> None:
+        """Read stored keys from the database behind ``engine`` (None: config keys only)."""
+        self._engine = engine
+        if engine is not None:
+            await ensure_key_table(engine)
+            await self.reload()
+
+    async def reload(self) -> None:
+        if self._engine is None:
+            return
+        try:
+            stored = await list_stored_keys(self._engine)
+        except SQLAlchemyError as exc:
+            logger.warning("reading API keys failed; keeping the ones known: %s", exc)
+            self._loaded_at = self._clock()
+            return
+        keys: dict[str, ApiKey] = {}
+        for row in stored:
+            if row.name in self._configured:
+                logger.warning("stored API key %r is shadowed by the config's", row.name)
+                continue
+            keys[row.name] = ApiKey(name=row.name, config=row.config)
+        self._stored = keys
+        self._loaded_at = self._clock()
+
+    async def _reload_if_older(self, seconds: float) -> None:
+        if self._engine is None or self._clock() - self._loaded_at < seconds:
+            return
+        async with self._lock:
+            if self._clock() - self._loaded_at >= seconds:
+                await self.reload()
+
+    def by_name(self, name: str) -> ApiKey | None:
+        return self._configured.get(name) or self._stored.get(name)
+
+    def tools_for(self, key_id: str | None) -> frozenset[str] | None:
+        """The server tools a key may use; None means all. An unknown key gets none."""
+        if key_id is None:
+            return None
+        key = self.by_name(key_id)
+        return frozenset() if key is None else key.tools
+
+    def _find(self, digest: str) -> ApiKey | None:
+        found: ApiKey | None = None
+        for key in (*self._configured.values(), *self._stored.values()):
+            # every key is compared, so the time taken says nothing about which matched
+            if hmac.compare_digest(digest, key.config.hash):
+                found = key
+        return found
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """The caller a request's ``Authorization`` header names, or a 401."""
+        await self._reload_if_older(self._reload_seconds)
+        token = _bearer(authorization)
+        key = None
+        if token is not None:
+            digest = hash_token(token)
+            key = self._find(digest)
+            if key is None:
+                # perhaps a key created since the last look
+                await self._reload_if_older(self._miss_reload_seconds)
+                key = self._find(digest)
+        if key is not None:
+            return Caller(key=key)
+        if not self.enabled:
+            if self.allow_anonymous:
+                return ANONYMOUS
+            raise _unauthorized(
+                "This server accepts only API keys, and none is configured: "
+                "create one with `stepline keys create NAME`."
+            )
+        if token is None:
+            raise _unauthorized("Missing API key: send it as 'Authorization: Bearer <key>'.")
+        raise _unauthorized("Incorrect API key provided.")
+
+
+# -- stored keys --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredKey:
+    name: str
+    config: KeyConfig
+    created_at: float
+
+
+async def ensure_key_table(engine: AsyncEngine) -> None:
+    """Create the keys table if it is missing (two processes may race: both succeed)."""
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_metadata.create_all)
+    except SQLAlchemyError:
+        # another process created it between our check and our CREATE
+        async with engine.begin() as connection:
+            await connection.run_sync(_metadata.create_all)
+
+
+def _config_of(row: Any) -> KeyConfig:
+    return KeyConfig.model_validate(
+        {
+            "hash": row.hash,
+            "models": row.models,
+            "tools": row.tools,
+            "rate": row.rate,
+            "max_concurrent": row.max_concurrent,
+        }
+    )
+
+
+async def list_stored_keys(engine: AsyncEngine) -> list[StoredKey]:
+    async with engine.begin() as connection:
+        rows = await connection.execute(sa.select(api_keys).order_by(api_keys.c.name))
+        return [
+            StoredKey(name=row.name, config=_config_of(row), created_at=row.created_at)
+            for row in rows
+        ]
+
+
+async def store_key(engine: AsyncEngine, name: str, config: KeyConfig) -> bool:
+    """Insert a key; False when the name is taken."""
+    rate = None if config.rate is None else config.rate.model_dump(exclude_none=True)
+    values = {
+        "name": name,
+        "hash": config.hash,
+        "models": None if config.models is None else list(config.models),
+        "tools": None if config.tools is None else list(config.tools),
+        "rate": rate,
+        "max_concurrent": config.max_concurrent,
+        "created_at": time.time(),
+    }
+    async with engine.begin() as connection:
+        taken = await connection.execute(sa.select(api_keys.c.name).where(api_keys.c.name == name))
+        if taken.first() is not None:
+            return False
+        await connection.execute(sa.insert(api_keys), values)
+    return True
+
+
+async def delete_stored_key(engine: AsyncEngine, name: str) -> bool:
+    """Delete a stored key; False when there was none of that name."""
+    async with engine.begin() as connection:
+        result = await connection.execute(sa.delete(api_keys).where(api_keys.c.name == name))
+        return result.rowcount == 1

@@ -1,0 +1,261 @@
+"""API keys: authentication, isolation of each key's responses, model and tool limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from stepline.config import KeyConfig
+from stepline.errors import RequestError
+from stepline.server.auth import KeyRing, delete_stored_key, hash_token, new_token, store_key
+from stepline.store.sql import create_store_engine
+from tests.gateway.conftest import GatewayFactory, read_sse
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _unauthorized(reply: Any) -> None:
+    assert reply.status_code == 401
+    assert reply.headers["x-request-id"]
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_api_key"
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] is None
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+async def test_every_v1_route_needs_a_key_when_keys_exist(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(keys={"alice": {}})
+    requests = [
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/resp_x"),
+        ("DELETE", "/v1/responses/resp_x"),
+        ("POST", "/v1/responses/resp_x/cancel"),
+        ("GET", "/v1/responses/resp_x/input_items"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/no-such-route"),
+    ]
+    for method, path in requests:
+        _unauthorized(await gw.http.request(method, path, json={"model": "m", "input": "hi"}))
+        wrong = {"Authorization": f"Bearer {new_token()}"}
+        _unauthorized(await gw.http.request(method, path, headers=wrong))
+        basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+        _unauthorized(await gw.http.request(method, path, headers=basic))
+    # the operator's routes are not behind keys
+    assert (await gw.http.get("/healthz")).status_code == 200
+
+    with pytest.raises(openai.AuthenticationError):
+        await gw.client(None).responses.create(model="beta", input="hi")
+    response = await gw.client("alice").responses.create(model="beta", input="hi")
+    assert response.status == "completed"
+
+
+async def test_a_response_is_invisible_to_every_other_key(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(keys={"alice": {}, "bob": {}})
+    alice, bob = gw.auth("alice"), gw.auth("bob")
+    created = await gw.http.post(
+        "/v1/responses", headers=alice, json={"model": "beta", "input": "hi", "background": True}
+    )
+    response_id = created.json()["id"]
+
+    refused = [
+        await gw.http.get(f"/v1/responses/{response_id}", headers=bob),
+        await gw.http.get(f"/v1/responses/{response_id}?stream=true", headers=bob),
+        await gw.http.get(f"/v1/responses/{response_id}/input_items", headers=bob),
+        await gw.http.post(f"/v1/responses/{response_id}/cancel", headers=bob),
+        await gw.http.delete(f"/v1/responses/{response_id}", headers=bob),
+        await gw.http.post(
+            "/v1/responses",
+            headers=bob,
+            json={"model": "beta", "input": "more", "previous_response_id": response_id},
+        ),
+    ]
+    for reply in refused:
+        assert reply.status_code == 404, reply.text
+        assert response_id in reply.json()["error"]["message"]
+
+    # the owner still has it all, and bob's attempts changed nothing
+    async with gw.http.stream(
+        "GET", f"/v1/responses/{response_id}?stream=true", headers=alice
+    ) as stream:
+        events = await read_sse(stream)
+    assert events[-1]["type"] == "response.completed"
+    assert (await gw.http.get(f"/v1/responses/{response_id}", headers=alice)).json()[
+        "status"
+    ] == "completed"
+    items = await gw.http.get(f"/v1/responses/{response_id}/input_items", headers=alice)
+    assert items.json()["data"][0]["content"][0]["text"] == "hi"
+    follow_up = await gw.http.post(
+        "/v1/responses",
+        headers=alice,
+        json={"model": "beta", "input": "more", "previous_response_id": response_id},
+    )
+    assert follow_up.status_code == 200, follow_up.text
+    deleted = await gw.http.delete(f"/v1/responses/{response_id}", headers=alice)
+    assert deleted.json()["deleted"] is True
+
+
+async def test_cancel_is_refused_to_another_key_while_the_response_runs(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(keys={"alice": {}, "bob": {}})
+    gw.script("hanger", [{"tool_calls": [{"name": "hang", "arguments": {}}]}, {"content": "ok"}])
+    created = await gw.http.post(
+        "/v1/responses",
+        headers=gw.auth("alice"),
+        json={"model": "hanger", "input": "go", "background": True},
+    )
+    response_id = created.json()["id"]
+    await gw.tools.entered.wait()
+    refused = await gw.http.post(f"/v1/responses/{response_id}/cancel", headers=gw.auth("bob"))
+    assert refused.status_code == 404
+    cancelled = await gw.http.post(f"/v1/responses/{response_id}/cancel", headers=gw.auth("alice"))
+    assert cancelled.json()["status"] == "cancelled"
+
+
+async def test_a_key_limited_to_some_models_is_refused_the_others(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(keys={"narrow": {"models": ["alpha", "team-*"]}, "wide": {}})
+    narrow = gw.client("narrow")
+    assert (await narrow.responses.create(model="alpha", input="hi")).status == "completed"
+    assert (await narrow.responses.create(model="team-x", input="hi")).status == "completed"
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        await narrow.responses.create(model="beta", input="hi")
+    assert refused.value.body == {
+        "message": "This API key may not use the model 'beta'.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_allowed",
+    }
+    chat = await gw.http.post(
+        "/v1/chat/completions",
+        headers=gw.auth("narrow"),
+        json={"model": "beta", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert chat.status_code == 403
+
+    listed = await narrow.models.list()
+    assert [model.id for model in listed.data] == ["alpha"]
+    everything = await gw.client("wide").models.list()
+    assert [model.id for model in everything.data] == ["alpha", "beta"]
+
+
+async def test_a_key_is_never_offered_a_tool_it_may_not_use(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(keys={"weather_only": {"tools": ["weather"]}, "all": {}})
+    gw.script("lister", [{"content": "nothing to do"}])
+
+    async def offered(key: str) -> list[str]:
+        await gw.client(key).responses.create(model="lister", input="hi")
+        tools = gw.model.requests("lister")[-1].get("tools") or []
+        return sorted(tool["function"]["name"] for tool in tools)
+
+    assert await offered("weather_only") == ["weather"]
+    assert await offered("all") == sorted(
+        ["weather", "stock", "echo_auth", "fail_auth", "long", "hang"]
+    )
+
+    # asking for a server tool by name is refused, a permitted one is fine
+    with pytest.raises(openai.PermissionDeniedError, match="server tool 'stock'"):
+        await gw.client("weather_only").responses.create(
+            model="lister",
+            input="hi",
+            tool_choice={
+                "type": "allowed_tools",
+                "mode": "auto",
+                "tools": [{"type": "function", "name": "stock"}],
+            },
+        )
+    allowed = await gw.client("weather_only").responses.create(
+        model="lister",
+        input="hi",
+        tool_choice={
+            "type": "allowed_tools",
+            "mode": "auto",
+            "tools": [{"type": "function", "name": "weather"}],
+        },
+    )
+    assert allowed.status == "completed"
+
+    # a model that calls the forbidden tool anyway gets an error, and no call is made
+    gw.script(
+        "sneaky",
+        [{"tool_calls": [{"name": "stock", "arguments": {}}]}, {"content": "done"}],
+    )
+    response = await gw.client("weather_only").responses.create(model="sneaky", input="go")
+    assert gw.tools.calls["stock"] == 0
+    call = response.output[0]
+    assert call.type == "mcp_call"
+    assert "does not exist" in str(call.error)
+
+
+async def test_without_keys_the_server_is_open_only_when_allowed(
+    gateway_factory: GatewayFactory,
+) -> None:
+    open_gw = await gateway_factory()
+    response = await open_gw.client(None).responses.create(model="beta", input="hi")
+    assert response.status == "completed"
+    # a response made without a key has no owner key
+    reply = await open_gw.http.get(f"/v1/responses/{response.id}")
+    assert reply.status_code == 200
+
+    closed = await gateway_factory(allow_anonymous=False)
+    _unauthorized(await closed.http.post("/v1/responses", json={"model": "b", "input": "x"}))
+    assert (
+        "stepline keys create" in (await closed.http.get("/v1/models")).json()["error"]["message"]
+    )
+
+
+async def test_stored_keys_are_read_from_the_database(tmp_path: Path) -> None:
+    """A key created in the database works once the ring re-reads it, a revoked one stops."""
+    now = [0.0]
+    engine = create_store_engine(f"sqlite:///{tmp_path}/keys.db")
+    try:
+        ring = KeyRing({}, allow_anonymous=True, clock=lambda: now[0])
+        await ring.attach(engine)
+        assert not ring.enabled
+        assert (await ring.authenticate(None)).key is None  # open: no keys yet
+
+        token, other = new_token(), new_token()
+        assert await store_key(engine, "ci", KeyConfig(hash=hash_token(token), tools=()))
+        assert await store_key(engine, "ops", KeyConfig(hash=hash_token(other)))
+        assert not await store_key(engine, "ci", KeyConfig(hash=hash_token(new_token())))
+        # an unknown token makes the ring look again, at most once a second
+        now[0] += 1.0
+        caller = await ring.authenticate(f"Bearer {token}")
+        assert caller.key_id == "ci"
+        assert ring.tools_for("ci") == frozenset()
+        assert ring.tools_for("ops") is None
+        assert ring.tools_for(None) is None
+        assert ring.tools_for("gone") == frozenset()
+        with pytest.raises(RequestError, match="Missing API key"):
+            await ring.authenticate(None)
+
+        assert await delete_stored_key(engine, "ci")
+        assert (await ring.authenticate(f"Bearer {token}")).key_id == "ci"  # until re-read
+        now[0] += 5.0
+        with pytest.raises(RequestError, match="Incorrect API key") as refused:
+            await ring.authenticate(f"Bearer {token}")
+        assert refused.value.status_code == 401
+        assert (await ring.authenticate(f"bearer {other}")).key_id == "ops"
+    finally:
+        await engine.dispose()
+
+
+def test_tokens_are_random_and_kept_as_hashes() -> None:
+    first, second = new_token(), new_token()
+    assert first != second
+    assert first.startswith("sk-stepline-") and len(first) > 50
+    digest = hash_token(first)
+    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    assert first not in digest
