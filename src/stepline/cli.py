@@ -165,10 +165,20 @@ def serve(
         str,
         typer.Option(envvar="STEPLINE_LOG_FORMAT", help="json (one object per line) or text."),
     ] = "json",
+    tools: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tools",
+            envvar="STEPLINE_TOOLS",
+            help="A module (package.module or path/to/file.py) whose @tool functions become "
+            "server tools for every model (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Run the stepline server."""
     from stepline.server.app import create_app
     from stepline.server.demo import demo_mounts, demo_settings
+    from stepline.server.python_tools import load_python_tools
     from stepline.server.serve import serve as serve_until_signal
 
     if log_format not in ("json", "text"):
@@ -176,13 +186,23 @@ def serve(
         raise typer.Exit(2)
     style: Literal["json", "text"] = "json" if log_format == "json" else "text"
     configure_logging(log_format=style)
+    try:
+        python_tools = load_python_tools(tools or [])
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     if demo:
         loopback = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         settings = demo_settings(
             f"http://{loopback}:{port}", database_url=database or DEFAULT_DATABASE_URL
         )
         open_access, access = _access(settings, host, insecure)
-        application = create_app(settings, mounts=demo_mounts(), allow_anonymous=open_access)
+        application = create_app(
+            settings,
+            mounts=demo_mounts(),
+            allow_anonymous=open_access,
+            python_tools=python_tools,
+        )
         console.print(f"stepline demo on http://{host}:{port}/v1 (any model name works)")
     else:
         settings = _settings(config, database, upstream, upstream_api_key)
@@ -192,7 +212,7 @@ def serve(
             )
             raise typer.Exit(2)
         open_access, access = _access(settings, host, insecure)
-        application = create_app(settings, allow_anonymous=open_access)
+        application = create_app(settings, allow_anonymous=open_access, python_tools=python_tools)
         console.print(f"stepline on http://{host}:{port}/v1")
     console.print(access)
     serve_until_signal(application, host=host, port=port)

@@ -263,7 +263,7 @@ class _Run:
             tool = tool.as_tool()
         server_tool: ServerTool
         if isinstance(tool, FunctionTool):
-            server_tool = _function_tool(tool)
+            server_tool = tool.server_tool()
         elif isinstance(tool, HttpTool):
             server_tool = configured_tool(
                 tool.name,
@@ -388,12 +388,3 @@ class _Run:
                         await task
                 for client in self.clients.values():
                     await client.aclose()
-
-
-def _function_tool(tool: FunctionTool) -> ServerTool:
-    async def run(arguments: dict[str, Any], context: Any) -> str:
-        return await tool.invoke(arguments)
-
-    return ServerTool.build(
-        tool.name, description=tool.description, parameters=tool.parameters, run=run
-    )

@@ -24,6 +24,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from stepline.errors import ToolError
+from stepline.tools.registry import ServerTool, ToolCallContext
 
 __all__ = ["FunctionTool", "tool"]
 
@@ -133,6 +134,16 @@ class FunctionTool:
                 f"tool {self.name!r} raised {type(exc).__name__}: {exc}", tool=self.name
             ) from exc
         return _render(result)
+
+    def server_tool(self) -> ServerTool:
+        """This function as a tool the loop runs (in a library run or a server)."""
+
+        async def run(arguments: dict[str, Any], context: ToolCallContext) -> str:
+            return await self.invoke(arguments)
+
+        return ServerTool.build(
+            self.name, description=self.description, parameters=self.parameters, run=run
+        )
 
     def __repr__(self) -> str:
         return f"FunctionTool({self.name!r})"

@@ -193,6 +193,8 @@ class Engine:
     tap: Callable[[RunEvent], None] | None = None
     #: MCP servers: configured sources, and request-level ones
     mcp: McpTools | None = None
+    #: server tools offered to every model, beside its route's (``serve --tools``)
+    default_tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -830,7 +832,11 @@ async def run_response(
         else:
             route = engine.settings.route_for(request.model)
             allowed = engine.key_tools(record.key_id)
-            offered = tools if tools is not None else (route.tools if route else ())
+            offered = (
+                tools
+                if tools is not None
+                else (*(route.tools if route else ()), *engine.default_tools)
+            )
             tool_names = [name for name in offered if allowed is None or name in allowed]
             listings = await _mcp_listings(engine, tool_names, request)
             conversation = await load_conversation(store, request.previous_response_id)

@@ -19,7 +19,7 @@ client, and ``/metrics``, ``/healthz`` and ``/readyz`` serve operators.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import httpx
@@ -43,7 +43,7 @@ from stepline.server.runner import Runner
 from stepline.store.base import StepStore
 from stepline.store.sql import SqlStore, open_store
 from stepline.tools.mcp_tools import McpTools
-from stepline.tools.registry import ToolRegistry
+from stepline.tools.registry import ServerTool, ToolRegistry
 from stepline.upstream.client import ChatClient
 
 __all__ = ["create_app"]
@@ -111,6 +111,7 @@ def create_app(
     mounts: dict[str, ASGIApp] | None = None,
     allow_anonymous: bool = True,
     chat: ChatClient | None = None,
+    python_tools: Sequence[ServerTool] = (),
 ) -> FastAPI:
     """The stepline app. ``store`` overrides the one named by ``settings.database_url``;
     ``mounts`` adds sub-applications (the demo mounts its scripted model and tools).
@@ -146,11 +147,15 @@ def create_app(
                     logger.warning("no API keys configured: every request is accepted")
                 else:
                     logger.warning("no API keys configured: every /v1 request will be refused")
+            registry = ToolRegistry(settings.tools)
+            for tool in python_tools:
+                registry.add(tool)
             engine = Engine(
                 store=the_store,
                 chat=the_chat,
                 settings=settings,
-                tools=ToolRegistry(settings.tools),
+                tools=registry,
+                default_tools=tuple(tool.name for tool in python_tools),
                 http=http,
                 observer=app_metrics,
                 key_tools=keys.tools_for,
