@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 
 from stepline.config import Settings
 from stepline.engine.loop import Engine
-from stepline.errors import RequestError
+from stepline.errors import RequestError, StoreError
 from stepline.server import health, metrics, passthrough
 from stepline.server.auth import KeyRing
 from stepline.server.gateway import Gateway, GatewayMiddleware
@@ -85,6 +85,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
         return _envelope(exc.status_code, str(exc.detail), error_type=kind)
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+        # the database is unreachable or failing: nothing was lost, try again shortly
+        logger.warning("store unavailable: %s", exc.message)
+        response = _envelope(
+            503,
+            "The server's database is unavailable; retry the request shortly.",
+            error_type="server_error",
+            code="store_unavailable",
+        )
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
