@@ -632,3 +632,23 @@ async def test_not_json_and_unknown_ids_are_clear_errors(stack: Stack) -> None:
         reply = await stack.http.request(method, path)
         assert reply.status_code == 404, path
         assert reply.json()["error"]["type"] == "not_found"
+
+
+async def test_a_sub_agents_long_output_is_cut_for_the_model(stack_factory: Any) -> None:
+    stack: Stack = await stack_factory(max_tool_output_chars=10)
+    stack.script(
+        "boss-cut",
+        [
+            {"tool_calls": [{"name": "researcher", "arguments": {"input": "go"}}]},
+            {"content": "ok"},
+        ],
+    )
+    stack.script("researcher", [{"content": "Oslo is sunny today."}])
+
+    response = await stack.client.responses.create(model="boss-cut", input="ask")
+
+    assert response.output[0].type == "mcp_call"
+    assert response.output[0].output == "Oslo is su\n[truncated: 10 more characters]"
+    assert stack.model.requests("boss-cut")[1]["messages"][-1]["content"] == (
+        "Oslo is su\n[truncated: 10 more characters]"
+    )

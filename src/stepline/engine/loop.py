@@ -92,6 +92,7 @@ from stepline.protocol.request import (
 )
 from stepline.protocol.validate import conversation_problem
 from stepline.store.base import ResponseRecord, StepStore
+from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
 from stepline.upstream.routing import UpstreamTarget, resolve_target
@@ -235,6 +236,8 @@ class ScopeLoop:
     listings: list[McpListing] = field(default_factory=list)
     #: the scope's chain when the caller has just read it (saves reading it again)
     chain: list[Step] | None = None
+    #: the server tools the caller's key may use, for sub-agents too; None: any
+    key_tools: frozenset[str] | None = None
     _chain: dict[str, Step] = field(default_factory=dict)
     _failing_fast: bool = False
 
@@ -671,9 +674,15 @@ class ScopeLoop:
             raise ToolError(f"tool {name!r} is not allowed in this response", tool=name)
         arguments = tool.parse_arguments(str(step.request.get("arguments", "")))
         if tool.agent is not None:
-            return await self._run_agent(step, tool.name, tool.agent, arguments)
-        assert tool.run is not None
-        return await tool.run(arguments, ToolCallContext(step_id=step.id, http=self.engine.http))
+            output = await self._run_agent(step, tool.name, tool.agent, arguments)
+        else:
+            assert tool.run is not None
+            output = await tool.run(
+                arguments, ToolCallContext(step_id=step.id, http=self.engine.http)
+            )
+        if tool.limits_output:
+            return output
+        return truncate_output(output, self.engine.settings.limits.max_tool_output_chars)
 
     async def _run_agent(
         self, step: Step, name: str, config: AgentSpec, arguments: dict[str, Any]
@@ -702,7 +711,10 @@ class ScopeLoop:
             scope=step.id,
             request=request,
             target=target,
-            server_tools=self.engine.tools.select(config.tools),
+            server_tools=self.engine.tools.select(
+                [name for name in config.tools if self.key_tools is None or name in self.key_tools]
+            ),
+            key_tools=self.key_tools,
             base_messages=base_messages(request, []),
             policy=LoopPolicy(
                 max_iterations=settings.limits.max_iterations,
@@ -866,6 +878,7 @@ async def run_response(
                 stops=stops,
                 listings=listings,
                 chain=chain,
+                key_tools=allowed,
             )
             outcome = await loop.run()
     except (StoreError, LoopDrained):

@@ -50,6 +50,9 @@ def serve(app: FastAPI, *, host: str, port: int, grace: float = 10.0) -> None:
         host=host,
         port=port,
         log_level="warning",
+        # uvicorn's own lines go through stepline's logging (JSON by default)
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=int(grace) + 5,
     )
     _DrainingServer(config, app, grace).run()

@@ -14,6 +14,7 @@ loop gives back to the model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,9 @@ class ServerTool:
     display_name: str | None = None
     #: calls wait for the client's approval (``mcp_approval_request``) before running
     approval: bool = False
+    #: the tool cuts its own output (HTTP tools, to their own limit); others are cut
+    #: to ``limits.max_tool_output_chars``
+    limits_output: bool = False
 
     @classmethod
     def build(
@@ -159,11 +163,14 @@ def configured_tool(name: str, config: ToolConfig) -> ServerTool:
         return ServerTool.build(
             name, description=config.description, parameters=config.parameters, agent=spec
         )
-    return ServerTool.build(
-        name,
-        description=config.description,
-        parameters=config.parameters,
-        run=_http_run(name, config),
+    return dataclasses.replace(
+        ServerTool.build(
+            name,
+            description=config.description,
+            parameters=config.parameters,
+            run=_http_run(name, config),
+        ),
+        limits_output=True,
     )
 
 
