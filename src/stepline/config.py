@@ -300,6 +300,8 @@ class Settings(_Strict):
     """Everything stepline needs to run, validated."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    #: database connections each process keeps at most (a bounded pool, no overflow)
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     models: tuple[ModelRoute, ...] = ()
     default_model: ModelRoute | None = None

@@ -146,7 +146,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_store = store is None
-        the_store: StepStore = store or await open_store(settings.database_url, migrate=migrate)
+        the_store: StepStore = store or await open_store(
+            settings.database_url, migrate=migrate, pool_size=settings.database_pool_size
+        )
         the_chat = chat or ChatClient()
         the_chat.observer = app_metrics
         http = httpx.AsyncClient(
