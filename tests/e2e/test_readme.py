@@ -81,7 +81,7 @@ def test_readme_curl_example(demo_server: tuple[str, Path]) -> None:
 
 def test_readme_sdk_example(demo_server: tuple[str, Path]) -> None:
     url, workdir = demo_server
-    (code,) = _blocks("python")
+    (code,) = [block for block in _blocks("python") if "OpenAI(" in block]
     result = subprocess.run(
         [sys.executable, "-c", _on_port(code, url)],
         capture_output=True,
