@@ -109,6 +109,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: the longest a model call relays chunks without letting other tasks run
+_YIELD_SECONDS = 0.001
+
 
 class ChatStreamer(Protocol):
     """The upstream seam: yields Chat Completions chunk dicts for one model call."""
@@ -473,8 +476,22 @@ class ScopeLoop:
             sink = _TappedText(sink, self.engine.tap, step_id=step.id, scope=self.scope)
         accumulator = ChatStreamAccumulator(sink)
         try:
+            clock = asyncio.get_running_loop().time
+            next_yield = 0.0
+            first_seq = self.events.next_seq if self.events is not None else None
             async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
                 accumulator.feed(chunk)
+                if first_seq is not None and self.events is not None:
+                    if self.events.next_seq > first_seq:
+                        # clients see only stored events: store the first ones of
+                        # this call before relaying the rest (time to first token)
+                        await self.events.durable()
+                        first_seq = None
+                elif clock() >= next_yield:
+                    # one network read can carry hundreds of chunks: let the event
+                    # writer and the readers run at least every millisecond
+                    await asyncio.sleep(0)
+                    next_yield = clock() + _YIELD_SECONDS
             turn = accumulator.result()
         except UpstreamError as exc:
             items_sink.abort()

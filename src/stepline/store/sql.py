@@ -17,6 +17,8 @@ Invariants beyond the :class:`~stepline.store.base.StepStore` contract:
   sequence, so concurrent calls queue instead of colliding.
 * ``claim_expired`` is one ``UPDATE`` over a ``FOR UPDATE SKIP LOCKED``
   subquery, so two claimers never take the same response.
+* On SQLite, the writes of one process queue on an asyncio lock, so they
+  never meet SQLite's busy handler (which sleeps in growing steps).
 * A write that has started is not abandoned when its caller is cancelled: it
   runs in its own task, the caller waits for it and then sees the
   cancellation. Driver connections are never left mid-statement.
@@ -481,6 +483,7 @@ class SqlStore:
         self._insert_events = _insert_events(engine.dialect.name)
         self._writes: set[asyncio.Task[Any]] = set()
         self._postgres = engine.dialect.name == "postgresql"
+        self._sqlite_writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._notifier = EventNotifier()
         self._listener: PgListener | None = None
 
@@ -810,6 +813,17 @@ class SqlStore:
             raise
 
     async def _run_write(
+        self, work: Callable[[AsyncConnection], Awaitable[_T]], transaction: bool
+    ) -> _T:
+        if self._sqlite_writer is None:
+            return await self._run_write_now(work, transaction)
+        # SQLite takes one writer at a time, and a writer that finds the lock
+        # taken sleeps in growing steps (its busy handler): queue this
+        # process's writers here instead, in order, without sleeping
+        async with self._sqlite_writer:
+            return await self._run_write_now(work, transaction)
+
+    async def _run_write_now(
         self, work: Callable[[AsyncConnection], Awaitable[_T]], transaction: bool
     ) -> _T:
         try:
