@@ -22,6 +22,8 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 from stepline.engine.steps import NewStep, Step, StepState
 from stepline.store.notify import EventWatch
 
-__all__ = ["TERMINAL_STATUSES", "EventRow", "ResponseRecord", "StepStore"]
+__all__ = ["TERMINAL_STATUSES", "EventRow", "ResponseRecord", "StepStore", "new_steps"]
 
 #: response statuses after which nothing changes
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
@@ -62,6 +64,36 @@ class EventRow:
     seq: int
     data: bytes
     step_id: str | None = None
+
+
+def new_steps(
+    response_id: str,
+    *,
+    scope: str | None,
+    previous_step_id: str | None,
+    last_sequence: int,
+    steps: Sequence[NewStep],
+    start: bool,
+) -> list[Step]:
+    """The steps ``record_steps`` inserts: fresh ids, the next sequences, one time."""
+    now = time.time()
+    return [
+        Step(
+            id=f"step_{uuid.uuid4().hex}",
+            response_id=response_id,
+            scope=scope,
+            previous_step_id=previous_step_id,
+            sequence=last_sequence + offset,
+            kind=new.kind,
+            state=StepState.PROCESSING if start else StepState.PENDING,
+            request=new.request,
+            call_id=new.call_id,
+            attempt=1 if start else 0,
+            created_at=now,
+            started_at=now if start else None,
+        )
+        for offset, new in enumerate(steps, start=1)
+    ]
 
 
 class StepStore(Protocol):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import orjson
 
 from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
-from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord
+from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, new_steps
 from stepline.store.notify import EventNotifier, EventWatch
 
 __all__ = ["MemoryStore"]
@@ -151,24 +150,14 @@ class MemoryStore:
         chain = self._steps[response_id]
         last_sequence = chain[-1].sequence if chain else 0
         previous_step_id = next((step.id for step in reversed(chain) if step.scope == scope), None)
-        now = time.time()
-        recorded = [
-            Step(
-                id=f"step_{uuid.uuid4().hex}",
-                response_id=response_id,
-                scope=scope,
-                previous_step_id=previous_step_id,
-                sequence=last_sequence + offset,
-                kind=new.kind,
-                state=StepState.PROCESSING if start else StepState.PENDING,
-                request=_json_copy(new.request),
-                call_id=new.call_id,
-                attempt=1 if start else 0,
-                created_at=now,
-                started_at=now if start else None,
-            )
-            for offset, new in enumerate(steps, start=1)
-        ]
+        recorded = new_steps(
+            response_id,
+            scope=scope,
+            previous_step_id=previous_step_id,
+            last_sequence=last_sequence,
+            steps=[dataclasses.replace(new, request=_json_copy(new.request)) for new in steps],
+            start=start,
+        )
         for step in recorded:
             self._step_index[step.id] = (response_id, len(chain))
             chain.append(step)

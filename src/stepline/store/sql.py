@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
-from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord
+from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, new_steps
 from stepline.store.notify import CHANNEL, EventNotifier, EventWatch, PgListener
 from stepline.store.schema import VERSION_TABLE, JsonText, events, responses, steps
 
@@ -453,11 +452,6 @@ def _step_values(step: Step) -> dict[str, Any]:
     }
 
 
-def _new_step_id() -> str:
-    """A fresh step id; fixed when the step is recorded and never reused."""
-    return f"step_{uuid.uuid4().hex}"
-
-
 def _describe(exc: BaseException) -> str:
     # SQLAlchemy's own message repeats the statement and its parameters, which
     # may hold whole payloads; the driver's message is what a reader needs.
@@ -589,24 +583,14 @@ class SqlStore:
             if locked.first() is None:
                 raise StoreError(f"cannot record steps: no response {response_id!r}")
             last_sequence, previous_step_id = (await connection.execute(chain_tail, params)).one()
-            now = time.time()
-            recorded = [
-                Step(
-                    id=_new_step_id(),
-                    response_id=response_id,
-                    scope=scope,
-                    previous_step_id=previous_step_id,
-                    sequence=(last_sequence or 0) + offset,
-                    kind=new.kind,
-                    state=StepState.PROCESSING if start else StepState.PENDING,
-                    request=new.request,
-                    call_id=new.call_id,
-                    attempt=1 if start else 0,
-                    created_at=now,
-                    started_at=now if start else None,
-                )
-                for offset, new in enumerate(steps, start=1)
-            ]
+            recorded = new_steps(
+                response_id,
+                scope=scope,
+                previous_step_id=previous_step_id,
+                last_sequence=last_sequence or 0,
+                steps=steps,
+                start=start,
+            )
             await connection.execute(_INSERT_STEPS, [_step_values(step) for step in recorded])
             return recorded
 
