@@ -162,8 +162,12 @@ async def _throughput(job: dict[str, Any]) -> dict[str, Any]:
     records: list[tuple[float, float, float, int]] = []
     errors: list[str] = []
 
-    async def worker() -> None:
-        connection = Connection(host, port)
+    # several stepline processes behind one address would need a balancer:
+    # the workers take the processes' ports in turn instead
+    ports = job.get("ports") or [port]
+
+    async def worker(index: int) -> None:
+        connection = Connection(host, ports[index % len(ports)])
         try:
             while (started := _now()) < window_end:
                 counter = _Counter(marker, ok_marker)
@@ -186,7 +190,7 @@ async def _throughput(job: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, window_end - _now()))
         _emit({"mark": "end"})
 
-    await asyncio.gather(marks(), *(worker() for _ in range(job["concurrency"])))
+    await asyncio.gather(marks(), *(worker(index) for index in range(job["concurrency"])))
     inside = [record for record in records if window_start <= record[1] <= window_end]
     return {
         "duration": job["duration"],

@@ -254,11 +254,18 @@ def throughput(options: Options, results: Results) -> None:
     # SQLite first: its run captures the Chat Completions body that direct replays
     backends = ["sqlite", "direct"]
     if options.postgres is not None:
-        backends.append("postgresql")
+        backends += ["postgresql", "postgresql-3"]
     upstream_body: dict[str, Any] = {}
     for backend in backends:
-        database = None if backend == "direct" else backend
-        with Stack(f"throughput-{backend}", options, database=database, profile=True) as stack:
+        database = {"direct": None, "postgresql-3": "postgresql"}.get(backend, backend)
+        steplines = 3 if backend == "postgresql-3" else 1
+        with Stack(
+            f"throughput-{backend}",
+            options,
+            database=database,
+            profile=steplines == 1,
+            steplines=steplines,
+        ) as stack:
             for concurrency in (64, 256):
                 log(f"throughput: {concurrency} streams for {duration:g}s, {backend}")
                 if backend == "direct":
@@ -289,7 +296,11 @@ def throughput(options: Options, results: Results) -> None:
                 f"{concurrency} streams, {backend}: {result['errors']} failed requests, "
                 f"e.g. {result['error_sample'][:1]}"
             )
-    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    names = {
+        "sqlite": "SQLite",
+        "postgresql": "PostgreSQL",
+        "postgresql-3": "PostgreSQL, 3 processes",
+    }
     for concurrency in (64, 256):
         direct = measured[("direct", concurrency)]
         for backend in (name for name in backends if name != "direct"):

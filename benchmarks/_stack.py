@@ -140,8 +140,12 @@ class Stack:
         *,
         database: str | None,
         profile: bool = False,
+        steplines: int = 1,
     ) -> None:
         self.name = name
+        #: stepline processes sharing the database (more than one: PostgreSQL)
+        self.stepline_count = steplines
+        self.more_steplines: list[Process] = []
         self.options = options
         self.database = database
         self.dir = options.work_dir / name
@@ -207,6 +211,17 @@ class Stack:
             argv = _python("stepline", "serve", *where, "--database", self.database_url)
         self.stepline = self._start("stepline", argv, port)
         self.stepline.wait_ready()
+        for number in range(2, self.stepline_count + 1):
+            port = free_port()
+            where = ("--host", HOST, "--port", str(port), "--config", str(config))
+            assert self.database_url is not None
+            extra = self._start(
+                f"stepline-{number}",
+                _python("stepline", "serve", *where, "--database", self.database_url),
+                port,
+            )
+            extra.wait_ready()
+            self.more_steplines.append(extra)
         if self._profile:
             executable = py_spy_path()
             if executable is None:
@@ -244,6 +259,8 @@ class Stack:
         named = {"upstream": self.upstream, "tools": self.tools}
         if self.stepline is not None:
             named["stepline"] = self.stepline
+        for number, process in enumerate(self.more_steplines, start=2):
+            named[f"stepline-{number}"] = process
         return named
 
     def upstream_requests(self, model: str) -> list[dict[str, Any]]:
@@ -256,9 +273,11 @@ class Stack:
     def stepline_part(self, body: dict[str, Any], expect: str | None = None) -> dict[str, Any]:
         assert self.stepline is not None
         port = int(str(self.stepline.url).rsplit(":", 1)[1])
+        ports = [port] + [int(str(p.url).rsplit(":", 1)[1]) for p in self.more_steplines]
         return {
             "host": HOST,
             "port": port,
+            "ports": ports,
             "path": "/v1/responses",
             "body": orjson.dumps(body).decode(),
             "expect": expect,

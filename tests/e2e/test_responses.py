@@ -652,3 +652,25 @@ async def test_a_sub_agents_long_output_is_cut_for_the_model(stack_factory: Any)
     assert stack.model.requests("boss-cut")[1]["messages"][-1]["content"] == (
         "Oslo is su\n[truncated: 10 more characters]"
     )
+
+
+async def test_max_depth_stops_a_sub_agent_and_tells_the_model(stack_factory: Any) -> None:
+    stack: Stack = await stack_factory(max_depth=0)
+    stack.script(
+        "too-deep",
+        [
+            {"tool_calls": [{"name": "researcher", "arguments": {"input": "go"}}]},
+            {"content": "I could not ask the researcher."},
+        ],
+    )
+
+    response = await stack.client.responses.create(model="too-deep", input="ask")
+
+    assert response.status == "completed"
+    call = response.output[0]
+    assert call.type == "mcp_call"
+    assert call.status == "failed"
+    assert stack.model.requests("researcher") == []
+    assert stack.model.requests("too-deep")[1]["messages"][-1]["content"] == (
+        "Error: agent 'researcher' not run: max_depth 0 reached"
+    )
