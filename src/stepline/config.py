@@ -172,6 +172,9 @@ class HttpToolConfig(_Strict):
     #: values may be secrets (``env:NAME`` reads the environment); never shown in a repr
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
     timeout: float = Field(default=30.0, gt=0)
+    #: times a call is tried again after a connection error, a timeout or a 5xx
+    #: (the same Idempotency-Key each time); 0: never
+    retries: int = Field(default=0, ge=0, le=10)
     #: longer outputs are cut for the model; default ``limits.max_tool_output_chars``
     max_output_chars: int | None = Field(default=None, ge=1)
 

@@ -11,12 +11,15 @@ Invariants:
   changes where the call goes, and redirects are not followed.
 * The tool's secret header values (``env:NAME``) never come back: a tool
   that echoes one gets it masked, in its output and in an error alike.
+* A call is tried again only when the tool's ``retries`` says so, after a
+  connection error, a timeout or a 5xx, with the same idempotency key.
 * An output longer than ``max_output_chars`` reaches the model cut, with a
   ``[truncated: N more characters]`` marker saying how much is missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -28,6 +31,9 @@ from stepline.errors import ToolError
 __all__ = ["call_http_tool", "mask_secrets", "truncate_output"]
 
 _MAX_ERROR_BODY = 500
+#: backoff between tries of a tool call: 0.1 s, 0.2 s, 0.4 s ... at most 2 s
+_RETRY_BASE = 0.1
+_RETRY_CAP = 2.0
 _MASK = "***"
 
 
@@ -47,6 +53,27 @@ def mask_secrets(text: str, secrets: tuple[str, ...]) -> str:
 
 
 async def call_http_tool(
+    client: httpx.AsyncClient,
+    name: str,
+    config: HttpToolConfig,
+    arguments: dict[str, Any],
+    *,
+    step_id: str,
+) -> str:
+    """Call the tool, trying again ``config.retries`` times after a transient failure."""
+    attempt = 0
+    while True:
+        try:
+            return await _call_once(client, name, config, arguments, step_id=step_id)
+        except ToolError as exc:
+            transient = exc.status is None or exc.status >= 500
+            if not transient or attempt >= config.retries:
+                raise
+        attempt += 1
+        await asyncio.sleep(min(_RETRY_BASE * 2 ** (attempt - 1), _RETRY_CAP))
+
+
+async def _call_once(
     client: httpx.AsyncClient,
     name: str,
     config: HttpToolConfig,
