@@ -10,12 +10,12 @@ from stepline.engine.steps import Step, StepKind, StepState
 from stepline.protocol.items import (
     SERVER_LABEL,
     chain_messages,
-    check_tool_results,
     input_messages,
     message_item,
     tool_error_text,
 )
 from stepline.protocol.request import InputItem, parse_request
+from stepline.protocol.validate import conversation_problem
 
 RESPONSE_ID = "resp_test"
 
@@ -282,7 +282,7 @@ def test_input_messages_pass_their_own_check() -> None:
             {"type": "mcp_call", "id": "mcp_x", "name": "g", "arguments": "{}", "output": "2"},
         )
     )
-    assert check_tool_results(messages) is None
+    assert conversation_problem(messages, "lenient") is None
 
 
 # -- tool_error_text ------------------------------------------------------------
@@ -423,10 +423,14 @@ def test_chain_messages_pass_the_tool_result_check() -> None:
         tool_step(1, "call_b", "time"),
         tool_step(2, "call_a", "weather"),
     ]
-    assert check_tool_results(chain_messages(chain)) is None
+    assert conversation_problem(chain_messages(chain), "lenient") is None
 
 
-# -- check_tool_results ---------------------------------------------------------
+# -- tool results answer the calls before them (the lenient validation) ----------
+
+
+def orphan(call_id: str) -> str:
+    return f"No tool call found for function call output with call_id {call_id}."
 
 
 def test_check_accepts_results_of_the_latest_assistant_calls() -> None:
@@ -437,7 +441,7 @@ def test_check_accepts_results_of_the_latest_assistant_calls() -> None:
         tool_message("a", "1"),
         {"role": "assistant", "content": "done"},
     ]
-    assert check_tool_results(messages) is None
+    assert conversation_problem(messages, "lenient") is None
 
 
 def test_check_names_a_result_that_answers_no_call() -> None:
@@ -447,11 +451,11 @@ def test_check_names_a_result_that_answers_no_call() -> None:
         tool_message("a", "1"),
         tool_message("unknown", "2"),
     ]
-    assert check_tool_results(messages) == "unknown"
+    assert conversation_problem(messages, "lenient") == orphan("unknown")
 
 
 def test_check_names_a_result_with_no_assistant_before_it() -> None:
-    assert check_tool_results([tool_message("a", "1")]) == "a"
+    assert conversation_problem([tool_message("a", "1")], "lenient") == orphan("a")
 
 
 def test_check_names_a_result_separated_from_its_call_by_a_user_message() -> None:
@@ -460,7 +464,7 @@ def test_check_names_a_result_separated_from_its_call_by_a_user_message() -> Non
         {"role": "user", "content": "wait"},
         tool_message("a", "1"),
     ]
-    assert check_tool_results(messages) == "a"
+    assert conversation_problem(messages, "lenient") == orphan("a")
 
 
 def test_check_names_a_result_for_an_older_assistant_message() -> None:
@@ -470,7 +474,7 @@ def test_check_names_a_result_for_an_older_assistant_message() -> None:
         {"role": "assistant", "content": None, "tool_calls": [call("b", "f")]},
         tool_message("a", "again"),
     ]
-    assert check_tool_results(messages) == "a"
+    assert conversation_problem(messages, "lenient") == orphan("a")
 
 
 # -- message_item ---------------------------------------------------------------

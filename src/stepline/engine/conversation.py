@@ -27,7 +27,6 @@ __all__ = [
     "Conversation",
     "HeldCall",
     "approvals",
-    "conversation_history",
     "load_conversation",
     "previous_chain_records",
 ]
@@ -111,11 +110,6 @@ async def load_conversation(store: StepStore, previous_id: str | None) -> Conver
         messages.extend(chain_messages(chain))
         held = _held_calls(chain)
     return Conversation(history=messages, held=held)
-
-
-async def conversation_history(store: StepStore, previous_id: str | None) -> list[dict[str, Any]]:
-    """Chat messages of every response before this one, oldest first."""
-    return (await load_conversation(store, previous_id)).history
 
 
 def approvals(request: ResponseRequest, conversation: Conversation) -> list[ApprovedCall]:

@@ -35,7 +35,6 @@ from stepline.protocol.request import (
 __all__ = [
     "SERVER_LABEL",
     "chain_messages",
-    "check_tool_results",
     "input_messages",
     "message_item",
     "tool_error_text",
@@ -197,20 +196,6 @@ def tool_result_text(step: Step) -> str:
     if step.state is StepState.COMPLETED and step.response is not None:
         return str(step.response.get("output", ""))
     return tool_error_text(step.error or {"message": f"tool call {step.state.value}"})
-
-
-def check_tool_results(messages: Sequence[Message]) -> str | None:
-    """The call_id of a tool result that answers no preceding call, or None."""
-    open_calls: set[str] = set()
-    for message in messages:
-        if message["role"] == "assistant":
-            open_calls = {call["id"] for call in message.get("tool_calls") or ()}
-        elif message["role"] == "tool":
-            if message["tool_call_id"] not in open_calls:
-                return str(message["tool_call_id"])
-        else:
-            open_calls = set()
-    return None
 
 
 def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:

@@ -27,8 +27,8 @@ from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.assemble import output_items, response_object, sum_usage
-from stepline.protocol.items import check_tool_results
 from stepline.protocol.request import FunctionTool, ResponseRequest, new_id, parse_request
+from stepline.protocol.validate import conversation_problem
 from stepline.server.auth import Caller, caller_of
 from stepline.server.gateway import Gateway
 from stepline.server.logs import response_id_var
@@ -134,11 +134,9 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     conversation = await load_conversation(runner.engine.store, request.previous_response_id)
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
-    orphan = check_tool_results(base_messages(request, history))
-    if orphan is not None:
-        raise InvalidRequest(
-            f"No tool call found for function call output with call_id {orphan}.", param="input"
-        )
+    problem = conversation_problem(base_messages(request, history), "lenient")
+    if problem is not None:
+        raise InvalidRequest(problem, param="input")
 
 
 @router.post("/responses")
