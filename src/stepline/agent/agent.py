@@ -33,8 +33,9 @@ import orjson
 
 from stepline.agent.function_tool import FunctionTool
 from stepline.config import HttpToolConfig, LimitsConfig, ModelRoute, Settings, UpstreamConfig
-from stepline.engine.loop import Engine, run_response
+from stepline.engine.loop import Engine
 from stepline.engine.policies import StopPolicy
+from stepline.engine.response import run_response
 from stepline.engine.run_events import RunCompleted, RunEvent
 from stepline.errors import ConfigError, RunError
 from stepline.protocol.request import new_id, parse_request

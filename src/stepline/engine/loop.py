@@ -1,4 +1,4 @@
-"""Drive one response to a terminal state: the only place the loop does I/O.
+"""The loop of one scope (a response's top level, or a sub-agent): where it does I/O.
 
 Around the pure :func:`~stepline.engine.transition.next_action`, the loop
 records the steps it is told to append (in order, before running them), runs
@@ -10,14 +10,14 @@ Invariants:
 
 * A step is recorded before it runs and its outcome is recorded before the
   loop looks at the chain again; a process that dies between any two lines
-  leaves a chain that :func:`run_response` resumes from.
+  leaves a chain that :func:`~stepline.engine.response.run_response`
+  resumes from.
 * A failing step is recorded as failed and the transition decides what
   follows; only a storage failure aborts the loop (the lease then lets a
   later run resume it).
 * A sub-agent is a nested :class:`ScopeLoop` whose steps carry the calling
   step's id as their scope; its model calls emit no events of their own.
-* Every accepted response ends with exactly one terminal event and a
-  terminal status, whatever fails in between (storage aside).
+* A step's events are durable before its end is stored.
 """
 
 from __future__ import annotations
@@ -34,15 +34,10 @@ import httpx
 import orjson
 
 from stepline.config import Settings
-from stepline.engine.conversation import approvals, load_conversation
-from stepline.engine.event_log import EventLog
 from stepline.engine.observer import LoopObserver, NullObserver
-from stepline.engine.policies import ApprovedCall, LoopPolicy, RunState, StopPolicy
+from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.run_events import (
-    RunCompleted,
-    RunError,
     RunEvent,
-    RunStarted,
     StepCompleted,
     StepStarted,
     TextDelta,
@@ -65,13 +60,10 @@ from stepline.errors import StoreError, ToolError, UpstreamError
 from stepline.protocol.assemble import (
     approved_call_item,
     mcp_item_state,
-    output_items,
-    response_object,
-    sum_usage,
 )
 from stepline.protocol.chat_request import chat_payload, client_tool_definitions
 from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
-from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
+from stepline.protocol.events import OutputList, ResponseEvents, event_type
 from stepline.protocol.items import (
     chain_messages,
     input_messages,
@@ -88,10 +80,9 @@ from stepline.protocol.request import (
     MessageItem,
     ResponseRequest,
     allowed_tool_names,
-    parse_request,
 )
 from stepline.protocol.validate import conversation_problem
-from stepline.store.base import ResponseRecord, StepStore
+from stepline.store.base import StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
@@ -103,8 +94,8 @@ __all__ = [
     "LoopDrained",
     "Outcome",
     "ScopeLoop",
-    "run_response",
-    "stored_response",
+    "base_messages",
+    "wire_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -771,266 +762,3 @@ def base_messages(
     """
     system = [{"role": "system", "content": request.instructions}] if request.instructions else []
     return [*system, *history, *input_messages(request.input, held)]
-
-
-def _results_at(messages: list[dict[str, Any]], start: int) -> int:
-    """Past the tool messages (refusals) that follow ``start``: where approved results go."""
-    while start < len(messages) and messages[start]["role"] == "tool":
-        start += 1
-    return start
-
-
-def top_level_policy(
-    settings: Settings,
-    request: ResponseRequest,
-    server_tools: dict[str, ServerTool] | None = None,
-    approved: Sequence[ApprovedCall] = (),
-) -> LoopPolicy:
-    allowed = allowed_tool_names(request)
-    client = frozenset(
-        tool.name for tool in request.function_tools() if allowed is None or tool.name in allowed
-    )
-    return LoopPolicy(
-        max_iterations=settings.limits.max_iterations,
-        max_tool_calls=request.max_tool_calls,
-        fail_on_tool_error=settings.limits.tool_errors == "fail",
-        client_tools=client,
-        join=settings.limits.tool_join,
-        validation=settings.limits.validation,
-        approval_tools=frozenset(
-            name for name, tool in (server_tools or {}).items() if tool.approval
-        ),
-        approved_calls=tuple(approved),
-    )
-
-
-_TERMINAL_EVENT = {
-    "completed": "response.completed",
-    "failed": "response.failed",
-    "incomplete": "response.incomplete",
-}
-
-
-async def run_response(
-    engine: Engine,
-    record: ResponseRecord,
-    log: EventLog | None,
-    *,
-    stops: tuple[StopPolicy, ...] = (),
-    tools: Sequence[str] | None = None,
-    fresh: bool = False,
-) -> dict[str, Any]:
-    """Run (or resume) a stored response to its terminal state; return the response object.
-
-    ``stops`` are checked after every top-level step; the first that fires
-    ends the response ``incomplete`` with its name as the reason. ``tools``
-    names the server tools of the top level (default: the model route's).
-    ``fresh`` says the response was just created here, so nothing is stored
-    for it yet but its record.
-    """
-    store = engine.store
-    request = parse_request(record.body)
-    events = (
-        ResponseEvents(record.id, log.append, next_seq=log.first_seq, durable=log.wait_durable)
-        if log
-        else None
-    )
-    transcript: list[dict[str, Any]] = []
-    if engine.tap is not None:
-        engine.tap(RunStarted(response_id=record.id, resumed=not fresh))
-    try:
-        if log is not None and log.first_seq > 0:
-            finished = await _already_finished(store, record.id, log.first_seq - 1)
-            if finished is not None:
-                return await _store_result(engine, record, request, finished)
-        chain = [] if fresh else await store.load_chain(record.id, scope=None)
-        output = OutputList(output_items(chain))
-        if events is not None and events.next_seq == 0:
-            snapshot = _snapshot(record, request, "in_progress", [])
-            events.lifecycle("response.created", snapshot)
-            events.lifecycle("response.in_progress", snapshot)
-        if record.status == "queued":
-            await store.set_status(record.id, "in_progress")
-        route_target = resolve_target(engine.settings, request.model)
-        if route_target is None:
-            outcome = Outcome(
-                status="failed",
-                stop_reason="error",
-                error=wire_error("model_error", f"no upstream for model {request.model!r}"),
-            )
-        else:
-            route = engine.settings.route_for(request.model)
-            allowed = engine.key_tools(record.key_id)
-            offered = (
-                tools
-                if tools is not None
-                else (*(route.tools if route else ()), *engine.default_tools)
-            )
-            tool_names = [name for name in offered if allowed is None or name in allowed]
-            listings = await _mcp_listings(engine, tool_names, request)
-            conversation = await load_conversation(store, request.previous_response_id)
-            held = {request_id: call.call_id for request_id, call in conversation.held.items()}
-            transcript = base_messages(request, conversation.history, held)
-            server_tools = engine.tools.select(
-                [name for name in tool_names if not (engine.mcp and engine.mcp.is_source(name))]
-            )
-            for listing in listings:
-                server_tools.update(listing.tools)
-            loop = ScopeLoop(
-                engine=engine,
-                response_id=record.id,
-                scope=None,
-                request=request,
-                target=route_target,
-                server_tools=server_tools,
-                base_messages=transcript,
-                results_at=_results_at(
-                    transcript, len(transcript) - len(input_messages(request.input, held))
-                ),
-                policy=top_level_policy(
-                    engine.settings, request, server_tools, approvals(request, conversation)
-                ),
-                events=events,
-                output=output,
-                stops=stops,
-                listings=listings,
-                chain=chain,
-                key_tools=allowed,
-            )
-            outcome = await loop.run()
-    except (StoreError, LoopDrained):
-        raise
-    except Exception as exc:
-        logger.exception("response %s failed unexpectedly", record.id)
-        outcome = Outcome(
-            status="failed",
-            stop_reason="error",
-            error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
-        )
-    return await _finish_response(engine, record, request, outcome, events, log, transcript)
-
-
-async def _mcp_listings(
-    engine: Engine, tool_names: Sequence[str], request: ResponseRequest
-) -> list[McpListing]:
-    """The MCP servers a response offers: sources its route names, and its own."""
-    if engine.mcp is None:
-        return []
-    labels = [name for name in tool_names if engine.mcp.is_source(name)]
-    return await engine.mcp.listings(labels, request.mcp_tools())
-
-
-async def stored_response(store: StepStore, record: ResponseRecord) -> dict[str, Any]:
-    """The response object as stored now: its result once terminal, else its progress."""
-    if record.result is not None:
-        return record.result
-    steps = await store.load_steps(record.id)
-    return response_object(
-        response_id=record.id,
-        created_at=record.created_at,
-        request=parse_request(record.body),
-        status=record.status,
-        output=output_items([step for step in steps if step.scope is None]),
-        usage=sum_usage(steps),
-    )
-
-
-def _snapshot(
-    record: ResponseRecord, request: ResponseRequest, status: str, output: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return response_object(
-        response_id=record.id,
-        created_at=record.created_at,
-        request=request,
-        status=status,
-        output=output,
-        usage=None,
-    )
-
-
-async def _finish_response(
-    engine: Engine,
-    record: ResponseRecord,
-    request: ResponseRequest,
-    outcome: Outcome,
-    events: ResponseEvents | None,
-    log: EventLog | None,
-    transcript: list[dict[str, Any]],
-) -> dict[str, Any]:
-    steps = await engine.store.load_steps(record.id)
-    completed_at = engine.clock() if outcome.status == "completed" else None
-    response = response_object(
-        response_id=record.id,
-        created_at=record.created_at,
-        request=request,
-        status=outcome.status,
-        output=output_items([step for step in steps if step.scope is None]),
-        usage=sum_usage(steps),
-        error=outcome.error,
-        incomplete_details=outcome.incomplete_details,
-        completed_at=completed_at,
-    )
-    if events is not None:
-        if outcome.error is not None:
-            events.emit(
-                "error",
-                {"code": outcome.error["code"], "message": outcome.error["message"], "param": None},
-            )
-        events.lifecycle(_TERMINAL_EVENT[outcome.status], response)
-    if log is not None:
-        await log.wait_durable()
-    stored = await _store_result(engine, record, request, response)
-    _report_end(engine, outcome, stored, steps, transcript)
-    return stored
-
-
-async def _store_result(
-    engine: Engine, record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
-) -> dict[str, Any]:
-    store = engine.store
-    await store.finish_response(
-        record.id,
-        status=response["status"],
-        result=response,
-        completed_at=response.get("completed_at"),
-    )
-    if not request.store:
-        await store.delete_response(record.id)
-    engine.observer.response_finished(response)
-    return response
-
-
-def _report_end(
-    engine: Engine,
-    outcome: Outcome,
-    response: dict[str, Any],
-    steps: list[Step],
-    transcript: list[dict[str, Any]],
-) -> None:
-    if engine.tap is None:
-        return
-    if outcome.error is not None:
-        engine.tap(RunError(message=outcome.error["message"], code=outcome.error["type"]))
-    top = [step for step in steps if step.scope is None]
-    engine.tap(
-        RunCompleted(
-            status=outcome.status,
-            stop_reason=outcome.stop_reason,
-            response=response,
-            messages=transcript + chain_messages(top),
-            steps=len(steps),
-            tool_invocations=sum(1 for step in steps if step.kind is StepKind.TOOL_CALL),
-        )
-    )
-
-
-async def _already_finished(
-    store: StepStore, response_id: str, last_seq: int
-) -> dict[str, Any] | None:
-    """The response object of a stored terminal event: the run ended but was not recorded."""
-    rows = await store.read_events(response_id, after=last_seq - 1, limit=1)
-    if rows and event_type(rows[0].data).decode() in TERMINAL_EVENT_TYPES:
-        event: dict[str, Any] = orjson.loads(rows[0].data)
-        response: dict[str, Any] = event["response"]
-        return response
-    return None

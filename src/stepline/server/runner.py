@@ -20,7 +20,8 @@ import socket
 from typing import Any
 
 from stepline.engine.event_log import EventLog, EventWriter
-from stepline.engine.loop import Engine, LoopDrained, run_response, stored_response
+from stepline.engine.loop import Engine, LoopDrained
+from stepline.engine.response import run_response, stored_response
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
 __all__ = ["Runner"]
