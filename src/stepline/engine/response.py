@@ -38,14 +38,14 @@ from stepline.engine.steps import Step, StepKind
 from stepline.errors import StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.items import chain_messages, input_messages
+from stepline.protocol.items import chain_messages
 from stepline.protocol.request import ResponseRequest, allowed_tool_names, parse_request
 from stepline.store.base import ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
 from stepline.upstream.routing import resolve_target
 
-__all__ = ["run_response", "stored_response", "top_level_policy"]
+__all__ = ["run_response", "snapshot", "stored_response", "top_level_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ async def run_response(
         chain = [] if fresh else await store.load_chain(record.id, scope=None)
         output = OutputList(output_items(chain))
         if events is not None and events.next_seq == 0:
-            snapshot = _snapshot(record, request, "in_progress", [])
-            events.lifecycle("response.created", snapshot)
-            events.lifecycle("response.in_progress", snapshot)
+            started = snapshot(record, request, "in_progress", [])
+            events.lifecycle("response.created", started)
+            events.lifecycle("response.in_progress", started)
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
         route_target = resolve_target(engine.settings, request.model)
@@ -162,7 +162,7 @@ async def run_response(
                 server_tools=server_tools,
                 base_messages=transcript,
                 results_at=_results_at(
-                    transcript, len(transcript) - len(input_messages(request.input, held))
+                    transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
                 policy=top_level_policy(
                     engine.settings, request, server_tools, approvals(request, conversation)
@@ -197,31 +197,38 @@ async def _mcp_listings(
     return await engine.mcp.listings(labels, request.mcp_tools())
 
 
-async def stored_response(store: StepStore, record: ResponseRecord) -> dict[str, Any]:
-    """The response object as stored now: its result once terminal, else its progress."""
+async def stored_response(
+    store: StepStore, record: ResponseRecord, *, status: str | None = None
+) -> dict[str, Any]:
+    """The response object as stored now: its result once terminal, else its progress
+    (shown with ``status`` when given, as a cancellation stores it)."""
     if record.result is not None:
         return record.result
     steps = await store.load_steps(record.id)
-    return response_object(
-        response_id=record.id,
-        created_at=record.created_at,
-        request=parse_request(record.body),
-        status=record.status,
-        output=output_items([step for step in steps if step.scope is None]),
-        usage=sum_usage(steps),
+    return snapshot(
+        record,
+        parse_request(record.body),
+        status or record.status,
+        output_items([step for step in steps if step.scope is None]),
+        sum_usage(steps),
     )
 
 
-def _snapshot(
-    record: ResponseRecord, request: ResponseRequest, status: str, output: list[dict[str, Any]]
+def snapshot(
+    record: ResponseRecord,
+    request: ResponseRequest,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The response object of ``record`` with this status, output and usage."""
     return response_object(
         response_id=record.id,
         created_at=record.created_at,
         request=request,
         status=status,
         output=output,
-        usage=None,
+        usage=usage,
     )
 
 

@@ -25,8 +25,8 @@ from starlette.types import Receive, Scope, Send
 
 from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
+from stepline.engine.response import snapshot, stored_response
 from stepline.errors import InvalidRequest, NotFound
-from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.request import FunctionTool, ResponseRequest, new_id, parse_request
 from stepline.protocol.validate import conversation_problem
 from stepline.server.auth import Caller, caller_of
@@ -174,25 +174,8 @@ async def create_response(request: Request) -> Response:
     if parsed.stream:
         return _sse(request, runner, record.id, -1)
     if parsed.background:
-        return JSON(_snapshot(record, parsed, record.status, []))
+        return JSON(snapshot(record, parsed, record.status, []))
     return JSON(await asyncio.shield(task))
-
-
-def _snapshot(
-    record: ResponseRecord,
-    request: ResponseRequest,
-    status: str,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return response_object(
-        response_id=record.id,
-        created_at=record.created_at,
-        request=request,
-        status=status,
-        output=output,
-        usage=usage,
-    )
 
 
 async def _record(runner: Runner, response_id: str, caller: Caller) -> ResponseRecord:
@@ -226,23 +209,15 @@ async def get_response(
                     "Last-Event-ID must be an integer", param="Last-Event-ID"
                 ) from None
         return _sse(request, runner, record.id, -1 if after is None else after)
-    if record.result is not None:
-        return JSON(record.result)
-    store = runner.engine.store
-    steps = await store.load_steps(record.id)
-    parsed = parse_request(record.body)
-    output = output_items([step for step in steps if step.scope is None])
-    return JSON(_snapshot(record, parsed, record.status, output, sum_usage(steps)))
+    return JSON(await stored_response(runner.engine.store, record))
 
 
 @router.delete("/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
     runner = _runner(request)
     record = await _record(runner, response_id, caller_of(request))
-    task = runner.tasks.get(record.id)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    # keep its lease while the loop stops, so no other process claims it meanwhile
+    await runner.stop_loop(record.id)
     await runner.engine.store.delete_response(record.id)
     return JSON({"id": record.id, "object": "response.deleted", "deleted": True})
 
@@ -261,10 +236,7 @@ async def cancel_response(request: Request, response_id: str) -> Response:
     # its renewal finds the response cancelled
     await runner.stop_loop(record.id)
     await store.cancel_steps(record.id)
-    steps = await store.load_steps(record.id)
-    parsed = parse_request(record.body)
-    output = output_items([step for step in steps if step.scope is None])
-    result = _snapshot(record, parsed, "cancelled", output, sum_usage(steps))
+    result = await stored_response(store, record, status="cancelled")
     if not await store.finish_response(
         record.id, status="cancelled", result=result, completed_at=None
     ):

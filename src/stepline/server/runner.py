@@ -133,10 +133,10 @@ class Runner:
                 task.cancel()
 
     async def stop_loop(self, response_id: str) -> None:
-        """Stop the loop of a response that is being cancelled, keeping its lease.
+        """Stop the loop of a response being cancelled or deleted, keeping its lease.
 
-        The caller stores the cancellation next (which clears the lease), so the
-        response is never claimable while it is half cancelled.
+        The caller stores the cancellation (which clears the lease) or deletes
+        the response next, so it is never claimable while half done.
         """
         task = self.tasks.get(response_id)
         if task is None:
