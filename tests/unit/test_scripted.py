@@ -12,10 +12,12 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageCustomToolCall, ChatCompletionMessageParam
 
 from stepline.scripted import (
     Fault,
     Script,
+    ScriptedCustomToolCall,
     ScriptedModel,
     ScriptedToolCall,
     ScriptedUsage,
@@ -25,7 +27,12 @@ from stepline.scripted import (
 )
 
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+SDK_QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the weather in Paris?"}
+]
 WEATHER_CALL = ScriptedToolCall(name="get_weather", arguments={"city": "Paris"})
+PATCH = "*** Begin Patch\n+hello\n*** End Patch"
+PATCH_CALL = ScriptedCustomToolCall(name="apply_patch", input=PATCH)
 
 
 @pytest.fixture
@@ -252,6 +259,204 @@ async def test_an_empty_turn_answers_empty_text(
     message = (await complete(client, "s")).json()["choices"][0]
     assert message["message"] == {"role": "assistant", "content": ""}
     assert message["finish_reason"] == "stop"
+
+
+# --- custom tool calls ---
+
+
+async def test_custom_tool_calls_stream_their_input_in_pieces(
+    model: ScriptedModel, client: httpx.AsyncClient
+) -> None:
+    model.register(
+        "s",
+        script(
+            Turn(tool_calls=(WEATHER_CALL, PATCH_CALL, ScriptedCustomToolCall(name="e", input="")))
+        ),
+    )
+    events = payloads((await complete(client, "s", stream=True)).text)
+    first = events[0]
+
+    def call(piece: dict[str, Any]) -> dict[str, Any]:
+        return chunk(first, {"tool_calls": [piece]})
+
+    assert events == [
+        chunk(first, {"role": "assistant", "content": ""}),
+        call(
+            {
+                "index": 0,
+                "id": "call_0_0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": ""},
+            }
+        ),
+        call({"index": 0, "function": {"arguments": '{"ci'}}),
+        call({"index": 0, "function": {"arguments": 'ty":'}}),
+        call({"index": 0, "function": {"arguments": '"Par'}}),
+        call({"index": 0, "function": {"arguments": 'is"}'}}),
+        call(
+            {
+                "index": 1,
+                "id": "call_0_1",
+                "type": "custom",
+                "custom": {"name": "apply_patch", "input": ""},
+            }
+        ),
+        # 36 characters in 4 pieces of 9, split mid-line: input is plain text
+        call({"index": 1, "custom": {"input": "*** Begin"}}),
+        call({"index": 1, "custom": {"input": " Patch\n+h"}}),
+        call({"index": 1, "custom": {"input": "ello\n*** "}}),
+        call({"index": 1, "custom": {"input": "End Patch"}}),
+        # an empty input has no pieces, like empty arguments
+        call(
+            {"index": 2, "id": "call_0_2", "type": "custom", "custom": {"name": "e", "input": ""}}
+        ),
+        chunk(first, {}, "tool_calls"),
+        "[DONE]",
+    ]
+    pieces = [e["choices"][0]["delta"]["tool_calls"][0] for e in events[7:11]]
+    assert "".join(piece["custom"]["input"] for piece in pieces) == PATCH
+
+
+async def test_a_non_streamed_custom_call_is_a_custom_tool_call_message(
+    model: ScriptedModel, client: httpx.AsyncClient
+) -> None:
+    model.register(
+        "s", script(Turn(content="Patching.", tool_calls=(PATCH_CALL,)), Turn(content="Done."))
+    )
+    body = (await complete(client, "s")).json()
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Patching.",
+                "tool_calls": [
+                    {
+                        "id": "call_0_0",
+                        "type": "custom",
+                        "custom": {"name": "apply_patch", "input": PATCH},
+                    }
+                ],
+            },
+            "finish_reason": "tool_calls",
+            "logprobs": None,
+        }
+    ]
+    # 1 content piece + 4 input pieces
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 5, "total_tokens": 11}
+    # the custom input sent back in the history counts toward the prompt (6 words)
+    follow_up = [
+        *QUESTION,
+        body["choices"][0]["message"],
+        {"role": "tool", "tool_call_id": "call_0_0", "content": "ok"},
+    ]
+    second = (await complete(client, "s", follow_up)).json()
+    assert second["usage"]["prompt_tokens"] == 6 + 1 + 7 + 1
+
+
+async def test_the_openai_sdk_parses_custom_tool_calls(model: ScriptedModel, url: str) -> None:
+    model.register("s", script(Turn(tool_calls=(PATCH_CALL,))))
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as sdk:
+        completion = await sdk.chat.completions.create(model="s", messages=SDK_QUESTION)
+    [call] = completion.choices[0].message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageCustomToolCall)
+    assert (call.id, call.custom.name, call.custom.input) == ("call_0_0", "apply_patch", PATCH)
+
+
+# --- logprobs ---
+
+
+def token(text: str, top: list[tuple[str, float]]) -> dict[str, Any]:
+    """One expected logprob entry: ``text`` at -0.1 with the given candidates."""
+    return {
+        "token": text,
+        "logprob": -0.1,
+        "bytes": list(text.encode()),
+        "top_logprobs": [
+            {"token": name, "logprob": logprob, "bytes": list(name.encode())}
+            for name, logprob in top
+        ],
+    }
+
+
+async def test_logprobs_ride_on_every_content_chunk(
+    model: ScriptedModel, client: httpx.AsyncClient
+) -> None:
+    model.register(
+        "s",
+        script(
+            Turn(reasoning="hm", content="Grüß dich, Welt", chunk_size=2, tool_calls=(PATCH_CALL,))
+        ),
+    )
+    response = await complete(client, "s", stream=True, logprobs=True, top_logprobs=3)
+    events = payloads(response.text)
+    first = events[0]
+
+    def with_logprobs(delta: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+        expected = chunk(first, delta)
+        expected["choices"][0]["logprobs"] = {"content": [entry]}
+        return expected
+
+    alternatives = [("<alt1>", -1.0), ("<alt2>", -2.0)]
+    patch_head = {"index": 0, "id": "call_0_0", "type": "custom"}
+    assert events == [
+        chunk(first, {"role": "assistant", "content": ""}),
+        chunk(first, {"reasoning_content": "hm"}),
+        with_logprobs(
+            {"content": "Grüß dich,"}, token("Grüß dich,", [("Grüß dich,", -0.1), *alternatives])
+        ),
+        with_logprobs({"content": " Welt"}, token(" Welt", [(" Welt", -0.1), *alternatives])),
+        chunk(
+            first, {"tool_calls": [{**patch_head, "custom": {"name": "apply_patch", "input": ""}}]}
+        ),
+        chunk(first, {"tool_calls": [{"index": 0, "custom": {"input": "*** Begin"}}]}),
+        chunk(first, {"tool_calls": [{"index": 0, "custom": {"input": " Patch\n+h"}}]}),
+        chunk(first, {"tool_calls": [{"index": 0, "custom": {"input": "ello\n*** "}}]}),
+        chunk(first, {"tool_calls": [{"index": 0, "custom": {"input": "End Patch"}}]}),
+        chunk(first, {}, "tool_calls"),
+        "[DONE]",
+    ]
+    # bytes are UTF-8: ü and ß take two each
+    assert len(events[2]["choices"][0]["logprobs"]["content"][0]["bytes"]) == 12
+
+
+async def test_logprobs_without_stream_and_without_top_logprobs(
+    model: ScriptedModel, client: httpx.AsyncClient
+) -> None:
+    model.register("s", script(Turn(content="a b"), repeat_last=True))
+    choice = (await complete(client, "s", logprobs=True)).json()["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "a b"}
+    assert choice["logprobs"] == {"content": [token("a", []), token(" b", [])]}
+    one = (await complete(client, "s", logprobs=True, top_logprobs=1)).json()["choices"][0]
+    assert one["logprobs"] == {"content": [token("a", [("a", -0.1)]), token(" b", [(" b", -0.1)])]}
+    # logprobs false (or null) is the same as not asking; top_logprobs 0 asks for none
+    for flags in ({"logprobs": False}, {"logprobs": None, "top_logprobs": 0}):
+        assert (await complete(client, "s", **flags)).json()["choices"][0]["logprobs"] is None
+        events = payloads((await complete(client, "s", stream=True, **flags)).text)
+        assert not any("logprobs" in e["choices"][0] for e in events[:-1])
+
+
+async def test_the_openai_sdk_reads_streamed_logprobs(model: ScriptedModel, url: str) -> None:
+    model.register("s", script(Turn(content="It is sunny")))
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="s",
+            messages=SDK_QUESTION,
+            stream=True,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        tokens: list[tuple[str, float, list[str]]] = []
+        async for part in stream:
+            for choice in part.choices:
+                for entry in (choice.logprobs.content or []) if choice.logprobs else []:
+                    tops = [top.token for top in entry.top_logprobs]
+                    tokens.append((entry.token, entry.logprob, tops))
+    assert tokens == [
+        ("It", -0.1, ["It", "<alt1>"]),
+        (" is", -0.1, [" is", "<alt1>"]),
+        (" sunny", -0.1, [" sunny", "<alt1>"]),
+    ]
 
 
 # --- turn selection ---
@@ -546,6 +751,30 @@ async def test_registering_again_forgets_attempts_and_requests(
             "stream must be a boolean",
             "stream",
         ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user"}], "logprobs": 1}',
+            "logprobs must be a boolean",
+            "logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user"}], "logprobs": true, "top_logprobs": 21}',
+            "top_logprobs must be an integer from 0 to 20",
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user"}], "top_logprobs": false}',
+            "top_logprobs must be an integer from 0 to 20",
+            "top_logprobs",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user"}], "top_logprobs": 2}',
+            "top_logprobs needs logprobs: true",
+            "top_logprobs",
+        ),
         ("/v1/scripts", b'{"script": {}}', "name must be a non-empty string", "name"),
         ("/v1/scripts", b'{"name": "x"}', "a script must be a JSON object", "script"),
         (
@@ -646,7 +875,7 @@ async def test_the_openai_sdk_reads_answers_and_streams(model: ScriptedModel, ur
         ),
     )
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as sdk:
-        completion = await sdk.chat.completions.create(model="s", messages=QUESTION)  # type: ignore[arg-type]
+        completion = await sdk.chat.completions.create(model="s", messages=SDK_QUESTION)
         message = completion.choices[0].message
         assert message.content == "It is"
         assert message.tool_calls is not None
@@ -656,7 +885,7 @@ async def test_the_openai_sdk_reads_answers_and_streams(model: ScriptedModel, ur
 
         stream = await sdk.chat.completions.create(
             model="s",
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=SDK_QUESTION,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -684,12 +913,12 @@ async def test_the_openai_sdk_sees_faults_as_its_own_errors(model: ScriptedModel
     model.register("dropped", script(Turn(content="a b c", fault=Fault(drop_after=2))))
     async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as sdk:
         with pytest.raises(openai.RateLimitError) as limited:
-            await sdk.chat.completions.create(model="limited", messages=QUESTION)  # type: ignore[arg-type]
+            await sdk.chat.completions.create(model="limited", messages=SDK_QUESTION)
         assert limited.value.message == "Error code: 429 - slow down"
         assert limited.value.response.headers["retry-after"] == "1"
         stream = await sdk.chat.completions.create(
             model="dropped",
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=SDK_QUESTION,
             stream=True,
         )
         with pytest.raises(openai.APIConnectionError):

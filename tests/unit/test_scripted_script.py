@@ -9,13 +9,21 @@ import pytest
 
 import stepline.scripted
 from stepline.errors import InvalidRequest
-from stepline.scripted import Fault, Script, ScriptedToolCall, ScriptedUsage, Turn
+from stepline.scripted import (
+    Fault,
+    Script,
+    ScriptedCustomToolCall,
+    ScriptedToolCall,
+    ScriptedUsage,
+    Turn,
+)
 
 
 def test_public_surface_is_pinned() -> None:
     assert stepline.scripted.__all__ == [
         "Fault",
         "Script",
+        "ScriptedCustomToolCall",
         "ScriptedModel",
         "ScriptedToolCall",
         "ScriptedUsage",
@@ -39,6 +47,9 @@ def test_from_dict_builds_every_field() -> None:
                     "tool_calls": [
                         {"name": "get_weather", "arguments": {"city": "Paris"}},
                         {"name": "broken", "arguments": '{"city": "Par', "id": "call_x"},
+                        {"kind": "custom", "name": "apply_patch", "input": "*** Begin\n+x"},
+                        {"kind": "custom", "name": "note", "input": "", "id": "call_n"},
+                        {"kind": "function", "name": "explicit"},
                     ],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 3},
                     "finish_reason": "length",
@@ -60,6 +71,9 @@ def test_from_dict_builds_every_field() -> None:
                 tool_calls=(
                     ScriptedToolCall(name="get_weather", arguments={"city": "Paris"}),
                     ScriptedToolCall(name="broken", arguments='{"city": "Par', id="call_x"),
+                    ScriptedCustomToolCall(name="apply_patch", input="*** Begin\n+x"),
+                    ScriptedCustomToolCall(name="note", input="", id="call_n"),
+                    ScriptedToolCall(name="explicit"),
                 ),
                 usage=ScriptedUsage(prompt_tokens=7, completion_tokens=3),
                 finish_reason="length",
@@ -84,7 +98,10 @@ def test_round_trip_through_json() -> None:
         turns=(
             Turn(
                 content="hi",
-                tool_calls=(ScriptedToolCall(name="t", arguments={"x": [1, 2]}),),
+                tool_calls=(
+                    ScriptedToolCall(name="t", arguments={"x": [1, 2]}),
+                    ScriptedCustomToolCall(name="c", input="free {text", id="call_c"),
+                ),
                 usage=ScriptedUsage(prompt_tokens=1, completion_tokens=2),
                 fault=Fault(garbage=True, times=2),
             ),
@@ -94,6 +111,10 @@ def test_round_trip_through_json() -> None:
     )
     assert Script.from_json(orjson.dumps(script.to_dict())) == script
     assert "fault" not in script.to_dict()["turns"][1]
+    assert script.to_dict()["turns"][0]["tool_calls"] == [
+        {"name": "t", "arguments": {"x": [1, 2]}, "kind": "function"},
+        {"name": "c", "input": "free {text", "id": "call_c", "kind": "custom"},
+    ]
 
 
 def test_turn_picks_by_index_and_repeats_last_only_when_asked() -> None:
@@ -120,6 +141,35 @@ def test_turn_picks_by_index_and_repeats_last_only_when_asked() -> None:
             "turns.0.tool_calls.0.arguments",
         ),
         ({"turns": [{"tool_calls": [{"arguments": {}}]}]}, "name: Field required", None),
+        (
+            {"turns": [{"tool_calls": [{"kind": "custom", "name": "c"}]}]},
+            "turns.0.tool_calls.0: a custom tool call needs input (a string)",
+            "turns.0.tool_calls.0",
+        ),
+        (
+            {
+                "turns": [
+                    {"tool_calls": [{"kind": "custom", "name": "c", "input": "", "arguments": {}}]}
+                ]
+            },
+            "a custom tool call takes input, not arguments",
+            "turns.0.tool_calls.0",
+        ),
+        (
+            {"turns": [{"tool_calls": [{"name": "f", "input": "x"}]}]},
+            'input is for custom tool calls ("kind": "custom")',
+            "turns.0.tool_calls.0",
+        ),
+        (
+            {"turns": [{"tool_calls": [{"kind": "custom", "name": "c", "input": {"a": 1}}]}]},
+            "turns.0.tool_calls.0.input: Input should be a valid string",
+            "turns.0.tool_calls.0.input",
+        ),
+        (
+            {"turns": [{"tool_calls": [{"kind": "freeform", "name": "c"}]}]},
+            "turns.0.tool_calls.0.kind: Input should be 'function' or 'custom'",
+            "turns.0.tool_calls.0.kind",
+        ),
         ({"turns": [{"fault": {}}]}, "turns.0.fault: a fault needs status", "turns.0.fault"),
         ({"turns": [{"fault": {"status": 200}}]}, "greater than or equal to 400", None),
         ({"turns": [{"fault": {"status": 500, "garbage": True}}]}, "cannot be combined", None),

@@ -2,10 +2,11 @@
 
 stepline's tests, its demo mode and its benchmarks use it as the upstream
 model, and so can anyone testing an agent. A :class:`Script` says what the
-model answers turn by turn (text, reasoning, tool calls, usage, pacing and
-faults); :class:`ScriptedModel` holds scripts by model name and logs what it
-received; :func:`create_scripted_app` serves it as an ASGI app and
-:func:`serve_app` puts any ASGI app on a real socket::
+model answers turn by turn (text, reasoning, function and custom tool calls,
+usage, pacing and faults; logprobs on request); :class:`ScriptedModel` holds
+scripts by model name and logs what it received; :func:`create_scripted_app`
+serves it as an ASGI app and :func:`serve_app` puts any ASGI app on a real
+socket::
 
     model = ScriptedModel({"weather": Script.from_json(text)})
     async with serve_app(create_scripted_app(model)) as url:
@@ -17,13 +18,21 @@ A model name without a script gets :func:`demo_reply`.
 """
 
 from stepline.scripted.demo import demo_reply
-from stepline.scripted.script import Fault, Script, ScriptedToolCall, ScriptedUsage, Turn
+from stepline.scripted.script import (
+    Fault,
+    Script,
+    ScriptedCustomToolCall,
+    ScriptedToolCall,
+    ScriptedUsage,
+    Turn,
+)
 from stepline.scripted.server import ScriptedModel, create_scripted_app
 from stepline.scripted.serving import serve_app
 
 __all__ = [
     "Fault",
     "Script",
+    "ScriptedCustomToolCall",
     "ScriptedModel",
     "ScriptedToolCall",
     "ScriptedUsage",

@@ -16,7 +16,8 @@ A script as JSON (``Script.from_json`` / ``Script.from_dict``, or the body of
           "reasoning": "The user wants the weather; call the tool.",
           "tool_calls": [
             {"name": "get_weather", "arguments": {"city": "Paris"}},
-            {"name": "get_time", "arguments": "{\\"tz\\": \\"Europe/Par", "id": "call_time"}
+            {"name": "get_time", "arguments": "{\\"tz\\": \\"Europe/Par", "id": "call_time"},
+            {"kind": "custom", "name": "apply_patch", "input": "*** Begin Patch\\n..."}
           ]
         },
         {
@@ -34,7 +35,10 @@ Turn fields (all optional):
 * ``reasoning``: streamed before the content as ``delta.reasoning_content``.
 * ``tool_calls``: ``name``, ``arguments`` (an object, or a raw string that may
   be deliberately broken JSON) and ``id`` (default ``call_<turn>_<i>``, unique
-  within a conversation because the turn index grows with it).
+  within a conversation because the turn index grows with it). A call with
+  ``"kind": "custom"`` plays a Chat Completions *custom* tool (freeform text
+  input): it has ``input`` (any text, required) instead of ``arguments``.
+  ``kind`` defaults to ``function``.
 * ``usage``: ``prompt_tokens`` and ``completion_tokens``; by default a rough
   word count of the request and the number of streamed pieces.
 * ``finish_reason``: ``stop``, ``tool_calls``, ``length`` or
@@ -62,6 +66,26 @@ Without ``stream: true`` the stream faults degrade sensibly: ``drop_after``
 cuts the JSON body in half, ``stall`` delays the answer, ``garbage`` answers
 ``{not json`` and ``no_finish`` gives ``finish_reason: null``.
 
+How tool calls go on the wire: a function call streams a first delta
+``{"index": i, "id": ..., "type": "function", "function": {"name": ...,
+"arguments": ""}}`` and then the arguments in 4 even pieces as
+``{"index": i, "function": {"arguments": piece}}``. A custom call does the same
+with ``{"index": i, "id": ..., "type": "custom", "custom": {"name": ...,
+"input": ""}}`` followed by ``{"index": i, "custom": {"input": piece}}`` (the
+openai SDK has no delta type for custom calls; this mirrors its
+``ChatCompletionMessageCustomToolCall`` and the function deltas). Without
+stream the message has ``{"id", "type": "custom", "custom": {"name", "input"}}``.
+
+Logprobs: a request with ``logprobs: true`` gets fake but deterministic log
+probabilities, enough to test the plumbing without a tokenizer. Each streamed
+content piece is one token; its chunk carries ``choices[0].logprobs =
+{"content": [{"token": piece, "logprob": -0.1, "bytes": <its UTF-8>,
+"top_logprobs": [...]}]}``, and the non-streamed choice has ``logprobs =
+{"content": [one such entry per piece]}``. ``top_logprobs: N`` (0-20) lists N
+candidates: the token itself at -0.1, then ``<alt1>``, ``<alt2>``, ... at
+-1.0, -2.0, .... Reasoning and tool calls carry no logprobs. ``top_logprobs``
+above 0 without ``logprobs: true`` is a 400, as on OpenAI.
+
 Invariants: the dataclasses here are frozen and already valid; everything
 that comes from JSON is checked by ``Script.from_dict``, which raises
 :class:`~stepline.errors.InvalidRequest` naming the bad field.
@@ -79,18 +103,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stepline.errors import InvalidRequest
 
-__all__ = ["Fault", "FinishReason", "Script", "ScriptedToolCall", "ScriptedUsage", "Turn"]
+__all__ = [
+    "Fault",
+    "FinishReason",
+    "Script",
+    "ScriptedCall",
+    "ScriptedCustomToolCall",
+    "ScriptedToolCall",
+    "ScriptedUsage",
+    "Turn",
+]
 
 FinishReason = Literal["stop", "tool_calls", "length", "content_filter"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScriptedToolCall:
-    """One tool call of a turn; ``arguments`` is an object or raw (maybe broken) JSON text."""
+    """A function tool call; ``arguments`` is an object or raw (maybe broken) JSON text."""
 
     name: str
     arguments: Mapping[str, Any] | str = dataclasses.field(default_factory=dict)
     id: str | None = None
+    kind: Literal["function"] = "function"
 
     @property
     def arguments_json(self) -> str:
@@ -98,6 +132,20 @@ class ScriptedToolCall:
         if isinstance(self.arguments, str):
             return self.arguments
         return orjson.dumps(self.arguments).decode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScriptedCustomToolCall:
+    """A custom tool call: the model writes ``input`` as free text, not JSON arguments."""
+
+    name: str
+    input: str
+    id: str | None = None
+    kind: Literal["custom"] = "custom"
+
+
+#: one tool call of a turn, told apart by ``kind``
+ScriptedCall = ScriptedToolCall | ScriptedCustomToolCall
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +175,7 @@ class Turn:
 
     content: str | None = None
     reasoning: str | None = None
-    tool_calls: tuple[ScriptedToolCall, ...] = ()
+    tool_calls: tuple[ScriptedCall, ...] = ()
     usage: ScriptedUsage | None = None
     finish_reason: FinishReason | None = None
     delay: float = 0.0
@@ -217,8 +265,10 @@ class _Spec(BaseModel):
 
 
 class _ToolCallSpec(_Spec):
+    kind: Literal["function", "custom"] = "function"
     name: str = Field(min_length=1)
     arguments: Any = Field(default_factory=dict)
+    input: str | None = None
     id: str | None = Field(default=None, min_length=1)
 
     @field_validator("arguments")
@@ -227,6 +277,23 @@ class _ToolCallSpec(_Spec):
         if not isinstance(value, dict | str):
             raise ValueError("arguments must be a JSON object or a string")
         return value
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> _ToolCallSpec:
+        if self.kind == "custom":
+            # to_dict never writes arguments for a custom call, so any is a mistake
+            if "arguments" in self.model_fields_set:
+                raise ValueError("a custom tool call takes input, not arguments")
+            if self.input is None:
+                raise ValueError("a custom tool call needs input (a string)")
+        elif self.input is not None:
+            raise ValueError('input is for custom tool calls ("kind": "custom")')
+        return self
+
+    def build(self) -> ScriptedCall:
+        if self.input is not None:  # only a custom call has input, checked above
+            return ScriptedCustomToolCall(name=self.name, input=self.input, id=self.id)
+        return ScriptedToolCall(name=self.name, arguments=self.arguments, id=self.id)
 
 
 class _UsageSpec(_Spec):
@@ -279,10 +346,7 @@ class _TurnSpec(_Spec):
         return Turn(
             content=self.content,
             reasoning=self.reasoning,
-            tool_calls=tuple(
-                ScriptedToolCall(name=call.name, arguments=call.arguments, id=call.id)
-                for call in self.tool_calls
-            ),
+            tool_calls=tuple(call.build() for call in self.tool_calls),
             usage=ScriptedUsage(**self.usage.model_dump()) if self.usage else None,
             finish_reason=self.finish_reason,
             delay=self.delay,

@@ -34,7 +34,7 @@ import re
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from starlette.applications import Starlette
@@ -46,7 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from stepline.errors import InvalidRequest, RequestError
 from stepline.scripted.demo import demo_reply, message_text
-from stepline.scripted.script import Fault, Script, Turn
+from stepline.scripted.script import Fault, Script, ScriptedCustomToolCall, Turn
 
 __all__ = ["DEMO_MODEL", "ScriptedModel", "create_scripted_app"]
 
@@ -56,6 +56,9 @@ _JSON = "application/json"
 _DONE = b"data: [DONE]\n\n"
 _GARBAGE = b"data: {not json\n\n"
 _ARGUMENT_PIECES = 4
+_MAX_TOP_LOGPROBS = 20
+#: the fake log probability of every token the scripted model picks
+_TOKEN_LOGPROB = -0.1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,6 +72,8 @@ class _Plan:
     stream: bool
     include_usage: bool
     prompt_tokens: int
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 class ScriptedModel:
@@ -125,6 +130,7 @@ class ScriptedModel:
             raise InvalidRequest("stream must be a boolean", param="stream")
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        logprobs, top_logprobs = _logprob_options(body)
 
         log = self._requests.get(model)
         if log is None:
@@ -157,7 +163,26 @@ class ScriptedModel:
             stream=stream,
             include_usage=include_usage,
             prompt_tokens=_count_words(messages),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
+
+
+def _logprob_options(body: Mapping[str, Any]) -> tuple[bool, int]:
+    """``logprobs`` and ``top_logprobs`` of a request, checked as OpenAI checks them."""
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise InvalidRequest("logprobs must be a boolean", param="logprobs")
+    top = body.get("top_logprobs")
+    if top is None:
+        return bool(logprobs), 0
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= _MAX_TOP_LOGPROBS:
+        raise InvalidRequest(
+            f"top_logprobs must be an integer from 0 to {_MAX_TOP_LOGPROBS}", param="top_logprobs"
+        )
+    if top and not logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    return bool(logprobs), top
 
 
 def create_scripted_app(model: ScriptedModel | None = None) -> Starlette:
@@ -284,12 +309,32 @@ def _respond(plan: _Plan) -> Response:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class _CallPieces:
+    """One tool call as it goes on the wire: ``text`` is its arguments or custom input."""
+
+    id: str
+    name: str
+    kind: Literal["function", "custom"]  # the call's wire type and its payload's key
+    text: str
+    pieces: list[str]
+
+    @property
+    def text_key(self) -> str:
+        return "input" if self.kind == "custom" else "arguments"
+
+    def payload(self, text: str, *, named: bool = False) -> dict[str, Any]:
+        """``{"function": {"arguments": text}}`` or ``{"custom": {"input": text}}``."""
+        body = {"name": self.name, self.text_key: text} if named else {self.text_key: text}
+        return {self.kind: body}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _Pieces:
     """The streamed pieces of a turn; their count is the default completion usage."""
 
     reasoning: list[str]
     content: list[str]
-    calls: list[tuple[str, str, str, list[str]]]  # id, name, arguments, argument pieces
+    calls: list[_CallPieces]
     usage: dict[str, int]
 
     @classmethod
@@ -299,14 +344,21 @@ class _Pieces:
         content = _split_words(turn.content or "", turn.chunk_size)
         calls = []
         for index, call in enumerate(turn.tool_calls):
-            arguments = call.arguments_json
-            call_id = call.id or f"call_{plan.turn_index}_{index}"
-            calls.append((call_id, call.name, arguments, _split_evenly(arguments)))
+            text = call.input if isinstance(call, ScriptedCustomToolCall) else call.arguments_json
+            calls.append(
+                _CallPieces(
+                    id=call.id or f"call_{plan.turn_index}_{index}",
+                    name=call.name,
+                    kind=call.kind,
+                    text=text,
+                    pieces=_split_evenly(text),
+                )
+            )
         if turn.usage is not None:
             prompt, completion = turn.usage.prompt_tokens, turn.usage.completion_tokens
         else:
             prompt = plan.prompt_tokens
-            completion = len(reasoning) + len(content) + sum(len(c[3]) for c in calls)
+            completion = len(reasoning) + len(content) + sum(len(c.pieces) for c in calls)
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -334,26 +386,24 @@ def _stream_events(plan: _Plan, pieces: _Pieces) -> list[bytes]:
     head = b"data: " + envelope + b',"choices":[{"index":0,"delta":'
     open_end = b',"finish_reason":null}]}\n\n'
 
-    def chunk(delta: dict[str, Any]) -> bytes:
-        return head + orjson.dumps(delta) + open_end
+    def chunk(delta: dict[str, Any], logprobs: bytes = b"") -> bytes:
+        return head + orjson.dumps(delta) + logprobs + open_end
+
+    def content_chunk(piece: str) -> bytes:
+        if not plan.logprobs:
+            return chunk({"content": piece})
+        entries = {"content": [_token_logprob(piece, plan.top_logprobs)]}
+        return chunk({"content": piece}, b',"logprobs":' + orjson.dumps(entries))
 
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"reasoning_content": piece}) for piece in pieces.reasoning]
-    events += [chunk({"content": piece}) for piece in pieces.content]
-    for index, (call_id, name, _, argument_pieces) in enumerate(pieces.calls):
-        function = {"name": name, "arguments": ""}
-        events.append(
-            chunk(
-                {
-                    "tool_calls": [
-                        {"index": index, "id": call_id, "type": "function", "function": function}
-                    ]
-                }
-            )
-        )
+    events += [content_chunk(piece) for piece in pieces.content]
+    for index, call in enumerate(pieces.calls):
+        opening = {"index": index, "id": call.id, "type": call.kind}
+        events.append(chunk({"tool_calls": [{**opening, **call.payload("", named=True)}]}))
         events += [
-            chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-            for piece in argument_pieces
+            chunk({"tool_calls": [{"index": index, **call.payload(piece)}]})
+            for piece in call.pieces
         ]
     fault = plan.fault
     if fault is None or not fault.no_finish:
@@ -376,15 +426,20 @@ def _completion_response(plan: _Plan, pieces: _Pieces) -> Response:
         message["reasoning_content"] = turn.reasoning
     if pieces.calls:
         message["tool_calls"] = [
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-            for call_id, name, arguments, _ in pieces.calls
+            {"id": call.id, "type": call.kind, **call.payload(call.text, named=True)}
+            for call in pieces.calls
         ]
     no_finish = fault is not None and fault.no_finish
+    logprobs = None
+    if plan.logprobs:
+        logprobs = {
+            "content": [_token_logprob(piece, plan.top_logprobs) for piece in pieces.content]
+        }
     choice = {
         "index": 0,
         "message": message,
         "finish_reason": None if no_finish else _finish_reason(turn),
-        "logprobs": None,
+        "logprobs": logprobs,
     }
     body = orjson.dumps(
         {
@@ -520,13 +575,27 @@ def _split_evenly(text: str) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+def _token_logprob(token: str, top: int) -> dict[str, Any]:
+    """The fake logprob entry of one token: itself at -0.1, then ``top - 1`` worse guesses."""
+    alternatives = [
+        {"token": f"<alt{rank}>", "logprob": -float(rank), "bytes": list(f"<alt{rank}>".encode())}
+        for rank in range(1, top)
+    ]
+    chosen = {"token": token, "logprob": _TOKEN_LOGPROB, "bytes": list(token.encode())}
+    return {**chosen, "top_logprobs": [chosen, *alternatives][:top]}
+
+
 def _count_words(messages: list[dict[str, Any]]) -> int:
-    """A rough prompt size: the words of every message and tool-call argument."""
+    """A rough prompt size: the words of every message, tool-call argument and custom input."""
     total = 0
     for message in messages:
         total += len(message_text(message).split())
         for call in message.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(call, dict):
+                continue
+            function, custom = call.get("function"), call.get("custom")
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 total += len(function["arguments"].split())
+            if isinstance(custom, dict) and isinstance(custom.get("input"), str):
+                total += len(custom["input"].split())
     return total
