@@ -64,6 +64,7 @@ __all__ = [
     "LimitsConfig",
     "McpSourceConfig",
     "ModelRoute",
+    "ProtocolConfig",
     "RateConfig",
     "Settings",
     "TargetConfig",
@@ -75,6 +76,17 @@ __all__ = [
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///stepline.db"
+
+#: the hosted tool types a server tool may play (``protocol.hosted_tools``)
+_HOSTED_TYPES = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+    }
+)
 
 
 class _Strict(BaseModel):
@@ -115,6 +127,17 @@ class UpstreamConfig(_Strict):
     retry_deadline: float = Field(default=30.0, ge=0)
     #: forward ``reasoning.effort`` as ``reasoning_effort``
     reasoning_effort: bool = False
+    #: ``custom`` (freeform) tools: ``function`` offers each as a function with one
+    #: string argument ``input``; ``native`` as a Chat Completions custom tool
+    custom_tools: Literal["function", "native"] = "function"
+    #: a tool result's images and files: in the tool message (``native``), or in a
+    #: user message right after the tool messages (``user_message``, for upstreams
+    #: whose tool messages take text only)
+    tool_parts: Literal["native", "user_message"] = "user_message"
+    #: send earlier reasoning back on assistant messages, in this field (``none``: don't)
+    reasoning_replay: Literal["none", "reasoning_content", "reasoning"] = "none"
+    #: the upstream takes Chat Completions ``file`` parts (PDFs...); text files always go
+    file_parts: bool = False
     #: calls in flight to this upstream at once (from every route); None: no cap
     max_concurrent: int | None = Field(default=None, ge=1)
     #: consecutive failures (connection, timeout, 429, 5xx) that take it out of rotation
@@ -299,6 +322,33 @@ class McpSourceConfig(BaseModel):
         return tuple(found)
 
 
+class ProtocolConfig(_Strict):
+    """How the Responses API is spoken where clients differ or a request asks too much."""
+
+    #: reasoning stream events named as OpenAI's SDKs expect (``response.reasoning_text.*``)
+    #: or as the Open Responses schema does (``response.reasoning.*``); a request may pick
+    #: with the ``Stepline-Reasoning-Events`` header
+    reasoning_events: Literal["openai", "open_responses"] = "openai"
+    #: a hosted tool (``web_search``...) with no server tool mapped to it: left out of
+    #: what the model sees and named in ``Stepline-Dropped-Tools`` (``drop``), or a 400
+    unmapped_hosted_tools: Literal["drop", "reject"] = "drop"
+    #: a request field stepline does not know: named in ``Stepline-Ignored-Fields`` and
+    #: the log (``ignore``), or a 400 ``unknown_parameter`` (``reject``)
+    unknown_fields: Literal["ignore", "reject"] = "ignore"
+    #: keys that seal ``encrypted_content`` (32 bytes, base64 or hex; each literal or
+    #: ``env:NAME``); the first seals, all open. Default: ``STEPLINE_SEALING_KEYS``
+    #: (comma-separated), else a random key per process
+    sealing_keys: tuple[str, ...] = Field(default=(), repr=False)
+    #: server tools that play hosted tools, by hosted type (``web_search = "search"``)
+    hosted_tools: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_sealing_keys(self) -> tuple[str, ...]:
+        if self.sealing_keys:
+            return tuple(resolve_secret(key) for key in self.sealing_keys)
+        from_env = os.environ.get("STEPLINE_SEALING_KEYS", "")
+        return tuple(key for key in (part.strip() for part in from_env.split(",")) if key)
+
+
 class Settings(_Strict):
     """Everything stepline needs to run, validated."""
 
@@ -315,6 +365,7 @@ class Settings(_Strict):
     mcp: dict[str, McpSourceConfig] = Field(default_factory=dict)
     #: server URLs a request may name in an ``{"type": "mcp"}`` tool (``*`` ends a prefix)
     mcp_allowed_urls: tuple[str, ...] = ()
+    protocol: ProtocolConfig = ProtocolConfig()
     demo: bool = False
 
     @model_validator(mode="after")
@@ -342,6 +393,14 @@ class Settings(_Strict):
                 self.tools[name] = tool.model_copy(
                     update={"max_output_chars": self.limits.max_tool_output_chars}
                 )
+        for hosted, tool_name in self.protocol.hosted_tools.items():
+            if hosted not in _HOSTED_TYPES:
+                raise ValueError(
+                    f"protocol.hosted_tools names {hosted!r}, which is not a hosted tool type "
+                    f"({', '.join(sorted(_HOSTED_TYPES))})"
+                )
+            if tool_name not in self.tools:
+                raise ValueError(f"protocol.hosted_tools.{hosted} names unknown tool {tool_name!r}")
         hashes: set[str] = set()
         for key_name, key in self.keys.items():
             if key.hash in hashes:

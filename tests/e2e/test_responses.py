@@ -587,7 +587,7 @@ async def test_store_false_is_not_retrievable(stack: Stack) -> None:
         ({"model": "m"}, "input"),
         ({"input": "hi"}, "model"),
         ({"model": "m", "input": [{"type": "bogus"}]}, "input[0]"),
-        ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"model": "m", "input": "hi", "tools": [{"type": "teleport"}]}, "tools[0].type"),
         (
             {"model": "m", "input": "hi", "tools": [{"type": "function", "name": "weather"}]},
             "tools[0].name",

@@ -87,6 +87,28 @@ def test_weights_share_the_first_place() -> None:
     assert 2850 <= firsts.count("a") <= 3150
 
 
+def test_a_prompt_cache_key_pins_a_conversation_to_one_target_in_weight_proportion() -> None:
+    settings = _settings(targets=[{"upstream": "a", "weight": 3}, {"upstream": "b", "weight": 1}])
+    pool = TargetPool(rng=random.Random(7).random)
+    candidates = _targets(settings)
+    for key in ("thread-1", "thread-2", "thread-3"):
+        firsts = {pool.order(candidates, key)[0].name for _ in range(50)}
+        assert len(firsts) == 1, key
+    keyed = [pool.order(candidates, f"thread-{n}")[0].name for n in range(4000)]
+    assert 2850 <= keyed.count("a") <= 3150
+
+
+def test_a_pinned_target_that_cools_down_gives_way() -> None:
+    now = [0.0]
+    settings = _settings(targets=[{"upstream": "a"}, {"upstream": "b"}])
+    pool = TargetPool(clock=lambda: now[0], rng=lambda: 0.5)
+    candidates = _targets(settings)
+    pinned = pool.order(candidates, "thread")[0]
+    for _ in range(pinned.config.cooldown_after):
+        pool.failed(pinned)
+    assert pool.order(candidates, "thread")[0].name != pinned.name
+
+
 def test_a_failing_target_cools_down_and_comes_back() -> None:
     now = [0.0]
     settings = _settings(targets=[{"upstream": "a"}, {"upstream": "b", "weight": 5}])

@@ -197,6 +197,43 @@ async def test_delete_response_removes_its_steps_and_events(store: StepStore) ->
     assert await store.last_event_seq("resp_2") == 0
 
 
+async def test_items_stored_with_a_finished_response_are_found_by_id_for_their_key(
+    store: StepStore,
+) -> None:
+    await store.create_response(make_record("resp_1", key_id="key_a", created_at=1.0))
+    await store.create_response(make_record("resp_2", key_id="key_a", created_at=2.0))
+    await store.create_response(make_record("resp_3", key_id="key_b", created_at=3.0))
+    first = [{"id": "msg_in", "type": "message", "role": "user", "content": "hi"}]
+    reply = {"id": "rs_1", "type": "reasoning", "summary": [], "content": []}
+    assert await store.finish_response(
+        "resp_1", status="completed", result={}, completed_at=1.5, items=[*first, reply]
+    )
+    # the same client item id again, in a later response: the newest wins
+    resent = {**first[0], "content": "hi again"}
+    assert await store.finish_response(
+        "resp_2", status="completed", result={}, completed_at=2.5, items=[resent]
+    )
+    assert await store.finish_response(
+        "resp_3", status="completed", result={}, completed_at=3.5, items=[{"id": "msg_b"}]
+    )
+
+    assert await store.find_items(["rs_1", "msg_in", "msg_b", "nope"], key_id="key_a") == {
+        "rs_1": reply,
+        "msg_in": resent,
+    }
+    assert await store.find_items(["msg_b", "rs_1"], key_id="key_b") == {"msg_b": {"id": "msg_b"}}
+    assert await store.find_items(["rs_1"], key_id=None) == {}
+    assert await store.find_items([], key_id="key_a") == {}
+
+    # a response finished once keeps the items of that finish only; deleting it drops them
+    assert not await store.finish_response(
+        "resp_1", status="failed", result={}, completed_at=9.0, items=[{"id": "late"}]
+    )
+    assert await store.find_items(["late"], key_id="key_a") == {}
+    assert await store.delete_response("resp_1")
+    assert await store.find_items(["rs_1"], key_id="key_a") == {}
+
+
 # -- steps -----------------------------------------------------------------------
 
 

@@ -127,6 +127,7 @@ MESSAGE_DONE = {
     "status": "completed",
     "role": "assistant",
     "content": [TEXT_PART_DONE],
+    "phase": "commentary",
 }
 FUNCTION_CALL_DONE = {
     "id": "<fc#1>",
@@ -478,6 +479,7 @@ def test_text_only_turn() -> None:
                 "content": [
                     {"type": "output_text", "text": "Hi!", "annotations": [], "logprobs": []}
                 ],
+                "phase": "final_answer",
             },
         },
     ]
@@ -565,6 +567,7 @@ def test_without_events_the_items_are_still_built() -> None:
             "content": [
                 {"type": "output_text", "text": "quiet", "annotations": [], "logprobs": []}
             ],
+            "phase": "final_answer",
         }
     ]
 

@@ -10,6 +10,7 @@ from stepline.engine.steps import Step, StepKind, StepState
 from stepline.protocol.items import (
     SERVER_LABEL,
     chain_messages,
+    finalize_messages,
     input_messages,
     message_item,
     tool_error_text,
@@ -322,7 +323,12 @@ def test_tool_results_follow_their_call_in_the_models_order_matched_by_call_id()
         model_step(4, content="Sunny, 12:00, quiet."),
     ]
     assert chain_messages(chain) == [
-        {"role": "assistant", "content": "Checking.", "tool_calls": list(calls)},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": list(calls),
+            "reasoning_content": "need three tools",
+        },
         tool_message("call_a", "sunny"),
         tool_message("call_b", "12:00"),
         tool_message("call_c", "quiet day"),
@@ -332,7 +338,14 @@ def test_tool_results_follow_their_call_in_the_models_order_matched_by_call_id()
 
 def test_chain_messages_leave_the_stored_message_untouched() -> None:
     step = model_step(0, content="Hi.", reasoning="thinking")
-    assert chain_messages([step]) == [{"role": "assistant", "content": "Hi."}]
+    messages = chain_messages([step])
+    assert messages == [{"role": "assistant", "content": "Hi.", "reasoning_content": "thinking"}]
+    # the upstream gets the reasoning only where its dialect replays it
+    assert finalize_messages(messages) == [{"role": "assistant", "content": "Hi."}]
+    assert finalize_messages(messages, reasoning_key="reasoning") == [
+        {"role": "assistant", "content": "Hi.", "reasoning": "thinking"}
+    ]
+    assert messages[0]["reasoning_content"] == "thinking"
     assert step.response is not None
     assert step.response["message"] == {
         "role": "assistant",

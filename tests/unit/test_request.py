@@ -19,6 +19,7 @@ from stepline.protocol.request import (
     allowed_tool_names,
     new_id,
     parse_request,
+    unknown_fields,
 )
 
 
@@ -114,19 +115,15 @@ def test_every_input_item_type_is_accepted_and_kept() -> None:
         McpCallItem,
         ReasoningItem,
     ]
-    assert [item.model_dump(by_alias=True) for item in request.input] == [
+    # as stored: what was sent, nothing added
+    assert [item.model_dump(by_alias=True, exclude_unset=True) for item in request.input] == [
         {
             "type": "message",
             "id": "msg_1",
             "role": "user",
             "content": [
                 {"type": "input_text", "text": "What is in this picture?"},
-                {
-                    "type": "input_image",
-                    "image_url": "https://example.test/cat.png",
-                    "file_id": None,
-                    "detail": "auto",
-                },
+                {"type": "input_image", "image_url": "https://example.test/cat.png"},
             ],
         },
         {"type": "message", "id": "msg_2", "role": "developer", "content": "Answer briefly."},
@@ -214,11 +211,25 @@ def test_normalising_input_leaves_the_callers_dict_untouched() -> None:
             "tools",
             id="duplicate-tool-names",
         ),
-        pytest.param(body(tools=[{"type": "web_search"}]), "tools[0].type", id="web-search"),
+        pytest.param(body(tools=[{"type": "teleport"}]), "tools[0].type", id="unknown-tool"),
         pytest.param(
-            body(tools=[{"type": "function", "name": "a"}, {"type": "file_search"}]),
+            body(tools=[{"type": "function", "name": "a"}, {"type": "teleport"}]),
             "tools[1].type",
-            id="second-tool-hosted",
+            id="second-tool-unknown",
+        ),
+        pytest.param(body(conversation="conv_1"), "conversation", id="conversation"),
+        pytest.param(body(prompt={"id": "pmpt_1"}), "prompt", id="prompt"),
+        pytest.param(
+            body(context_management=[{"type": "compaction"}]),
+            "context_management",
+            id="context-management",
+        ),
+        pytest.param(body(truncation="auto"), "truncation", id="truncation-auto"),
+        pytest.param(body(include=["file.everything"]), "include[0]", id="include-unknown"),
+        pytest.param(
+            body(input=[{"type": "item_reference", "id": "msg_gone"}]),
+            "input[0].id",
+            id="unresolved-reference",
         ),
         pytest.param(
             body(
@@ -359,12 +370,14 @@ def test_unknown_item_type_is_refused_at_that_item_only() -> None:
 # -- what is accepted ---------------------------------------------------------
 
 
-def test_unknown_top_level_fields_are_ignored() -> None:
-    request = parse_request(
-        body(prompt={"id": "pmpt_1"}, include=["reasoning.encrypted_content"], conversation="c")
-    )
+def test_unknown_top_level_fields_are_ignored_and_named() -> None:
+    sent = body(frobnicate=True, include=["reasoning.encrypted_content"], client_metadata={"a": 1})
+    request = parse_request(sent)
     assert request.model == "test-model"
-    assert "prompt" not in request.model_dump()
+    assert "frobnicate" not in request.model_dump()
+    assert unknown_fields(sent) == ["frobnicate"]
+    assert request.client_metadata == {"a": 1}
+    assert request.includes("reasoning.encrypted_content")
 
 
 def test_boundary_values_are_accepted() -> None:
@@ -417,6 +430,10 @@ def test_defaults_of_a_minimal_request() -> None:
         "prompt_cache_key": None,
         "service_tier": None,
         "truncation": "disabled",
+        "include": [],
+        "client_metadata": None,
+        "stream_options": None,
+        "stepline:reasoning_events": None,
     }
 
 

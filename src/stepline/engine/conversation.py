@@ -13,13 +13,20 @@ into the calls to run first and the refusals to show the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from stepline.engine.policies import ApprovedCall
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import InvalidRequest, NotFound
-from stepline.protocol.items import chain_messages, input_messages, leading_tool_messages
+from stepline.protocol.client_tools import ClientTools
+from stepline.protocol.items import (
+    InputContext,
+    chain_messages,
+    input_messages,
+    leading_tool_messages,
+)
 from stepline.protocol.request import McpApprovalResponseItem, ResponseRequest, parse_request
 from stepline.store.base import ResponseRecord, StepStore
 
@@ -93,8 +100,15 @@ def _held_calls(chain: list[Step]) -> dict[str, HeldCall]:
     return held
 
 
-async def load_conversation(store: StepStore, previous_id: str | None) -> Conversation:
-    """Chat messages of every response before this one, oldest first, and the held calls."""
+async def load_conversation(
+    store: StepStore,
+    previous_id: str | None,
+    *,
+    unseal: Callable[[str], str | None] = lambda token: None,
+) -> Conversation:
+    """Chat messages of every response before this one, oldest first, and the held calls.
+
+    ``unseal`` opens the ``encrypted_content`` of reasoning items in earlier input."""
     messages: list[dict[str, Any]] = []
     held: dict[str, HeldCall] = {}
     for record in await previous_chain_records(store, previous_id):
@@ -105,7 +119,8 @@ async def load_conversation(store: StepStore, previous_id: str | None) -> Conver
             for item in request.input
             if isinstance(item, McpApprovalResponseItem) and item.approval_request_id in held
         }
-        messages.extend(input_messages(request.input, approved))
+        context = InputContext(tools=ClientTools.of(request), unseal=unseal)
+        messages.extend(input_messages(request.input, approved, context))
         messages.extend(leading_tool_messages(chain))
         messages.extend(chain_messages(chain))
         held = _held_calls(chain)

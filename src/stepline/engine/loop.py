@@ -57,14 +57,13 @@ from stepline.engine.steps import (
 )
 from stepline.engine.transition import next_action
 from stepline.errors import StoreError, ToolError, UpstreamError
-from stepline.protocol.assemble import (
-    approved_call_item,
-    mcp_item_state,
-)
-from stepline.protocol.chat_request import chat_payload, client_tool_definitions
+from stepline.protocol.assemble import approved_call_item
+from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
+from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import OutputList, ResponseEvents, event_type
 from stepline.protocol.items import (
+    InputContext,
     chain_messages,
     input_messages,
     leading_tool_messages,
@@ -72,6 +71,7 @@ from stepline.protocol.items import (
 from stepline.protocol.model_events import (
     CLIENT,
     SERVER,
+    ItemOptions,
     ModelCallEvents,
     PriorEmission,
     ToolView,
@@ -81,6 +81,8 @@ from stepline.protocol.request import (
     ResponseRequest,
     allowed_tool_names,
 )
+from stepline.protocol.sealing import Sealer
+from stepline.protocol.server_items import server_item_events, server_item_state
 from stepline.protocol.validate import conversation_problem
 from stepline.store.base import StepStore
 from stepline.tools.http import truncate_output
@@ -159,6 +161,9 @@ class _TappedText:
     def on_tool_arguments(self, index: int, text: str) -> None:
         self._sink.on_tool_arguments(index, text)
 
+    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
+        self._sink.on_logprobs(entries)
+
 
 class LoopDrained(Exception):
     """The process is draining: the loop stopped between steps; the response goes on later.
@@ -190,6 +195,8 @@ class Engine:
     mcp: McpTools | None = None
     #: server tools offered to every model, beside its route's (``serve --tools``)
     default_tools: tuple[str, ...] = ()
+    #: seals and opens the ``encrypted_content`` clients carry between turns
+    sealer: Sealer = field(default_factory=Sealer.ephemeral)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,6 +239,10 @@ class ScopeLoop:
     chain: list[Step] | None = None
     #: the server tools the caller's key may use, for sub-agents too; None: any
     key_tools: frozenset[str] | None = None
+    #: the tools the client runs, by the names the model calls them
+    client_tools: ClientTools = field(default_factory=ClientTools)
+    #: what the request asked its items to carry (summaries, sealed reasoning, logprobs)
+    item_options: ItemOptions = field(default_factory=ItemOptions)
     _chain: dict[str, Step] = field(default_factory=dict)
     _failing_fast: bool = False
 
@@ -381,14 +392,17 @@ class ScopeLoop:
 
     def _describe(self, name: str) -> ToolView:
         if name in self.policy.client_tools:
-            return CLIENT
+            client = self.client_tools.get(name)
+            return CLIENT if client is None else ToolView(kind="client", client=client)
         tool = self.server_tools.get(name)
         if tool is None:
             return SERVER
         kind: Literal["server", "approval"] = (
             "approval" if name in self.policy.approval_tools else "server"
         )
-        return ToolView(kind=kind, label=tool.label, shown_name=tool.display_name)
+        return ToolView(
+            kind=kind, label=tool.label, shown_name=tool.display_name, hosted=tool.hosted
+        )
 
     def _listed(self, listing: McpListing) -> list[dict[str, Any]]:
         """A listing's tools as an ``mcp_list_tools`` item shows them."""
@@ -410,7 +424,7 @@ class ScopeLoop:
             for name, tool in self.server_tools.items()
             if allowed is None or name in allowed
         ]
-        return server + client_tool_definitions(self.request, allowed)
+        return server + self.client_tools.definitions(self.request)
 
     async def _run_model_call(self, step: Step, *, started: bool = False) -> Step | None:
         if not started:
@@ -445,7 +459,9 @@ class ScopeLoop:
             messages=messages,
             tools=self._tool_definitions(allowed_tool_names(self.request)),
             first_call=step.request.get("iteration", 1) == 1,
-            reasoning_effort=self.target.config.reasoning_effort,
+            dialect=self.target.dialect,
+            client_tools=self.client_tools,
+            server_names=frozenset(self.server_tools),
         )
         prior = None
         if self.events is not None and step.attempt > 1:
@@ -458,6 +474,7 @@ class ScopeLoop:
             step_id=step.id,
             describe=self._describe,
             prior=prior,
+            options=self.item_options,
         )
         if self.scope is None and step.request.get("iteration") == 1:
             for listing in self.listings:
@@ -563,11 +580,10 @@ class ScopeLoop:
             sent = await self.engine.store.step_events(self.response_id, step.id)
             done_sent = any(event_type(row.data) == b"response.output_item.done" for row in sent)
         if self.events is not None and index is not None and not done_sent:
-            self.events.emit(
-                "response.mcp_call.in_progress",
-                {"item_id": item_id, "output_index": index},
-                step_id=step.id,
-            )
+            for type_ in server_item_events(self.output.items[index], "started"):
+                self.events.emit(
+                    type_, {"item_id": item_id, "output_index": index}, step_id=step.id
+                )
         ending = _ToolEnding(item_id=item_id, index=index, done_sent=done_sent)
         try:
             result = await self._execute_tool(step)
@@ -604,15 +620,18 @@ class ScopeLoop:
         assert step.call_id is not None
         ended = dataclasses.replace(step, state=state, response=response, error=error)
         if ending.index is not None:
-            item = mcp_item_state(self.output.items[ending.index], ended)
+            item = server_item_state(
+                self.output.items[ending.index], ended, frozenset(self.request.include)
+            )
             self.output.replace(ending.index, item)
             if self.events is not None and not ending.done_sent:
-                result = "completed" if state is StepState.COMPLETED else "failed"
-                self.events.emit(
-                    f"response.mcp_call.{result}",
-                    {"item_id": ending.item_id, "output_index": ending.index},
-                    step_id=step.id,
-                )
+                phase = "completed" if state is StepState.COMPLETED else "failed"
+                for type_ in server_item_events(item, phase):
+                    self.events.emit(
+                        type_,
+                        {"item_id": ending.item_id, "output_index": ending.index},
+                        step_id=step.id,
+                    )
                 self.events.emit(
                     "response.output_item.done",
                     {"output_index": ending.index, "item": item},
@@ -755,10 +774,11 @@ def base_messages(
     request: ResponseRequest,
     history: list[dict[str, Any]],
     held: Mapping[str, str] | None = None,
+    context: InputContext | None = None,
 ) -> list[dict[str, Any]]:
     """System instructions, then the earlier conversation, then this request's input.
 
     ``held`` maps the previous response's approval request ids to their calls.
     """
     system = [{"role": "system", "content": request.instructions}] if request.instructions else []
-    return [*system, *history, *input_messages(request.input, held)]
+    return [*system, *history, *input_messages(request.input, held, context)]

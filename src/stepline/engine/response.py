@@ -15,6 +15,7 @@ between, except a storage failure or a drain, which leave it to be resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -33,13 +34,15 @@ from stepline.engine.loop import (
     wire_error,
 )
 from stepline.engine.policies import ApprovedCall, LoopPolicy, StopPolicy
+from stepline.engine.prepare import prepare
 from stepline.engine.run_events import RunCompleted, RunError, RunStarted
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
+from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.items import chain_messages
-from stepline.protocol.request import ResponseRequest, allowed_tool_names, parse_request
+from stepline.protocol.request import ResponseRequest, parse_request
 from stepline.store.base import ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
@@ -62,11 +65,9 @@ def top_level_policy(
     request: ResponseRequest,
     server_tools: dict[str, ServerTool] | None = None,
     approved: Sequence[ApprovedCall] = (),
+    client_tools: ClientTools | None = None,
 ) -> LoopPolicy:
-    allowed = allowed_tool_names(request)
-    client = frozenset(
-        tool.name for tool in request.function_tools() if allowed is None or tool.name in allowed
-    )
+    client = (client_tools or ClientTools.of(request)).chat_names(request)
     return LoopPolicy(
         max_iterations=settings.limits.max_iterations,
         max_tool_calls=request.max_tool_calls,
@@ -121,7 +122,7 @@ async def run_response(
             if finished is not None:
                 return await _store_result(engine, record, request, finished)
         chain = [] if fresh else await store.load_chain(record.id, scope=None)
-        output = OutputList(output_items(chain))
+        output = OutputList(output_items(chain, frozenset(request.include)))
         if events is not None and events.next_seq == 0:
             started = snapshot(record, request, "in_progress", [])
             events.lifecycle("response.created", started)
@@ -145,14 +146,21 @@ async def run_response(
             )
             tool_names = [name for name in offered if allowed is None or name in allowed]
             listings = await _mcp_listings(engine, tool_names, request)
-            conversation = await load_conversation(store, request.previous_response_id)
+            prepared = prepare(engine.settings, engine.sealer, request, route_target)
+            conversation = await load_conversation(
+                store, request.previous_response_id, unseal=engine.sealer.open
+            )
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
-            transcript = base_messages(request, conversation.history, held)
+            transcript = base_messages(request, conversation.history, held, prepared.context)
             server_tools = engine.tools.select(
                 [name for name in tool_names if not (engine.mcp and engine.mcp.is_source(name))]
             )
             for listing in listings:
                 server_tools.update(listing.tools)
+            for name, played in prepared.hosted.items():
+                if allowed is None or played in allowed:
+                    tool = engine.tools.select([played])[played]
+                    server_tools[name] = dataclasses.replace(tool, name=name, hosted=name)
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
@@ -165,8 +173,14 @@ async def run_response(
                     transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
                 policy=top_level_policy(
-                    engine.settings, request, server_tools, approvals(request, conversation)
+                    engine.settings,
+                    request,
+                    server_tools,
+                    approvals(request, conversation),
+                    prepared.client_tools,
                 ),
+                client_tools=prepared.client_tools,
+                item_options=prepared.options,
                 events=events,
                 output=output,
                 stops=stops,
@@ -205,11 +219,12 @@ async def stored_response(
     if record.result is not None:
         return record.result
     steps = await store.load_steps(record.id)
+    request = parse_request(record.body)
     return snapshot(
         record,
-        parse_request(record.body),
+        request,
         status or record.status,
-        output_items([step for step in steps if step.scope is None]),
+        output_items([step for step in steps if step.scope is None], frozenset(request.include)),
         sum_usage(steps),
     )
 
@@ -248,7 +263,9 @@ async def _finish_response(
         created_at=record.created_at,
         request=request,
         status=outcome.status,
-        output=output_items([step for step in steps if step.scope is None]),
+        output=output_items(
+            [step for step in steps if step.scope is None], frozenset(request.include)
+        ),
         usage=sum_usage(steps),
         error=outcome.error,
         incomplete_details=outcome.incomplete_details,
@@ -277,6 +294,8 @@ async def _store_result(
         status=response["status"],
         result=response,
         completed_at=response.get("completed_at"),
+        # kept for item_reference in later requests
+        items=[*record.body.get("input", ()), *response["output"]] if request.store else (),
     )
     if not request.store:
         await store.delete_response(record.id)

@@ -18,7 +18,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepline.engine.steps import Step, StepKind, StepState, batches
-from stepline.protocol.request import FunctionTool, ResponseRequest
+from stepline.protocol.request import FunctionTool, McpTool, ResponseRequest
+from stepline.protocol.server_items import (
+    is_server_item,
+    mcp_call_id,
+    mcp_item_state,
+    server_item_state,
+)
 
 __all__ = [
     "approved_call_item",
@@ -28,46 +34,6 @@ __all__ = [
     "response_object",
     "sum_usage",
 ]
-
-
-def mcp_call_id(call_id: str) -> str:
-    """The output item id of a server-run tool call; derived so it survives a restart."""
-    return f"mcp_{call_id}"
-
-
-_MCP_STATUS = {
-    StepState.PENDING: "calling",
-    StepState.PROCESSING: "calling",
-    StepState.COMPLETED: "completed",
-    StepState.FAILED: "failed",
-    StepState.CANCELLED: "incomplete",
-}
-
-
-def mcp_item_state(item: dict[str, Any], step: Step | None) -> dict[str, Any]:
-    """The mcp_call ``item`` with the output, error and status of its tool step."""
-    if step is None:
-        return item
-    filled = dict(item)
-    filled["status"] = _MCP_STATUS[step.state]
-    if step.state is StepState.COMPLETED and step.response is not None:
-        filled["output"] = step.response.get("output")
-        filled["error"] = None
-    elif step.state in (StepState.FAILED, StepState.CANCELLED):
-        error = step.error or {"message": f"tool call {step.state.value}"}
-        filled["output"] = None
-        filled["error"] = _mcp_error(error)
-    return filled
-
-
-def _mcp_error(error: dict[str, Any]) -> dict[str, Any]:
-    status = error.get("status")
-    if isinstance(status, int):
-        return {"type": "http_error", "code": status, "message": str(error.get("message", ""))}
-    return {
-        "type": "mcp_tool_execution_error",
-        "content": [{"type": "text", "text": str(error.get("message", ""))}],
-    }
 
 
 def approved_call_item(step: Step) -> dict[str, Any]:
@@ -86,8 +52,11 @@ def approved_call_item(step: Step) -> dict[str, Any]:
     }
 
 
-def output_items(chain: Sequence[Step]) -> list[dict[str, Any]]:
-    """The output list of a response, from its top-level chain."""
+def output_items(
+    chain: Sequence[Step], include: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """The output list of a response, from its top-level chain; ``include`` is the
+    request's, for what hosted tools' items show."""
     items: list[dict[str, Any]] = []
     for step in sorted(chain, key=lambda s: s.sequence):
         if step.kind is StepKind.MODEL_CALL:
@@ -100,8 +69,8 @@ def output_items(chain: Sequence[Step]) -> list[dict[str, Any]]:
         assert model_call.response is not None
         call_of = {item: call for call, item in model_call.response["call_items"].items()}
         for item in model_call.response["items"]:
-            if item["type"] == "mcp_call" and item["id"] in call_of:
-                items.append(mcp_item_state(item, tool_steps.get(call_of[item["id"]])))
+            if is_server_item(item) and item["id"] in call_of:
+                items.append(server_item_state(item, tool_steps.get(call_of[item["id"]]), include))
             else:
                 items.append(item)
     return items
@@ -137,6 +106,19 @@ def _text_config(request: ResponseRequest) -> dict[str, Any]:
 def _tool_choice(request: ResponseRequest) -> Any:
     choice = request.tool_choice
     return choice if isinstance(choice, str) else choice.model_dump()
+
+
+def _echoed_tool(tool: Any) -> dict[str, Any]:
+    """A request tool as the response echoes it: a function with every field the
+    Open Responses schema requires (null where not sent); an MCP server without its
+    headers; any other tool as it was sent."""
+    if isinstance(tool, FunctionTool):
+        dumped: dict[str, Any] = tool.model_dump()
+        return dumped
+    if isinstance(tool, McpTool):
+        return tool.public()
+    echoed: dict[str, Any] = tool.model_dump(exclude_none=True)
+    return echoed
 
 
 def response_object(
@@ -180,10 +162,7 @@ def response_object(
         "temperature": request.temperature if request.temperature is not None else 1.0,
         "text": _text_config(request),
         "tool_choice": _tool_choice(request),
-        "tools": [
-            tool.model_dump(exclude_none=True) if isinstance(tool, FunctionTool) else tool.public()
-            for tool in request.tools
-        ],
+        "tools": [_echoed_tool(tool) for tool in request.tools],
         "top_logprobs": request.top_logprobs or 0,
         "top_p": request.top_p if request.top_p is not None else 1.0,
         "presence_penalty": request.presence_penalty or 0.0,

@@ -7,8 +7,13 @@ just enough state to rebuild the assistant message at the end.
 
 Tool calls are keyed by the chunk's ``index``. A call is announced to the
 sink once its name is known; argument pieces that arrive before that are
-held and forwarded with the announcement. Reasoning text arrives as
-``reasoning_content`` (vLLM, llama.cpp) or ``reasoning`` (newer vLLM).
+held and forwarded with the announcement. A Chat Completions *custom* tool
+call (``type: custom``, ``custom: {name, input}``) is announced the same way
+and its ``input`` pieces arrive as the call's arguments; the turn remembers
+it was custom, so the history shows it as the model sent it. Reasoning text
+arrives as ``reasoning_content`` (vLLM, llama.cpp) or ``reasoning`` (newer
+vLLM). Token logprobs (``choices[].logprobs.content``) reach the sink just
+before the text they belong to.
 """
 
 from __future__ import annotations
@@ -31,12 +36,16 @@ class DeltaSink(Protocol):
 
     def on_tool_arguments(self, index: int, text: str) -> None: ...
 
+    def on_logprobs(self, entries: list[dict[str, Any]]) -> None: ...
+
 
 @dataclass(frozen=True, kw_only=True)
 class ToolCall:
     call_id: str
     name: str
     arguments: str
+    #: a Chat Completions custom tool call: ``arguments`` is its raw input
+    custom: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +64,12 @@ class AssistantTurn:
             message["tool_calls"] = [
                 {
                     "id": call.call_id,
+                    "type": "custom",
+                    "custom": {"name": call.name, "input": call.arguments},
+                }
+                if call.custom
+                else {
+                    "id": call.call_id,
                     "type": "function",
                     "function": {"name": call.name, "arguments": call.arguments},
                 }
@@ -69,6 +84,7 @@ class _PendingCall:
     name: str | None = None
     arguments: list[str] = field(default_factory=list)
     announced: bool = False
+    custom: bool = False
 
 
 class ChatStreamAccumulator:
@@ -94,6 +110,9 @@ class ChatStreamAccumulator:
                     self._reasoning.append(reasoning)
                     self._sink.on_reasoning(reasoning)
                 content = delta.get("content")
+                logprobs = (choice.get("logprobs") or {}).get("content")
+                if logprobs and content:
+                    self._sink.on_logprobs(logprobs)
                 if content:
                     self._text.append(content)
                     self._sink.on_text(content)
@@ -113,7 +132,12 @@ class ChatStreamAccumulator:
             if piece.get("id") and not call.announced:
                 # once announced, the id is what events and steps carry
                 call.call_id = piece["id"]
-            function = piece.get("function") or {}
+            function = piece.get("function")
+            if function is None and (piece.get("type") == "custom" or "custom" in piece):
+                custom = piece.get("custom") or {}
+                function = {"name": custom.get("name"), "arguments": custom.get("input")}
+                call.custom = True
+            function = function or {}
             if function.get("name") and not call.announced:
                 call.name = function["name"]
             arguments = function.get("arguments")
@@ -137,7 +161,12 @@ class ChatStreamAccumulator:
             if not call.announced or call.call_id is None or call.name is None:
                 raise UpstreamError(f"upstream sent tool call {index} without a name")
             calls.append(
-                ToolCall(call_id=call.call_id, name=call.name, arguments="".join(call.arguments))
+                ToolCall(
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments="".join(call.arguments),
+                    custom=call.custom,
+                )
             )
         return AssistantTurn(
             text="".join(self._text),

@@ -14,27 +14,41 @@ Everything here is pure and works on plain dicts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 
 from stepline.engine.steps import Step, StepKind, StepState, batches
+from stepline.errors import InvalidRequest
+from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.request import (
+    ClientCallItem,
+    ClientCallOutputItem,
+    CustomToolCallItem,
+    CustomToolCallOutputItem,
     FunctionCallItem,
     FunctionCallOutputItem,
+    HostedCallItem,
+    InputFile,
     InputImage,
     InputItem,
     McpApprovalResponseItem,
     McpCallItem,
     MessageItem,
     OutputText,
+    ReasoningItem,
     Refusal,
 )
 
 __all__ = [
     "SERVER_LABEL",
+    "InputContext",
     "chain_messages",
+    "finalize_messages",
     "input_messages",
     "message_item",
     "tool_error_text",
@@ -43,19 +57,81 @@ __all__ = [
 #: ``server_label`` of the mcp_call items that show tools the server ran
 SERVER_LABEL = "stepline"
 
+#: the key under which an assistant message carries its reasoning inside stepline;
+#: :func:`finalize_messages` renames or drops it for the upstream
+REASONING_KEY = "reasoning_content"
+
 Message = dict[str, Any]
 
 
-def _content(parts: str | Sequence[Any]) -> str | list[dict[str, Any]]:
+@dataclass(frozen=True, kw_only=True)
+class InputContext:
+    """What turning input items into chat messages needs besides the items."""
+
+    #: the client's tools, to name their calls as the model saw them
+    tools: ClientTools = field(default_factory=ClientTools)
+    #: opens an ``encrypted_content`` stepline sealed; None when it cannot
+    unseal: Callable[[str], str | None] = lambda token: None
+    #: the upstream takes Chat Completions ``file`` parts for files that are not text
+    file_parts: bool = False
+
+
+_TEXT_MIME = ("text/", "application/json", "application/xml", "application/x-yaml")
+
+
+def _file_part(part: InputFile, *, file_parts: bool) -> dict[str, Any]:
+    """A file as a text part when it is text, else as a Chat Completions file part."""
+    name = part.filename or "file"
+    if part.file_data is None:
+        raise InvalidRequest(
+            f"input_file {name!r}: file_url is not supported; send the file as file_data",
+            param="input",
+        )
+    mime, payload = "", part.file_data
+    if payload.startswith("data:") and "," in payload:
+        header, payload = payload[5:].split(",", 1)
+        mime = header.split(";", 1)[0]
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raw = payload.encode()
+    text: str | None = None
+    if not mime or mime.startswith(_TEXT_MIME):
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and "\x00" in text:
+            text = None
+    if text is not None:
+        return {"type": "text", "text": f"[file {name}]\n{text}"}
+    if not file_parts:
+        raise InvalidRequest(
+            f"input_file {name!r} ({mime or 'binary'}) cannot be sent to this model's upstream: "
+            "it takes text files only (set file_parts = true on an upstream that takes files)",
+            param="input",
+        )
+    data = (
+        part.file_data
+        if part.file_data.startswith("data:")
+        else (f"data:{mime or 'application/octet-stream'};base64,{part.file_data}")
+    )
+    return {"type": "file", "file": {"file_data": data, "filename": name}}
+
+
+def _content(parts: str | Sequence[Any], *, file_parts: bool = False) -> str | list[dict[str, Any]]:
     """Text-only content collapses to a string, the form every upstream accepts."""
     if isinstance(parts, str):
         return parts
     chat_parts: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(part, InputImage):
+            detail = "high" if part.detail == "original" else part.detail
             chat_parts.append(
-                {"type": "image_url", "image_url": {"url": part.image_url, "detail": part.detail}}
+                {"type": "image_url", "image_url": {"url": part.image_url, "detail": detail}}
             )
+        elif isinstance(part, InputFile):
+            chat_parts.append(_file_part(part, file_parts=file_parts))
         elif isinstance(part, Refusal):
             chat_parts.append({"type": "text", "text": part.refusal})
         else:
@@ -65,70 +141,236 @@ def _content(parts: str | Sequence[Any]) -> str | list[dict[str, Any]]:
     return chat_parts
 
 
-def _assistant_with_calls(messages: list[Message]) -> Message:
-    """The assistant message that a function_call item belongs to (made if needed)."""
-    last = messages[-1] if messages else None
-    if last is not None and last["role"] == "assistant":
-        return last
-    message: Message = {"role": "assistant", "content": None}
-    messages.append(message)
-    return message
+class _Transcript:
+    """Chat messages being built from items; holds reasoning until its assistant turn."""
 
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._reasoning: list[str] = []
 
-def _add_call(messages: list[Message], call_id: str, name: str, arguments: str) -> None:
-    message = _assistant_with_calls(messages)
-    message.setdefault("tool_calls", []).append(
-        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-    )
+    def reasoning(self, text: str) -> None:
+        if text:
+            self._reasoning.append(text)
+
+    def _with_reasoning(self, message: Message) -> Message:
+        if self._reasoning:
+            message[REASONING_KEY] = "".join(self._reasoning)
+            self._reasoning.clear()
+        return message
+
+    def add(self, message: Message) -> None:
+        if message["role"] == "assistant":
+            self._with_reasoning(message)
+        self.messages.append(message)
+
+    def assistant_text(self, content: Any) -> None:
+        last = self.messages[-1] if self.messages else None
+        if (
+            last is not None
+            and last["role"] == "assistant"
+            and last.get("content") is None
+            and not last.get("tool_calls")
+        ):
+            last["content"] = content
+            self._with_reasoning(last)
+        else:
+            self.add({"role": "assistant", "content": content})
+
+    def call(self, entry: dict[str, Any]) -> None:
+        """A tool call: part of the assistant message before it (made if needed)."""
+        last = self.messages[-1] if self.messages else None
+        if last is None or last["role"] != "assistant":
+            last = {"role": "assistant", "content": None}
+            self.add(last)
+        else:
+            self._with_reasoning(last)
+        last.setdefault("tool_calls", []).append(entry)
+
+    def result(self, call_id: str, content: Any) -> None:
+        self.messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
 
 
 #: what the model sees for a held call the client refused
 REFUSED = "The user refused this tool call."
 
 
+def _reasoning_text(item: ReasoningItem, context: InputContext) -> str:
+    if item.content:
+        return "".join(part.text for part in item.content)
+    if item.summary:
+        return "\n".join(part.text for part in item.summary)
+    if item.encrypted_content:
+        return context.unseal(item.encrypted_content) or ""
+    return ""
+
+
+def _client_output(item: ClientCallOutputItem, file_parts: bool) -> str | list[dict[str, Any]]:
+    """A built-in client tool's result as the model reads it."""
+    output = item.output
+    if item.type == "shell_call_output" and isinstance(output, list):
+        runs: list[str] = []
+        for run in output:
+            run = run if isinstance(run, dict) else {}
+            outcome = run.get("outcome") or {}
+            ended = (
+                "timed out"
+                if outcome.get("type") == "timeout"
+                else f"exit code {outcome.get('exit_code')}"
+            )
+            text = str(run.get("stdout") or "")
+            if run.get("stderr"):
+                text += f"\n[stderr]\n{run['stderr']}"
+            runs.append(f"{text}\n[{ended}]")
+        return "\n".join(runs)
+    if item.type == "computer_call_output" and isinstance(output, dict):
+        url = output.get("image_url")
+        if url:
+            return [{"type": "image_url", "image_url": {"url": url, "detail": "auto"}}]
+        return "(no screenshot)"
+    if item.type == "apply_patch_call_output":
+        status = (item.model_extra or {}).get("status", "completed")
+        return f"{status}: {output}" if output else str(status)
+    if item.type == "tool_search_output":
+        tools = (item.model_extra or {}).get("tools") or []
+        names = [str(tool.get("name")) for tool in tools if isinstance(tool, dict)]
+        return "Tools loaded: " + (", ".join(names) or "none")
+    if isinstance(output, str):
+        return output
+    return orjson.dumps(output).decode()
+
+
+def _hosted_call(transcript: _Transcript, item: HostedCallItem) -> None:
+    """A hosted call that carries its result: the model saw the call and its result."""
+    extra = item.model_extra or {}
+    result = next(
+        (extra[key] for key in ("output", "results", "outputs", "result") if extra.get(key)),
+        None,
+    )
+    item_id = extra.get("id")
+    if result is None or not item_id:
+        return
+    arguments = {
+        key: extra[key] for key in ("action", "queries", "code") if extra.get(key) is not None
+    }
+    name = item.type.removesuffix("_call")
+    transcript.call(
+        {
+            "id": item_id,
+            "type": "function",
+            "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+        }
+    )
+    text = result if isinstance(result, str) else orjson.dumps(result).decode()
+    transcript.result(str(item_id), text)
+
+
 def input_messages(
-    items: Iterable[InputItem], approvals: Mapping[str, str] | None = None
+    items: Iterable[InputItem],
+    approvals: Mapping[str, str] | None = None,
+    context: InputContext | None = None,
 ) -> list[Message]:
     """Chat messages for request input items, in order.
 
     ``approvals`` maps an ``mcp_approval_request`` id of the previous
     response to the call it held: a refusal answers that call here; an
     approved call is run by the response and answered by its tool step.
+    Reasoning items travel on the next assistant message (``REASONING_KEY``).
     """
-    messages: list[Message] = []
+    context = context or InputContext()
+    transcript = _Transcript()
     for item in items:
         if isinstance(item, McpApprovalResponseItem):
             call_id = (approvals or {}).get(item.approval_request_id)
             if call_id is not None and not item.approve:
                 reason = f" Reason: {item.reason}" if item.reason else ""
-                messages.append(
-                    {"role": "tool", "tool_call_id": call_id, "content": REFUSED + reason}
-                )
+                transcript.result(call_id, REFUSED + reason)
             continue
         if isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
-            content = _content(item.content)
-            if (
-                role == "assistant"
-                and messages
-                and messages[-1]["role"] == "assistant"
-                and (messages[-1].get("content") is None and not messages[-1].get("tool_calls"))
-            ):
-                messages[-1]["content"] = content
+            content = _content(item.content, file_parts=context.file_parts)
+            if role == "assistant":
+                transcript.assistant_text(content)
             else:
-                messages.append({"role": role, "content": content})
-        elif isinstance(item, FunctionCallItem):
-            _add_call(messages, item.call_id, item.name, item.arguments)
-        elif isinstance(item, FunctionCallOutputItem):
-            output = item.output if isinstance(item.output, str) else _text_of(item.output)
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+                transcript.add({"role": role, "content": content})
+        elif isinstance(item, FunctionCallItem | CustomToolCallItem | ClientCallItem):
+            entry = context.tools.chat_call(item)
+            assert entry is not None
+            transcript.call(entry)
+        elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
+            transcript.result(item.call_id, _content(item.output, file_parts=context.file_parts))
+        elif isinstance(item, ClientCallOutputItem):
+            transcript.result(item.key, _client_output(item, context.file_parts))
         elif isinstance(item, McpCallItem):
             call_id = item.id or item.name
-            _add_call(messages, call_id, item.name, item.arguments)
+            transcript.call(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": item.name, "arguments": item.arguments},
+                }
+            )
             result = item.output if item.output is not None else tool_error_text(item.error)
-            messages.append({"role": "tool", "tool_call_id": call_id, "content": result or ""})
-        # reasoning items carry nothing a Chat Completions upstream takes back
-    return messages
+            transcript.result(call_id, result or "")
+        elif isinstance(item, ReasoningItem):
+            transcript.reasoning(_reasoning_text(item, context))
+        elif isinstance(item, HostedCallItem):
+            _hosted_call(transcript, item)
+        # mcp_list_tools and mcp_approval_request items carry nothing for the model
+    return transcript.messages
+
+
+def finalize_messages(
+    messages: Sequence[Message],
+    *,
+    reasoning_key: str | None = None,
+    tool_parts: Literal["native", "user_message"] = "user_message",
+) -> list[Message]:
+    """The messages as one upstream takes them (the input is left untouched).
+
+    Reasoning goes back under ``reasoning_key`` (or not at all). A tool result
+    made of parts (an image) stays one multi-part tool message where the
+    upstream takes that (``native``); otherwise the tool message keeps the
+    text and the other parts follow the run of tool messages as one user
+    message, so the assistant's calls are still answered first.
+    """
+    out: list[Message] = []
+    attachments: list[dict[str, Any]] = []
+    callers: list[str] = []
+
+    def flush() -> None:
+        if attachments:
+            intro = "The tool call(s) " + ", ".join(callers) + " returned these attachments:"
+            out.append({"role": "user", "content": [{"type": "text", "text": intro}, *attachments]})
+            attachments.clear()
+            callers.clear()
+
+    for message in messages:
+        role = message["role"]
+        if role != "tool":
+            flush()
+        if role == "assistant" and (REASONING_KEY in message or reasoning_key):
+            message = dict(message)
+            reasoning = message.pop(REASONING_KEY, None)
+            if reasoning and reasoning_key:
+                message[reasoning_key] = reasoning
+        elif (
+            role == "tool"
+            and isinstance(message.get("content"), list)
+            and tool_parts == "user_message"
+        ):
+            parts = message["content"]
+            text = "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+            others = [p for p in parts if p.get("type") != "text"]
+            if others:
+                attachments.extend(others)
+                callers.append(str(message["tool_call_id"]))
+                text = (text + "\n" if text else "") + (
+                    f"[{len(others)} attachment(s) follow in the next user message]"
+                )
+            message = {**message, "content": text}
+        out.append(message)
+    flush()
+    return out
 
 
 def _text_of(parts: Sequence[Any]) -> str:
@@ -163,7 +405,6 @@ def chain_messages(chain: Sequence[Step]) -> list[Message]:
             continue
         assert model_call.response is not None
         message = dict(model_call.response["message"])
-        message.pop("reasoning_content", None)
         messages.append(message)
         for call in message.get("tool_calls") or ():
             done = results.get(call["id"])

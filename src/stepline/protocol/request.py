@@ -26,8 +26,11 @@ __all__ = [
     "McpTool",
     "ResponseRequest",
     "allowed_tool_names",
+    "load_body",
     "new_id",
     "parse_request",
+    "references",
+    "unknown_fields",
 ]
 
 
@@ -51,12 +54,31 @@ class InputImage(_Lenient):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
-    detail: Literal["low", "high", "auto"] = "auto"
+    #: ``original`` (full resolution, Codex's ``view_image``) goes upstream as ``high``
+    detail: Literal["low", "high", "auto", "original"] = "auto"
 
     @model_validator(mode="after")
     def _needs_url(self) -> InputImage:
         if not self.image_url:
             raise ValueError("input_image needs image_url (file_id is not supported)")
+        return self
+
+
+class InputFile(_Lenient):
+    """A file given inline (``file_data``, a data URL or base64) or by ``file_url``."""
+
+    type: Literal["input_file"]
+    file_data: str | None = None
+    file_url: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> InputFile:
+        if self.file_id and not (self.file_data or self.file_url):
+            raise ValueError("input_file needs file_data or file_url (file_id is not supported)")
+        if not (self.file_data or self.file_url):
+            raise ValueError("input_file needs file_data or file_url")
         return self
 
 
@@ -70,7 +92,9 @@ class Refusal(_Lenient):
     refusal: str
 
 
-ContentPart = Annotated[InputText | InputImage | OutputText | Refusal, Field(discriminator="type")]
+ContentPart = Annotated[
+    InputText | InputImage | InputFile | OutputText | Refusal, Field(discriminator="type")
+]
 
 
 class MessageItem(_Lenient):
@@ -84,12 +108,90 @@ class FunctionCallItem(_Lenient):
     call_id: str = Field(min_length=1)
     name: str = Field(min_length=1)
     arguments: str
+    #: the ``namespace`` tool the function belongs to, if any
+    namespace: str | None = None
 
 
 class FunctionCallOutputItem(_Lenient):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
     output: str | list[ContentPart]
+
+
+class CustomToolCallItem(_Lenient):
+    """A call of a ``custom`` (freeform) tool: its ``input`` is plain text."""
+
+    type: Literal["custom_tool_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: str
+    namespace: str | None = None
+
+
+class CustomToolCallOutputItem(_Lenient):
+    type: Literal["custom_tool_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[ContentPart]
+
+
+#: the call items of the built-in tools a client runs, and the output item of each
+CLIENT_CALL_OUTPUTS = {
+    "local_shell_call": "local_shell_call_output",
+    "shell_call": "shell_call_output",
+    "apply_patch_call": "apply_patch_call_output",
+    "computer_call": "computer_call_output",
+    "tool_search_call": "tool_search_output",
+}
+
+
+class ClientCallItem(_Lenient):
+    """A call of a built-in client tool (shell, apply_patch, computer, tool_search).
+
+    Its payload (``action``, ``operation``, ``arguments``) stays in the extra
+    fields; :mod:`stepline.protocol.client_tools` reads it.
+    """
+
+    type: Literal[
+        "local_shell_call", "shell_call", "apply_patch_call", "computer_call", "tool_search_call"
+    ]
+    call_id: str | None = None
+    id: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_call_id(self) -> ClientCallItem:
+        if not (self.call_id or self.id):
+            raise ValueError(f"{self.type} needs call_id")
+        return self
+
+    @property
+    def key(self) -> str:
+        return str(self.call_id or self.id)
+
+
+class ClientCallOutputItem(_Lenient):
+    """The client's result of a built-in client tool call, keyed by ``call_id``
+    (``local_shell_call_output`` names the call by ``id``)."""
+
+    type: Literal[
+        "local_shell_call_output",
+        "shell_call_output",
+        "apply_patch_call_output",
+        "computer_call_output",
+        "tool_search_output",
+    ]
+    call_id: str | None = None
+    id: str | None = None
+    output: Any = None
+
+    @model_validator(mode="after")
+    def _needs_call_id(self) -> ClientCallOutputItem:
+        if not (self.call_id or self.id):
+            raise ValueError(f"{self.type} needs call_id")
+        return self
+
+    @property
+    def key(self) -> str:
+        return str(self.call_id or self.id)
 
 
 class McpCallItem(_Lenient):
@@ -104,8 +206,24 @@ class McpCallItem(_Lenient):
     error: Any = None
 
 
+class SummaryText(_Lenient):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class ReasoningText(_Lenient):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
 class ReasoningItem(_Lenient):
+    """Earlier reasoning: its text (``content``), ``summary``, or the
+    ``encrypted_content`` stepline sealed when the client asked for it."""
+
     type: Literal["reasoning"]
+    summary: list[SummaryText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
 
 
 class McpApprovalResponseItem(_Lenient):
@@ -123,14 +241,28 @@ class EchoedItem(_Lenient):
     type: Literal["mcp_approval_request", "mcp_list_tools"]
 
 
+class HostedCallItem(_Lenient):
+    """A hosted tool's call item sent back (``web_search_call``...): when it holds a
+    result (``output``, ``results``), the model sees the call and that result."""
+
+    type: Literal[
+        "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call"
+    ]
+
+
 InputItem = Annotated[
     MessageItem
     | FunctionCallItem
     | FunctionCallOutputItem
+    | CustomToolCallItem
+    | CustomToolCallOutputItem
+    | ClientCallItem
+    | ClientCallOutputItem
     | McpCallItem
     | ReasoningItem
     | McpApprovalResponseItem
-    | EchoedItem,
+    | EchoedItem
+    | HostedCallItem,
     Field(discriminator="type"),
 ]
 
@@ -197,21 +329,119 @@ class McpTool(BaseModel):
         return self.model_dump(exclude={"headers"}, exclude_none=True)
 
 
-RequestTool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
+class CustomTool(BaseModel):
+    """A freeform tool: the model answers with plain text, optionally in a ``grammar``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["custom"]
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.:-]+$")
+    description: str | None = None
+    #: ``{"type": "text"}`` or ``{"type": "grammar", "syntax": "lark", "definition": ...}``
+    format: dict[str, Any] | None = None
+
+
+class NamespaceTool(BaseModel):
+    """A named group of functions (Codex's ``multi_agent_v1``); calls keep the namespace."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    tools: list[Annotated[FunctionTool | CustomTool, Field(discriminator="type")]]
+
+
+#: built-in tools the client runs, with the item type of their calls
+BUILTIN_CLIENT_TOOLS = {
+    "local_shell": "local_shell_call",
+    "shell": "shell_call",
+    "apply_patch": "apply_patch_call",
+    "computer": "computer_call",
+    "computer_use_preview": "computer_call",
+}
+
+#: hosted tools: run by the server where the config maps them, else left out
+HOSTED_TOOL_TYPES = (
+    "web_search",
+    "web_search_preview",
+    "web_search_2025_08_26",
+    "web_search_preview_2025_03_11",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+)
+
+
+class BuiltinTool(_Lenient):
+    """A built-in tool the client runs (its options, e.g. ``display_width``, kept)."""
+
+    type: Literal["local_shell", "shell", "apply_patch", "computer", "computer_use_preview"]
+
+
+class ToolSearchTool(_Lenient):
+    """Tool discovery: ``execution: client`` is run by the client like a function."""
+
+    type: Literal["tool_search"]
+    execution: Literal["client", "server"] = "server"
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class HostedTool(_Lenient):
+    """A tool OpenAI hosts (``web_search``...): a deployment maps it to a server tool."""
+
+    type: Literal[
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+    ]
+
+
+RequestTool = Annotated[
+    FunctionTool | McpTool | CustomTool | NamespaceTool | BuiltinTool | ToolSearchTool | HostedTool,
+    Field(discriminator="type"),
+]
 
 
 class ToolChoiceFunction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["function"]
+    type: Literal["function", "custom"]
     name: str
+
+
+class ToolChoiceBuiltin(BaseModel):
+    """Force one built-in or hosted tool, e.g. ``{"type": "apply_patch"}``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal[
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "computer",
+        "computer_use_preview",
+        "tool_search",
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+    ]
 
 
 class AllowedTool(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["function"] = "function"
-    name: str
+    type: str = "function"
+    name: str | None = None
 
 
 class ToolChoiceAllowed(BaseModel):
@@ -224,7 +454,9 @@ class ToolChoiceAllowed(BaseModel):
 
 ToolChoice = (
     Literal["auto", "none", "required"]
-    | Annotated[ToolChoiceFunction | ToolChoiceAllowed, Field(discriminator="type")]
+    | Annotated[
+        ToolChoiceFunction | ToolChoiceAllowed | ToolChoiceBuiltin, Field(discriminator="type")
+    ]
 )
 
 
@@ -287,7 +519,17 @@ class ResponseRequest(BaseModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: str | None = None
-    truncation: Literal["auto", "disabled"] = "disabled"
+    truncation: Literal["disabled"] = "disabled"
+    #: what the response adds to its items on request (see :data:`INCLUDABLE`)
+    include: list[str] = Field(default_factory=list)
+    #: a client's own labels for the request (Codex's thread and turn ids), stored
+    client_metadata: dict[str, Any] | None = None
+    stream_options: dict[str, Any] | None = None
+    #: how reasoning events are named for this request (set by the
+    #: ``Stepline-Reasoning-Events`` header); None: the server's default
+    reasoning_events: Literal["openai", "open_responses"] | None = Field(
+        default=None, alias="stepline:reasoning_events"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ResponseRequest:
@@ -299,13 +541,32 @@ class ResponseRequest(BaseModel):
                     raise _ParamError(
                         "metadata", "metadata keys are at most 64 characters, values 512"
                     )
-        names = [tool.name for tool in self.function_tools()]
+        for index, value in enumerate(self.include):
+            if value not in INCLUDABLE:
+                raise _ParamError(
+                    f"include[{index}]",
+                    f"include value {value!r} is not supported; stepline supports "
+                    + ", ".join(sorted(INCLUDABLE)),
+                )
+        names = [
+            *(tool.name for tool in self.function_tools()),
+            *(tool.name for tool in self.tools if isinstance(tool, CustomTool)),
+        ]
         if len(set(names)) != len(names):
             raise _ParamError("tools", "tool names must be unique")
         labels = [tool.server_label for tool in self.mcp_tools()]
         if len(set(labels)) != len(labels):
             raise _ParamError("tools", "mcp server_label values must be unique")
-        if isinstance(self.tool_choice, ToolChoiceFunction) and self.tool_choice.name not in names:
+        if (
+            isinstance(self.tool_choice, ToolChoiceFunction)
+            and self.tool_choice.name not in names
+            and not any(
+                self.tool_choice.name == inner.name
+                for tool in self.tools
+                if isinstance(tool, NamespaceTool)
+                for inner in tool.tools
+            )
+        ):
             raise _ParamError(
                 "tool_choice", f"tool_choice names unknown tool {self.tool_choice.name!r}"
             )
@@ -316,6 +577,32 @@ class ResponseRequest(BaseModel):
 
     def mcp_tools(self) -> list[McpTool]:
         return [tool for tool in self.tools if isinstance(tool, McpTool)]
+
+    def includes(self, value: str) -> bool:
+        return value in self.include
+
+
+#: ``include`` values stepline honours; any other is a 400
+INCLUDABLE = frozenset(
+    {
+        "reasoning.encrypted_content",
+        "message.output_text.logprobs",
+        "web_search_call.action.sources",
+        "web_search_call.results",
+        "file_search_call.results",
+        "code_interpreter_call.outputs",
+        "computer_call_output.output.image_url",
+        "message.input_image.image_url",
+    }
+)
+
+#: request fields stepline refuses with a 400 rather than ignore, and why
+REFUSED_FIELDS = {
+    "conversation": "the Conversations API is not available on this server yet; "
+    "continue with previous_response_id or resend the history",
+    "prompt": "no prompt templates are configured on this server",
+    "context_management": "server-side compaction is not available on this server yet",
+}
 
 
 class _ParamError(ValueError):
@@ -330,29 +617,51 @@ class _ParamError(ValueError):
 def allowed_tool_names(request: ResponseRequest) -> frozenset[str] | None:
     """The names ``tool_choice: allowed_tools`` permits, or None when unrestricted."""
     if isinstance(request.tool_choice, ToolChoiceAllowed):
-        return frozenset(tool.name for tool in request.tool_choice.tools)
+        return frozenset(tool.name or tool.type for tool in request.tool_choice.tools)
     return None
+
+
+def _tags(*models: Any) -> set[str]:
+    found: set[str] = set()
+    for model in models:
+        annotation = model.model_fields["type"].annotation
+        found.update(getattr(annotation, "__args__", ()))
+    return found
 
 
 #: loc segments pydantic adds for union branches and tags; they name no field
 _UNION_TAGS = frozenset(
     {
-        "message",
-        "function_call",
-        "function_call_output",
-        "mcp_call",
-        "reasoning",
-        "mcp_approval_response",
-        "mcp_approval_request",
-        "mcp_list_tools",
-        "input_text",
-        "input_image",
-        "output_text",
-        "refusal",
-        "function",
-        "allowed_tools",
+        *_tags(
+            MessageItem,
+            FunctionCallItem,
+            FunctionCallOutputItem,
+            CustomToolCallItem,
+            CustomToolCallOutputItem,
+            ClientCallItem,
+            ClientCallOutputItem,
+            McpCallItem,
+            ReasoningItem,
+            McpApprovalResponseItem,
+            EchoedItem,
+            HostedCallItem,
+            InputText,
+            InputImage,
+            InputFile,
+            OutputText,
+            Refusal,
+            FunctionTool,
+            McpTool,
+            CustomTool,
+            NamespaceTool,
+            BuiltinTool,
+            ToolSearchTool,
+            HostedTool,
+            ToolChoiceFunction,
+            ToolChoiceAllowed,
+            ToolChoiceBuiltin,
+        ),
         "str",
-        "mcp",
     }
 )
 
@@ -383,6 +692,8 @@ def _normalise_input(raw: Any) -> Any:
             item = dict(item)
             if "type" not in item and "role" in item:
                 item["type"] = "message"
+            elif "type" not in item and set(item) == {"id"}:
+                item["type"] = "item_reference"
             if not item.get("id"):
                 prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
                 item["id"] = new_id(prefix.get(str(item.get("type")), "item"))
@@ -390,8 +701,20 @@ def _normalise_input(raw: Any) -> Any:
     return items
 
 
-def parse_request(body: bytes | dict[str, Any]) -> ResponseRequest:
-    """Validate a request body; raise InvalidRequest naming the bad param."""
+#: every tool type a request may declare
+_TOOL_TYPES = frozenset(
+    _tags(FunctionTool, McpTool, CustomTool, NamespaceTool, BuiltinTool, ToolSearchTool, HostedTool)
+)
+
+
+def unknown_fields(body: dict[str, Any]) -> list[str]:
+    """Top-level fields of a request body that stepline does not know."""
+    known = set(ResponseRequest.model_fields) | {"stepline:reasoning_events"}
+    return sorted(name for name in body if name not in known)
+
+
+def load_body(body: bytes | dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of a request body; InvalidRequest when it is not one."""
     if isinstance(body, bytes | bytearray):
         try:
             data = orjson.loads(body)
@@ -401,18 +724,56 @@ def parse_request(body: bytes | dict[str, Any]) -> ResponseRequest:
         data = body
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object", param="body")
+    return data
+
+
+def references(data: dict[str, Any]) -> list[tuple[int, str]]:
+    """The ``item_reference`` items of a body's input: (position, id)."""
+    raw = data.get("input")
+    found: list[tuple[int, str]] = []
+    for index, item in enumerate(raw if isinstance(raw, list) else ()):
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "item_reference" or (kind is None and "role" not in item and "id" in item):
+            found.append((index, str(item.get("id"))))
+    return found
+
+
+def parse_request(body: bytes | dict[str, Any]) -> ResponseRequest:
+    """Validate a request body; raise InvalidRequest naming the bad param."""
+    data = load_body(body)
     if "input" not in data:
         raise InvalidRequest("Missing required parameter: 'input'.", param="input")
+    for name, why in REFUSED_FIELDS.items():
+        if data.get(name) is not None:
+            raise InvalidRequest(f"'{name}' is not supported: {why}.", param=name)
+    if data.get("truncation") == "auto":
+        raise InvalidRequest(
+            "truncation 'auto' is not supported yet: stepline never drops context silently; "
+            "send 'disabled' (an over-long context then fails)",
+            param="truncation",
+        )
+    for index, tool in enumerate(data["tools"] if isinstance(data.get("tools"), list) else ()):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if not isinstance(kind, str) or kind not in _TOOL_TYPES:
+            raise InvalidRequest(
+                f"tool type {kind!r} is not supported; stepline accepts "
+                + ", ".join(sorted(_TOOL_TYPES)),
+                param=f"tools[{index}].type",
+            )
     data = {**data, "input": _normalise_input(data["input"])}
-    if isinstance(data.get("tools"), list):
-        for index, tool in enumerate(data["tools"]):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind not in ("function", "mcp"):
-                raise InvalidRequest(
-                    f"tool type {kind!r} is not supported; stepline accepts function and mcp "
-                    "tools and runs its own server tools from its config",
-                    param=f"tools[{index}].type",
-                )
+    for index, item in enumerate(data["input"] if isinstance(data["input"], list) else ()):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "item_reference":
+            raise InvalidRequest(
+                f"No stored item with id '{item.get('id')}'.", param=f"input[{index}].id"
+            )
+        if kind == "compaction":
+            raise InvalidRequest(
+                "compaction items are not supported yet (no /responses/compact on this server)",
+                param=f"input[{index}].type",
+            )
     try:
         return ResponseRequest.model_validate(data)
     except ValidationError as exc:

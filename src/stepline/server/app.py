@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 from stepline.config import Settings
 from stepline.engine.loop import Engine
 from stepline.errors import RequestError, StoreError
+from stepline.protocol.sealing import Sealer, parse_key
 from stepline.server import health, metrics, passthrough
 from stepline.server.auth import KeyRing
 from stepline.server.gateway import Gateway, GatewayMiddleware
@@ -115,6 +116,18 @@ async def _close(chat: ChatClient | None, http: httpx.AsyncClient, store: StepSt
         await store.close()
 
 
+def sealer_of(settings: Settings) -> Sealer:
+    """The sealer of ``encrypted_content``: the configured keys, else a per-process key."""
+    keys = settings.protocol.resolved_sealing_keys()
+    if not keys:
+        logger.warning(
+            "no sealing keys configured (protocol.sealing_keys or STEPLINE_SEALING_KEYS): "
+            "encrypted_content sealed now opens only in this process"
+        )
+        return Sealer.ephemeral()
+    return Sealer([parse_key(key) for key in keys])
+
+
 def create_app(
     settings: Settings,
     *,
@@ -134,6 +147,7 @@ def create_app(
     the upstream client (the caller closes it; its observer becomes the app's
     metrics)."""
     register_secrets(settings.secret_values())
+    sealer = sealer_of(settings)
     app_metrics = Metrics(settings)
     keys = KeyRing(settings.keys, allow_anonymous=allow_anonymous)
     gateway = Gateway(
@@ -175,6 +189,7 @@ def create_app(
                 observer=app_metrics,
                 key_tools=keys.tools_for,
                 mcp=McpTools(settings.mcp, settings.mcp_allowed_urls),
+                sealer=sealer,
             )
             runner = Runner(engine)
             app.state.runner = runner

@@ -14,7 +14,10 @@ exist (404), whichever route it uses, ``previous_response_id`` included.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -23,11 +26,21 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import Gauge
 from starlette.types import Receive, Scope, Send
 
+from stepline.config import Settings
 from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
+from stepline.engine.prepare import prepare
 from stepline.engine.response import snapshot, stored_response
 from stepline.errors import InvalidRequest, NotFound
-from stepline.protocol.request import FunctionTool, ResponseRequest, new_id, parse_request
+from stepline.protocol.request import (
+    FunctionTool,
+    ResponseRequest,
+    load_body,
+    new_id,
+    parse_request,
+    references,
+    unknown_fields,
+)
 from stepline.protocol.validate import conversation_problem
 from stepline.server.auth import Caller, caller_of
 from stepline.server.gateway import Gateway
@@ -40,6 +53,7 @@ from stepline.upstream.routing import resolve_target
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1")
+logger = logging.getLogger(__name__)
 
 
 class JSON(Response):
@@ -98,7 +112,7 @@ def _sse(request: Request, runner: Runner, response_id: str, after: int) -> Stre
     return _CountedStream(sse_frames(runner, response_id, after), _gateway(request))
 
 
-async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> None:
+async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> _Notices:
     """Refuse what would fail later: unknown model, shadowed tools, orphan tool outputs;
     and what the caller's key may not do, or may not see."""
     settings = runner.engine.settings
@@ -131,12 +145,65 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             )
     if runner.engine.mcp is not None:
         runner.engine.mcp.check_request(request)
-    conversation = await load_conversation(runner.engine.store, request.previous_response_id)
+    engine = runner.engine
+    prepared = prepare(settings, engine.sealer, request, resolve_target(settings, request.model))
+    _check_hosted(settings, prepared.dropped)
+    conversation = await load_conversation(
+        engine.store, request.previous_response_id, unseal=engine.sealer.open
+    )
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
-    problem = conversation_problem(base_messages(request, history), "lenient")
+    transcript = base_messages(request, history, None, prepared.context)
+    problem = conversation_problem(transcript, "lenient")
     if problem is not None:
         raise InvalidRequest(problem, param="input")
+    return _Notices(dropped_tools=prepared.dropped)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Notices:
+    """What a reply tells the client in headers about what stepline did not do."""
+
+    dropped_tools: list[str]
+    ignored_fields: list[str] = field(default_factory=list)
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.dropped_tools:
+            headers["Stepline-Dropped-Tools"] = ", ".join(self.dropped_tools)
+        if self.ignored_fields:
+            headers["Stepline-Ignored-Fields"] = ", ".join(self.ignored_fields)
+        return headers
+
+
+def _check_hosted(settings: Settings, dropped: list[str]) -> None:
+    if dropped and settings.protocol.unmapped_hosted_tools == "reject":
+        raise InvalidRequest(
+            f"tool type {dropped[0]!r} is a hosted tool this server does not run "
+            "(protocol.hosted_tools maps hosted tools to server tools)",
+            param="tools",
+        )
+
+
+async def _resolve_references(
+    runner: Runner, data: dict[str, Any], caller: Caller
+) -> dict[str, Any]:
+    """The body with each ``item_reference`` replaced by the stored item it names.
+
+    Only items of responses the caller's key owns are found; any other id is a 400."""
+    found = references(data)
+    if not found:
+        return data
+    stored = await runner.engine.store.find_items(
+        [item_id for _, item_id in found], key_id=caller.key_id
+    )
+    items = list(data["input"])
+    for index, item_id in found:
+        item = stored.get(item_id)
+        if item is None:
+            raise InvalidRequest(f"Item with id '{item_id}' not found.", param=f"input[{index}].id")
+        items[index] = item
+    return {**data, "input": items}
 
 
 @router.post("/responses")
@@ -145,8 +212,26 @@ async def create_response(request: Request) -> Response:
     caller = caller_of(request)
     if not runner.accepting:
         raise InvalidRequest("server is shutting down", status_code=503, error_type="server_error")
-    parsed = parse_request(await request.body())
-    await _validate(runner, parsed, caller)
+    data = load_body(await request.body())
+    ignored = unknown_fields(data)
+    if ignored and runner.engine.settings.protocol.unknown_fields == "reject":
+        raise InvalidRequest(
+            f"Unknown parameter: '{ignored[0]}'.", param=ignored[0], code="unknown_parameter"
+        )
+    events_header = request.headers.get("stepline-reasoning-events")
+    if events_header is not None:
+        data["stepline:reasoning_events"] = events_header
+    data = await _resolve_references(runner, data, caller)
+    parsed = parse_request(data)
+    notices = await _validate(runner, parsed, caller)
+    notices = dataclasses.replace(notices, ignored_fields=ignored)
+    if ignored or notices.dropped_tools:
+        logger.info(
+            "request to %s: ignored fields %s, dropped hosted tools %s",
+            parsed.model,
+            ignored or "none",
+            notices.dropped_tools or "none",
+        )
     # the key's slot is held until the loop ends, whoever reads the result
     release = _gateway(request).limits.enter(caller)
     now = runner.engine.clock()
@@ -171,11 +256,15 @@ async def create_response(request: Request) -> Response:
         release()
         raise
     task.add_done_callback(lambda _: release())
+    headers = notices.headers()
     if parsed.stream:
-        return _sse(request, runner, record.id, -1)
-    if parsed.background:
-        return JSON(snapshot(record, parsed, record.status, []))
-    return JSON(await asyncio.shield(task))
+        reply: Response = _sse(request, runner, record.id, -1)
+    elif parsed.background:
+        reply = JSON(snapshot(record, parsed, record.status, []))
+    else:
+        reply = JSON(await asyncio.shield(task))
+    reply.headers.update(headers)
+    return reply
 
 
 async def _record(runner: Runner, response_id: str, caller: Caller) -> ResponseRecord:

@@ -116,8 +116,18 @@ class StepStore(Protocol):
         status: str,
         result: dict[str, Any],
         completed_at: float | None,
+        items: Sequence[dict[str, Any]] = (),
     ) -> bool:
-        """Store the terminal status and result; False if it was already terminal."""
+        """Store the terminal status and result; False if it was already terminal.
+
+        ``items`` (the response's input and output items) are stored with it, in
+        the same transaction, for :meth:`find_items`."""
+        ...
+
+    async def find_items(
+        self, item_ids: Sequence[str], *, key_id: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """Stored items by id, from responses owned by ``key_id`` (newest response wins)."""
         ...
 
     async def delete_response(self, response_id: str) -> bool:

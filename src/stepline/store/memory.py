@@ -83,6 +83,7 @@ class MemoryStore:
         #: step id -> (response id, index in that response's list)
         self._step_index: dict[str, tuple[str, int]] = {}
         self._events: dict[str, _EventLog] = {}
+        self._items: dict[str, list[dict[str, Any]]] = {}
 
     # -- responses --
 
@@ -114,12 +115,15 @@ class MemoryStore:
         status: str,
         result: dict[str, Any],
         completed_at: float | None,
+        items: Sequence[dict[str, Any]] = (),
     ) -> bool:
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"{status!r} is not a terminal status")
         record = self._responses.get(response_id)
         if record is None or record.status in TERMINAL_STATUSES:
             return False
+        if items:
+            self._items[response_id] = [_json_copy(item) for item in items]
         self._responses[response_id] = dataclasses.replace(
             record,
             status=status,
@@ -130,7 +134,23 @@ class MemoryStore:
         )
         return True
 
+    async def find_items(
+        self, item_ids: Sequence[str], *, key_id: str | None
+    ) -> dict[str, dict[str, Any]]:
+        wanted = set(item_ids)
+        found: dict[str, dict[str, Any]] = {}
+        owned = sorted(
+            (r for r in self._responses.values() if r.key_id == key_id and r.id in self._items),
+            key=lambda r: r.created_at,
+        )
+        for record in owned:
+            for item in self._items[record.id]:
+                if item.get("id") in wanted:
+                    found[item["id"]] = _json_copy(item)
+        return found
+
     async def delete_response(self, response_id: str) -> bool:
+        self._items.pop(response_id, None)
         self._events.pop(response_id, None)
         if self._responses.pop(response_id, None) is None:
             return False

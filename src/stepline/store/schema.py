@@ -24,7 +24,15 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-__all__ = ["VERSION_TABLE", "JsonText", "events", "metadata", "responses", "steps"]
+__all__ = [
+    "VERSION_TABLE",
+    "JsonText",
+    "events",
+    "items",
+    "metadata",
+    "responses",
+    "steps",
+]
 
 #: Alembic's version table; named for stepline so it can share a database
 #: with an application that runs its own Alembic migrations
@@ -110,4 +118,20 @@ events = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("step_id", sa.String, nullable=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+#: the input and output items of stored responses, by item id, for ``item_reference``
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column(
+        "response_id",
+        sa.String,
+        sa.ForeignKey("responses.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String, nullable=False),
+    sa.Column("data", JsonText, nullable=False),
+    sa.Index(None, "id"),
 )

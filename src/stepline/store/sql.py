@@ -47,7 +47,7 @@ from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
 from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, new_steps
 from stepline.store.notify import CHANNEL, EventNotifier, EventWatch, PgListener
-from stepline.store.schema import VERSION_TABLE, JsonText, events, responses, steps
+from stepline.store.schema import VERSION_TABLE, JsonText, events, items, responses, steps
 
 __all__ = [
     "SqlStore",
@@ -261,6 +261,17 @@ _FINISH_RESPONSE = (
         lease_expires_at=None,
     )
 )
+_INSERT_ITEM = sa.insert(items)
+_FIND_ITEMS = (
+    sa.select(items.c.id, items.c.data)
+    .join(responses, responses.c.id == items.c.response_id)
+    .where(
+        items.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+        responses.c.key_id.is_not_distinct_from(sa.bindparam("p_key", type_=sa.String())),
+    )
+    .order_by(responses.c.created_at, items.c.position)
+)
+_DELETE_ITEMS = sa.delete(items).where(items.c.response_id == sa.bindparam("p_id"))
 _DELETE_EVENTS = sa.delete(events).where(events.c.response_id == sa.bindparam("p_id"))
 _DELETE_STEPS = sa.delete(steps).where(steps.c.response_id == sa.bindparam("p_id"))
 _DELETE_RESPONSE = sa.delete(responses).where(responses.c.id == sa.bindparam("p_id"))
@@ -543,6 +554,7 @@ class SqlStore:
         status: str,
         result: dict[str, Any],
         completed_at: float | None,
+        items: Sequence[dict[str, Any]] = (),
     ) -> bool:
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"{status!r} is not a terminal status")
@@ -552,17 +564,39 @@ class SqlStore:
             "p_result": result,
             "p_completed_at": completed_at,
         }
+        rows = [
+            {"response_id": response_id, "position": position, "id": item["id"], "data": item}
+            for position, item in enumerate(items)
+            if item.get("id")
+        ]
 
         async def work(connection: AsyncConnection) -> bool:
-            return (await connection.execute(_FINISH_RESPONSE, params)).rowcount == 1
+            finished = (await connection.execute(_FINISH_RESPONSE, params)).rowcount == 1
+            if finished and rows:
+                await connection.execute(_INSERT_ITEM, rows)
+            return finished
 
-        return await self._write(work)
+        return await self._write(work, transaction=bool(rows))
+
+    async def find_items(
+        self, item_ids: Sequence[str], *, key_id: str | None
+    ) -> dict[str, dict[str, Any]]:
+        if not item_ids:
+            return {}
+        params = {"p_ids": list(dict.fromkeys(item_ids)), "p_key": key_id}
+
+        async def work(connection: AsyncConnection) -> dict[str, dict[str, Any]]:
+            result = await connection.execute(_FIND_ITEMS, params)
+            return {row.id: row.data for row in result}
+
+        return await self._read(work)
 
     async def delete_response(self, response_id: str) -> bool:
         params = {"p_id": response_id}
 
         async def work(connection: AsyncConnection) -> bool:
             await connection.execute(_DELETE_EVENTS, params)
+            await connection.execute(_DELETE_ITEMS, params)
             await connection.execute(_DELETE_STEPS, params)
             return (await connection.execute(_DELETE_RESPONSE, params)).rowcount == 1
 

@@ -79,6 +79,9 @@ class ServerTool:
     #: the tool cuts its own output (HTTP tools, to their own limit); others are cut
     #: to ``limits.max_tool_output_chars``
     limits_output: bool = False
+    #: the hosted tool type it plays in this response (``web_search``...): its calls
+    #: then show as that tool's items; None: as ``mcp_call`` items
+    hosted: str | None = None
 
     @classmethod
     def build(

@@ -170,6 +170,7 @@ class ChatClient:
             step_id,
             started,
             total_deadline,
+            affinity=payload.get("prompt_cache_key"),
         )
         target, response = opened.target, opened.response
         first_byte_deadline = opened.first_byte_deadline
@@ -248,6 +249,8 @@ class ChatClient:
         step_id: str,
         started: float,
         total_deadline: float,
+        *,
+        affinity: str | None = None,
     ) -> _Opened:
         """Send to the route's targets in the pool's order until one answers 2xx.
 
@@ -262,7 +265,7 @@ class ChatClient:
         retries = 0
         while True:
             failure: UpstreamError | None = None
-            for current in self.pool.order(candidates):
+            for current in self.pool.order(candidates, affinity):
                 request = build(current)
                 await self._acquire(current, step_id, total_deadline)
                 attempt_started = loop.time()
@@ -368,7 +371,15 @@ class ChatClient:
                     f"invalid upstream URL {current.base_url!r}: {exc}", step_id=request_id
                 ) from exc
 
-        opened = await self._open(target, build, request_id, started, total_deadline)
+        cache_key = body.get("prompt_cache_key")
+        opened = await self._open(
+            target,
+            build,
+            request_id,
+            started,
+            total_deadline,
+            affinity=cache_key if isinstance(cache_key, str) else None,
+        )
         return ForwardedReply(self, opened, total_deadline, request_id)
 
     def _build_request(

@@ -27,12 +27,14 @@ Invariants of :class:`TargetPool` (one per process, shared by every call):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from stepline.config import Settings, UpstreamConfig
+from stepline.protocol.chat_request import ChatDialect
 
 __all__ = ["TargetPool", "UpstreamTarget", "resolve_target"]
 
@@ -52,6 +54,18 @@ class UpstreamTarget:
     weight: float = 1.0
     #: every target of a route with several, this one first; empty for a lone target
     candidates: tuple[UpstreamTarget, ...] = ()
+
+    @property
+    def dialect(self) -> ChatDialect:
+        """What this upstream takes beyond plain Chat Completions."""
+        config = self.config
+        return ChatDialect(
+            reasoning_effort=config.reasoning_effort,
+            native_custom=config.custom_tools == "native",
+            tool_parts=config.tool_parts,
+            reasoning_replay=None if config.reasoning_replay == "none" else config.reasoning_replay,
+            file_parts=config.file_parts,
+        )
 
 
 # Keyed by the upstream's name and its (frozen, hashable) config, so two
@@ -125,9 +139,16 @@ class TargetPool:
         self._health: dict[str, _Health] = {}
         self._slots: dict[tuple[str, int], asyncio.Semaphore] = {}
 
-    def order(self, candidates: Sequence[UpstreamTarget]) -> list[UpstreamTarget]:
+    def order(
+        self, candidates: Sequence[UpstreamTarget], affinity: str | None = None
+    ) -> list[UpstreamTarget]:
         """The order to try ``candidates`` in for one call: targets with room first,
-        then those without, each group in weighted random order; cooling targets last."""
+        then those without, each group in weighted random order; cooling targets last.
+
+        With an ``affinity`` key (a request's ``prompt_cache_key``) the order
+        within each group is fixed for that key, still in proportion to the
+        weights (weighted rendezvous hashing), so one conversation keeps
+        hitting the target whose prefix cache holds it."""
         if len(candidates) == 1:
             return list(candidates)
         now = self._clock()
@@ -142,11 +163,20 @@ class TargetPool:
             else:
                 full.append(target)
         cooling.sort(key=lambda target: self._health[target.name].cooling_until)
-        return self._weighted(ready) + self._weighted(full) + cooling
+        return self._weighted(ready, affinity) + self._weighted(full, affinity) + cooling
 
-    def _weighted(self, targets: list[UpstreamTarget]) -> list[UpstreamTarget]:
-        # Efraimidis-Spirakis: sorting by u ** (1 / weight) is a weighted shuffle.
-        keyed = [(max(self._rng(), 1e-12) ** (1.0 / target.weight), target) for target in targets]
+    def _weighted(
+        self, targets: list[UpstreamTarget], affinity: str | None = None
+    ) -> list[UpstreamTarget]:
+        # Efraimidis-Spirakis: sorting by u ** (1 / weight) is a weighted shuffle; with
+        # an affinity key, u is a hash of the key and the target instead of a draw.
+        def draw(target: UpstreamTarget) -> float:
+            if affinity is None:
+                return self._rng()
+            digest = hashlib.blake2b(f"{affinity}\0{target.name}".encode(), digest_size=8)
+            return int.from_bytes(digest.digest(), "big") / 2.0**64
+
+        keyed = [(max(draw(target), 1e-12) ** (1.0 / target.weight), target) for target in targets]
         keyed.sort(key=lambda pair: pair[0], reverse=True)
         return [target for _, target in keyed]
 
