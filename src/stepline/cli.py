@@ -7,6 +7,12 @@ variable, which beats the config file.
 ``serve`` without any API key runs open only on a loopback address; another
 address needs a key or an explicit ``--insecure``. ``keys create`` prints a
 new token once and stores only its hash.
+
+Every error a person can fix (config, environment, database, port) ends the
+command with one line on stderr and a non-zero exit: 2 for a problem of the
+config, the environment or the database, 1 for a missing object. ``serve``
+finds them all before it listens, and before its first log line. ``--debug``
+(or ``STEPLINE_DEBUG=1``) prints the traceback too.
 """
 
 from __future__ import annotations
@@ -15,34 +21,38 @@ import asyncio
 import datetime
 import ipaddress
 import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
-import uvicorn
 from rich.console import Console
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.config import DEFAULT_DATABASE_URL, KeyConfig, RateConfig, Settings, load_settings
-from stepline.engine.steps import Step, StepKind
-from stepline.errors import ConfigError
+from stepline.engine.steps import StepKind, StepState
+from stepline.errors import ConfigError, StepLineError
 from stepline.protocol.assemble import sum_usage
-from stepline.server.auth import (
-    StoredKey,
-    delete_stored_key,
-    ensure_key_table,
-    hash_token,
-    list_stored_keys,
-    new_token,
-    store_key,
-)
 from stepline.server.logs import configure_logging
-from stepline.store.base import ResponseRecord
-from stepline.store.sql import create_store_engine, open_store
-from stepline.store.sql import migrate as migrate_database
+
+# The database and server machinery (SQLAlchemy, Alembic, FastAPI) is imported by the
+# commands that use it, after the checks that need none of it: a config error, or
+# `stepline --help`, answers in a fraction of the time.
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from stepline.engine.steps import Step
+    from stepline.server.auth import StoredKey
+    from stepline.store.base import ResponseRecord
+    from stepline.tools.registry import ServerTool
 
 __all__ = ["app", "main"]
 
@@ -57,6 +67,10 @@ keys_app = typer.Typer(help="Manage the API keys stored in the database.", no_ar
 app.add_typer(keys_app, name="keys")
 
 console = Console()
+#: errors: one line each, never wrapped to the terminal's width, never read as markup
+stderr_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+_T = TypeVar("_T")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", envvar="STEPLINE_CONFIG", help="TOML config file.")
@@ -69,6 +83,36 @@ DatabaseOption = Annotated[
         help=f"sqlite:///path or postgresql://user@host/db [default: {DEFAULT_DATABASE_URL}]",
     ),
 ]
+DebugOption = Annotated[
+    bool,
+    typer.Option("--debug", envvar="STEPLINE_DEBUG", help="On an error, print its traceback too."),
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``message`` as one line on stderr."""
+    stderr_console.print(Text.assemble(("error: ", "red"), " ".join(message.split())))
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _one_line_errors(debug: bool) -> Iterator[None]:
+    """Turn an error raised inside into one line and an exit; with ``debug``, its
+    traceback first. An error of stepline's says what to fix (exit 2); any other is
+    named (exit 1)."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException):
+        raise
+    except StepLineError as exc:
+        if debug:
+            traceback.print_exc()
+        _fail(str(exc))
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--debug shows where)"
+        _fail(f"unexpected {type(exc).__name__}: {exc}{hint}", 1)
 
 
 def _settings(
@@ -81,11 +125,7 @@ def _settings(
     if upstream is not None:
         overrides["upstreams"] = {"default": {"base_url": upstream, "api_key": upstream_api_key}}
         overrides["default_model"] = {"upstream": "default"}
-    try:
-        return load_settings(config, overrides=overrides)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    return load_settings(config, overrides=overrides)
 
 
 def _is_loopback(host: str) -> bool:
@@ -99,19 +139,23 @@ def _is_loopback(host: str) -> bool:
 
 async def _stored_key_count(database_url: str) -> int:
     """Keys in the database; 0 when it has none (or no keys table yet)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from stepline.server.auth import list_stored_keys
+    from stepline.store.sql import create_store_engine
+
     engine = create_store_engine(database_url, pool_size=1)
     try:
         return len(await list_stored_keys(engine))
     except (SQLAlchemyError, OSError):
-        return 0  # no keys table yet, or no database yet: the server says which
+        return 0  # no keys table yet
     finally:
         await engine.dispose()
 
 
-def _access(settings: Settings, host: str, insecure: bool) -> tuple[bool, str]:
+def _access(settings: Settings, host: str, insecure: bool, stored: int) -> tuple[bool, str]:
     """Whether requests without a key are let in, and the start-up line saying so;
-    exits when the server would be open on an address other than loopback."""
-    stored = asyncio.run(_stored_key_count(settings.database_url))
+    a ConfigError when the server would be open on an address other than loopback."""
     loopback = _is_loopback(host)
     if settings.keys or stored:
         return loopback or insecure, (
@@ -121,19 +165,46 @@ def _access(settings: Settings, host: str, insecure: bool) -> tuple[bool, str]:
         return True, "no API keys: open to anyone who can reach this loopback address"
     if insecure:
         return True, "[red]no API keys and --insecure: open to anyone who can reach it[/red]"
-    console.print(
-        f"[red]error:[/red] no API keys, and {host} is not a loopback address: create a key "
+    raise ConfigError(
+        f"no API keys, and {host} is not a loopback address: create a key "
         "(`stepline keys create NAME`, or [keys.NAME] in the config), bind 127.0.0.1, "
         "or pass --insecure"
     )
-    raise typer.Exit(2)
+
+
+def _load_tools(specs: list[str]) -> list[ServerTool]:
+    """The ``--tools`` modules' tools; whatever their import raises becomes a ConfigError."""
+    tools: list[ServerTool] = []
+    if not specs:
+        return tools
+    from stepline.server.python_tools import load_python_tools
+
+    for spec in specs:
+        try:
+            tools.extend(load_python_tools([spec]))
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot load tools from {spec}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return tools
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL: a wildcard address becomes loopback, IPv6 is bracketed."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 @app.command()
 def serve(
     config: ConfigOption = None,
     host: Annotated[str, typer.Option(envvar="STEPLINE_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="STEPLINE_PORT")] = 8000,
+    port: Annotated[
+        int, typer.Option(envvar="STEPLINE_PORT", help="0 picks a free port (printed).")
+    ] = 8000,
     database: DatabaseOption = None,
     upstream: Annotated[
         str | None,
@@ -174,56 +245,108 @@ def serve(
             "server tools for every model (repeatable).",
         ),
     ] = None,
+    debug: DebugOption = False,
 ) -> None:
     """Run the stepline server."""
-    from stepline.server.app import create_app
-    from stepline.server.demo import demo_mounts, demo_settings
-    from stepline.server.python_tools import load_python_tools
-    from stepline.server.serve import serve as serve_until_signal
+    # Everything that can be wrong is checked before the port listens and before the
+    # first log line, so that the error is the only line on stderr.
+    with _one_line_errors(debug):
+        if log_format not in ("json", "text"):
+            raise ConfigError(f"--log-format is json or text, not {log_format!r}")
+        python_tools = _load_tools(tools or [])
+        settings = None if demo else _settings(config, database, upstream, upstream_api_key)
+        if settings is not None and not settings.upstreams:
+            raise ConfigError("no upstream: pass --upstream URL, --config FILE or --demo")
+        from stepline.server.serve import bind_socket
+        from stepline.server.serve import serve as serve_until_signal
 
-    if log_format not in ("json", "text"):
-        console.print(f"[red]error:[/red] --log-format is json or text, not {log_format!r}")
-        raise typer.Exit(2)
-    style: Literal["json", "text"] = "json" if log_format == "json" else "text"
-    configure_logging(log_format=style)
+        sock = bind_socket(host, port)
     try:
-        python_tools = load_python_tools(tools or [])
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    if demo:
-        loopback = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        settings = demo_settings(
-            f"http://{loopback}:{port}", database_url=database or DEFAULT_DATABASE_URL
-        )
-        open_access, access = _access(settings, host, insecure)
-        application = create_app(
-            settings,
-            mounts=demo_mounts(),
-            allow_anonymous=open_access,
-            python_tools=python_tools,
-        )
-        console.print(f"stepline demo on http://{host}:{port}/v1 (any model name works)")
-    else:
-        settings = _settings(config, database, upstream, upstream_api_key)
-        if not settings.upstreams:
-            console.print(
-                "[red]error:[/red] no upstream: pass --upstream URL, --config FILE or --demo"
+        port = sock.getsockname()[1]
+        with _one_line_errors(debug):
+            if settings is None:
+                from stepline.server.demo import demo_settings
+
+                settings = demo_settings(
+                    f"http://{_url_host(host)}:{port}",
+                    database_url=database or DEFAULT_DATABASE_URL,
+                )
+            application, access = _prepare_app(
+                settings, host, insecure, demo, python_tools, log_format=log_format
             )
-            raise typer.Exit(2)
-        open_access, access = _access(settings, host, insecure)
-        application = create_app(settings, allow_anonymous=open_access, python_tools=python_tools)
-        console.print(f"stepline on http://{host}:{port}/v1")
-    console.print(access)
-    serve_until_signal(application, host=host, port=port)
+        shown = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+        ready = (
+            f"stepline demo on {shown} (any model name works)" if demo else f"stepline on {shown}"
+        )
+
+        def listening() -> None:
+            # printed once the port accepts connections: a script may wait for this line
+            console.print(ready)
+            console.print(access)
+            console.file.flush()
+
+        with _one_line_errors(debug):
+            serve_until_signal(application, sock=sock, on_listening=listening)
+    finally:
+        sock.close()
+
+
+def _prepare_app(
+    settings: Settings,
+    host: str,
+    insecure: bool,
+    demo: bool,
+    python_tools: list[ServerTool],
+    *,
+    log_format: str,
+) -> tuple[FastAPI, str]:
+    """The app to serve, and the line saying who may use it; the environment, the
+    sealing keys and the database are checked first (each a ConfigError), and the
+    database is migrated."""
+    settings.check_environment()
+    from stepline.server.preflight import check_creatable, migrate_database, probe_database
+
+    exists = asyncio.run(probe_database(settings.database_url))
+    check_creatable(settings.database_url)
+    stored = asyncio.run(_stored_key_count(settings.database_url)) if exists else 0
+    open_access, access = _access(settings, host, insecure, stored)
+    from stepline.server.app import create_app, sealing_keys
+    from stepline.server.demo import demo_mounts
+
+    sealing_keys(settings)
+    # logs start here, every check passed: from the migration on, the server speaks
+    # through its log (libraries imported above log their set-up before this, unseen)
+    configure_logging(log_format="json" if log_format == "json" else "text")
+    asyncio.run(migrate_database(settings.database_url))
+    application = create_app(
+        settings,
+        migrate=False,
+        mounts=demo_mounts() if demo else None,
+        allow_anonymous=open_access,
+        python_tools=python_tools,
+    )
+    return application, access
 
 
 @app.command()
-def migrate(config: ConfigOption = None, database: DatabaseOption = None) -> None:
+def migrate(
+    config: ConfigOption = None, database: DatabaseOption = None, debug: DebugOption = False
+) -> None:
     """Create or upgrade the database schema."""
-    settings = _settings(config, database)
-    asyncio.run(migrate_database(settings.database_url))
-    console.print(f"database at {settings.database_url} is up to date")
+    from stepline.server.preflight import (
+        check_creatable,
+        database_label,
+        migrate_database,
+        probe_database,
+    )
+
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
+        asyncio.run(probe_database(settings.database_url))
+        check_creatable(settings.database_url)
+        asyncio.run(migrate_database(settings.database_url))
+        label = database_label(settings.database_url)
+    console.print(f"database at {escape(label)} is up to date")
 
 
 @app.command("mock-upstream")
@@ -237,23 +360,62 @@ def mock_upstream(
     token_delay: Annotated[float, typer.Option(help="Seconds between demo tokens.")] = 0.015,
 ) -> None:
     """Serve the scripted Chat Completions model alone."""
+    import uvicorn
+
     from stepline.scripted import Script, ScriptedModel, create_scripted_app
 
     scripts: dict[str, Script] = {}
     for spec in script or ():
         name, sep, path = spec.partition("=")
         if not sep:
-            console.print(f"[red]error:[/red] --script takes NAME=FILE, got {spec!r}")
-            raise typer.Exit(2)
+            _fail(f"--script takes NAME=FILE, got {spec!r}")
         scripts[name] = Script.from_json(Path(path).read_bytes())
     model = ScriptedModel(scripts, demo_token_delay=token_delay)
     console.print(f"scripted model on http://{host}:{port}/v1")
     uvicorn.run(create_scripted_app(model), host=host, port=port, log_level="warning")
 
 
-async def _with_keys_table(database_url: str, work: Any) -> Any:
+async def _store_new_key(database_url: str, name: str, key: KeyConfig) -> bool:
+    """Store ``key``, creating the database and its keys table when missing; False when
+    the name is taken."""
+    from stepline.server.auth import ensure_key_table, store_key
+    from stepline.server.preflight import check_creatable, probe_database
+    from stepline.store.sql import create_store_engine
+
+    await probe_database(database_url)
+    check_creatable(database_url)
     engine = create_store_engine(database_url, pool_size=1)
     try:
+        await ensure_key_table(engine)
+        return await store_key(engine, name, key)
+    finally:
+        await engine.dispose()
+
+
+async def _on_stored_keys(
+    database_url: str, work: Callable[[AsyncEngine], Awaitable[_T]], *, missing: _T
+) -> _T:
+    """``work`` on the keys table of an existing database, never creating a database:
+    one without the table gives ``missing``, unless it has no schema either (then,
+    as for a database that does not exist, a ConfigError says which and what to run)."""
+    import sqlalchemy as sa
+
+    from stepline.server.auth import api_keys, ensure_key_table
+    from stepline.server.preflight import check_schema, probe_database
+    from stepline.store.sql import create_store_engine
+
+    if not await probe_database(database_url):
+        await check_schema(database_url)
+    engine = create_store_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            has_keys = await connection.run_sync(
+                lambda sync: sa.inspect(sync).has_table(api_keys.name)
+            )
+        if not has_keys:
+            await check_schema(database_url)
+            return missing  # migrated, but no key stored yet
+        # a keys table of an older stepline gets the columns this one reads
         await ensure_key_table(engine)
         return await work(engine)
     finally:
@@ -280,20 +442,21 @@ def create_key(
     max_concurrent: Annotated[
         int | None, typer.Option(min=1, help="Requests running at once.")
     ] = None,
+    debug: DebugOption = False,
 ) -> None:
     """Create an API key: its token is printed once; only its hash is stored."""
-    settings = _settings(config, database)
+    from stepline.server.auth import hash_token, new_token
+
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
     if name in settings.keys:
-        console.print(f"[red]error:[/red] the config already has a key named {name!r}")
-        raise typer.Exit(1)
+        _fail(f"the config already has a key named {name!r}", 1)
     tools = () if no_tools else (tuple(tool) if tool else None)
     unknown = [item for item in tools or () if item not in settings.tools]
     if config is not None and unknown:
-        console.print(f"[red]error:[/red] unknown server tool(s): {', '.join(unknown)}")
-        raise typer.Exit(2)
+        _fail(f"unknown server tool(s): {', '.join(unknown)}")
     if burst is not None and rps is None:
-        console.print("[red]error:[/red] --burst needs --rps")
-        raise typer.Exit(2)
+        _fail("--burst needs --rps")
     token = new_token()
     key = KeyConfig(
         hash=hash_token(token),
@@ -303,12 +466,10 @@ def create_key(
         max_concurrent=max_concurrent,
     )
 
-    async def work(engine: AsyncEngine) -> bool:
-        return await store_key(engine, name, key)
-
-    if not asyncio.run(_with_keys_table(settings.database_url, work)):
-        console.print(f"[red]error:[/red] a key named {name!r} exists already")
-        raise typer.Exit(1)
+    with _one_line_errors(debug):
+        created = asyncio.run(_store_new_key(settings.database_url, name, key))
+    if not created:
+        _fail(f"a key named {name!r} exists already", 1)
     console.print(f"created API key {name!r}; this is the only time its token is shown:")
     # the token alone on stdout, so that a script can capture it
     sys.stdout.write(token + "\n")
@@ -326,45 +487,78 @@ def _limits_text(key: KeyConfig) -> tuple[str, str, str]:
     return models, tools, "; ".join(limits) or "-"
 
 
+def _print_table(table: Table) -> None:
+    """Print ``table`` at least as wide as its unwrappable columns need: an id is never
+    cut to fit the terminal (a too-narrow one wraps the line instead)."""
+    unbounded = console.options.update_width(1_000_000)
+    needed = Measurement.get(console, unbounded, table).maximum
+    # a console prints no wider than it is, whatever its print is asked: use a wider one
+    Console(width=max(console.width, needed)).print(table, crop=False)
+
+
 @keys_app.command("list")
-def list_keys(config: ConfigOption = None, database: DatabaseOption = None) -> None:
+def list_keys(
+    config: ConfigOption = None, database: DatabaseOption = None, debug: DebugOption = False
+) -> None:
     """The API keys of the config and of the database (never their tokens)."""
-    settings = _settings(config, database)
+    from stepline.server.auth import list_stored_keys
 
-    async def work(engine: AsyncEngine) -> list[StoredKey]:
-        return await list_stored_keys(engine)
-
-    stored: list[StoredKey] = asyncio.run(_with_keys_table(settings.database_url, work))
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
+        try:
+            stored: list[StoredKey] = asyncio.run(
+                _on_stored_keys(settings.database_url, list_stored_keys, missing=[])
+            )
+        except ConfigError as exc:
+            if not settings.keys:
+                raise
+            # the config's keys are keys all the same, database or not: list them
+            stderr_console.print(Text(f"no stored keys listed: {exc}"))
+            stored = []
     table = Table("name", "source", "created", "models", "tools", "limits")
     for name, key in settings.keys.items():
-        table.add_row(name, "config", "-", *_limits_text(key))
+        table.add_row(escape(name), "config", "-", *map(escape, _limits_text(key)))
     for row in stored:
-        table.add_row(row.name, "database", _when(row.created_at), *_limits_text(row.config))
-    console.print(table)
+        table.add_row(
+            escape(row.name),
+            "database",
+            _when(row.created_at),
+            *map(escape, _limits_text(row.config)),
+        )
+    _print_table(table)
 
 
 @keys_app.command("revoke")
-def revoke_key(name: str, config: ConfigOption = None, database: DatabaseOption = None) -> None:
+def revoke_key(
+    name: str,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    debug: DebugOption = False,
+) -> None:
     """Delete a stored API key; running servers stop accepting it within seconds."""
-    settings = _settings(config, database)
+    from stepline.server.auth import delete_stored_key
 
-    async def work(engine: AsyncEngine) -> bool:
-        return await delete_stored_key(engine, name)
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
 
-    if not asyncio.run(_with_keys_table(settings.database_url, work)):
+        async def work(engine: AsyncEngine) -> bool:
+            return await delete_stored_key(engine, name)
+
+        revoked = asyncio.run(_on_stored_keys(settings.database_url, work, missing=False))
+    if not revoked:
         hint = " (it is in the config: remove it there)" if name in settings.keys else ""
-        console.print(f"[red]error:[/red] no stored key named {name!r}{hint}")
-        raise typer.Exit(1)
-    console.print(f"revoked API key {name!r}")
+        _fail(f"no stored key named {name!r}{hint}", 1)
+    console.print(f"revoked API key {escape(repr(name))}")
 
 
 @keys_app.command("hash")
 def hash_key() -> None:
     """Read a token on stdin; print the hash to put in the config as [keys.NAME] hash."""
+    from stepline.server.auth import hash_token
+
     token = sys.stdin.readline().strip()
     if not token:
-        console.print("[red]error:[/red] no token on stdin")
-        raise typer.Exit(2)
+        _fail("no token on stdin")
     sys.stdout.write(hash_token(token) + "\n")
 
 
@@ -377,7 +571,11 @@ def _when(timestamp: float | None) -> str:
 async def _read(
     database_url: str, response_id: str | None, limit: int
 ) -> tuple[list[ResponseRecord], list[Step]]:
-    store = await open_store(database_url, migrate=False)
+    from stepline.server.preflight import check_schema
+    from stepline.store.sql import open_store
+
+    await check_schema(database_url)
+    store = await open_store(database_url, migrate=False, pool_size=1)
     try:
         if response_id is None:
             return await store.list_responses(limit=limit), []
@@ -394,20 +592,37 @@ def list_responses(
     config: ConfigOption = None,
     database: DatabaseOption = None,
     limit: Annotated[int, typer.Option(min=1)] = 20,
+    debug: DebugOption = False,
 ) -> None:
     """The most recent stored responses."""
-    settings = _settings(config, database)
-    records, _ = asyncio.run(_read(settings.database_url, None, limit))
-    table = Table("id", "created", "status", "model", "previous")
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
+        records, _ = asyncio.run(_read(settings.database_url, None, limit))
+    table = Table()
+    # ids are what a reader copies into `responses show`: never folded or cut
+    table.add_column("id", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("model")
+    table.add_column("previous", no_wrap=True)
     for record in records:
         table.add_row(
             record.id,
             _when(record.created_at),
             record.status,
-            record.model,
+            escape(record.model),
             record.previous_response_id or "",
         )
-    console.print(table)
+    _print_table(table)
+
+
+def _error_text(error: dict[str, Any] | None) -> str:
+    """`` — message (code)`` of a stored error, or nothing."""
+    if not error:
+        return ""
+    message = " ".join(str(error.get("message") or "").split()) or "no message"
+    code = f" ({error['code']})" if error.get("code") else ""
+    return f" — {escape(message)}{escape(code)}"
 
 
 def _step_label(step: Step) -> str:
@@ -417,16 +632,18 @@ def _step_label(step: Step) -> str:
         else "-"
     )
     attempts = f", attempt {step.attempt}" if step.attempt > 1 else ""
+    state = f"[bold]{step.state.value}[/bold]"
+    if step.state is StepState.FAILED:
+        state = f"[bold red]{step.state.value}[/bold red]"
+    # why a step failed is the first thing a reader wants from this tree
+    detail = _error_text(step.error)
     if step.kind is StepKind.MODEL_CALL:
         usage = (step.response or {}).get("usage") or {}
         tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out"
-        state = f"[bold]{step.state.value}[/bold]"
-        return f"#{step.sequence} model_call {state} {took}, {tokens}{attempts}"
-    error = (step.error or {}).get("message")
-    detail = f" — {error}" if error else ""
+        return f"#{step.sequence} model_call {state} {took}, {tokens}{attempts}{detail}"
     return (
-        f"#{step.sequence} tool_call {step.tool_name} ({step.call_id}) "
-        f"[bold]{step.state.value}[/bold] {took}{attempts}{detail}"
+        f"#{step.sequence} tool_call {escape(step.tool_name)} ({escape(step.call_id or '')}) "
+        f"{state} {took}{attempts}{detail}"
     )
 
 
@@ -438,20 +655,26 @@ def _add_steps(tree: Tree, steps: list[Step], scope: str | None) -> None:
 
 @responses_app.command("show")
 def show_response(
-    response_id: str, config: ConfigOption = None, database: DatabaseOption = None
+    response_id: str,
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    debug: DebugOption = False,
 ) -> None:
-    """A response as a tree of its steps (sub-agents nested), with states, timings and tokens."""
-    settings = _settings(config, database)
-    records, steps = asyncio.run(_read(settings.database_url, response_id, 1))
+    """A response as a tree of its steps (sub-agents nested), with states, timings and
+    tokens, and why it or a step failed."""
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
+        records, steps = asyncio.run(_read(settings.database_url, response_id, 1))
     if not records:
-        console.print(f"[red]error:[/red] no response {response_id}")
-        raise typer.Exit(1)
+        from stepline.server.preflight import database_label
+
+        _fail(f"no response {response_id} in {database_label(settings.database_url)}", 1)
     record = records[0]
     usage = sum_usage(steps)
     tree = Tree(
-        f"[bold]{record.id}[/bold] {record.status} model={record.model} "
+        f"[bold]{record.id}[/bold] {record.status} model={escape(record.model)} "
         f"created={_when(record.created_at)} tokens={usage['input_tokens']} in / "
-        f"{usage['output_tokens']} out"
+        f"{usage['output_tokens']} out{_error_text((record.result or {}).get('error'))}"
     )
     _add_steps(tree, steps, None)
     console.print(tree)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -437,6 +438,45 @@ class Settings(_Strict):
             found.extend(source.secret_values())
         return tuple(dict.fromkeys(found))
 
+    def _environment_reads(self) -> Iterator[tuple[str, str]]:
+        """``(field, value)`` of every value that may name an environment variable."""
+        for name, upstream in self.upstreams.items():
+            if upstream.api_key_env:
+                yield f"upstreams.{name}.api_key_env", f"env:{upstream.api_key_env}"
+            elif upstream.api_key:
+                yield f"upstreams.{name}.api_key", upstream.api_key
+        for name, tool in self.tools.items():
+            if isinstance(tool, HttpToolConfig):
+                for header, value in tool.headers.items():
+                    yield f"tools.{name}.headers.{header}", value
+        for label, source in self.mcp.items():
+            for header, value in source.headers.items():
+                yield f"mcp.{label}.headers.{header}", value
+            for variable, value in source.env.items():
+                yield f"mcp.{label}.env.{variable}", value
+        for index, key in enumerate(self.protocol.sealing_keys):
+            yield f"protocol.sealing_keys[{index}]", key
+
+    def unset_variables(self) -> list[tuple[str, str]]:
+        """Every environment variable the config reads (``api_key_env``, ``env:NAME``
+        values) that is not set, as ``(variable, the field that names it)``."""
+        return [
+            (value[4:], field)
+            for field, value in self._environment_reads()
+            if value.startswith("env:") and value[4:] not in os.environ
+        ]
+
+    def check_environment(self) -> None:
+        """Raise one :class:`ConfigError` naming every unset variable the config reads, so
+        that a missing secret stops the start instead of failing requests later."""
+        unset = self.unset_variables()
+        if len(unset) == 1:
+            ((variable, field),) = unset
+            raise ConfigError(f"environment variable {variable} is not set (named by {field})")
+        if unset:
+            listed = ", ".join(f"{variable} ({field})" for variable, field in unset)
+            raise ConfigError(f"environment variables not set: {listed}")
+
     def route_for(self, model: str) -> ModelRoute | None:
         """The route of a client model name, or the catch-all, or None."""
         for route in self.models:
@@ -461,4 +501,19 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config: {exc}") from exc
+        where = f" {path}" if path is not None else ""
+        raise ConfigError(f"invalid config{where}: {_describe_validation_error(exc)}") from exc
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    """Every problem of ``exc`` on one line, each after the field it is about.
+
+    pydantic's own text spreads over several lines per problem, with a link; a
+    start-up error is read in a terminal or a service log, where one line is one
+    event. The rejected input is never shown: it may be a secret."""
+    problems: list[str] = []
+    for error in exc.errors():
+        message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
+        field = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems)

@@ -120,6 +120,7 @@ async def test_stream_is_the_whole_expected_event_sequence(stack: Stack) -> None
                     **message,
                     "status": "completed",
                     "content": [{**part, "text": "one two three"}],
+                    "phase": "final_answer",
                 },
             },
         ),
@@ -674,3 +675,20 @@ async def test_max_depth_stops_a_sub_agent_and_tells_the_model(stack_factory: An
     assert stack.model.requests("too-deep")[1]["messages"][-1]["content"] == (
         "Error: agent 'researcher' not run: max_depth 0 reached"
     )
+
+
+async def test_a_response_whose_terminal_event_a_client_saw_reads_as_ended(stack: Stack) -> None:
+    """Read-your-writes: the GET right after response.completed never says in_progress."""
+    stack.script("ryw", [{"content": "done"}], repeat_last=True)
+    statuses: list[str] = []
+    for _ in range(30):
+        async with stack.http.stream(
+            "POST", "/v1/responses", json={"model": "ryw", "input": "go", "stream": True}
+        ) as reply:
+            async for line in reply.aiter_lines():
+                if line.startswith("data: {") and '"type":"response.completed"' in line:
+                    response_id = orjson.loads(line[len("data: ") :])["response"]["id"]
+                    got = await stack.http.get(f"/v1/responses/{response_id}")
+                    statuses.append(got.json()["status"])
+                    break
+    assert statuses == ["completed"] * 30

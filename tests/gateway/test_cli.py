@@ -55,8 +55,9 @@ def test_keys_create_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -
             assert caller.key.config.rate is not None
             assert caller.key.config.rate.capacity == 4
             assert caller.key.config.max_concurrent == 3
-            assert ring.tools_for("ci") == frozenset({"weather"})
-            return caller.key_id
+            assert ring.tools_for(caller.key_id) == frozenset({"weather"})
+            assert caller.key_id is not None and caller.key_id.startswith("key_")
+            return caller.key.name
         finally:
             await engine.dispose()
 

@@ -80,7 +80,11 @@ def test_secret_values_are_the_resolved_ones(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_the_readme_config_examples_are_valid() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    blocks = [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", readme, re.S)]
+    # blocks at the start of a line; one indented in a list item is a fragment of its own
+    found = re.findall(r"^```toml\n(.*?)^```", readme, re.S | re.M)
+    blocks = [tomllib.loads(block) for block in found]
+    # the README also shows a client's config (Codex's ~/.codex/config.toml): not stepline's
+    blocks = [block for block in blocks if "model_providers" not in block]
     merged: dict[str, Any] = {"upstreams": {}, "models": [], "tools": {}, "keys": {}}
     for block in blocks:
         for name, value in block.items():
@@ -96,3 +100,43 @@ def test_the_readme_config_examples_are_valid() -> None:
     assert {"alice"} <= set(settings.keys)
     assert [route.name for route in settings.models] == ["assistant", "big"]
     assert settings.limits.max_tool_output_chars == 100000
+
+
+def test_every_variable_the_config_reads_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _settings(
+        mcp={
+            "remote": {"url": "http://m/mcp", "headers": {"Authorization": "env:STEPLINE_T_MCP_H"}},
+            "local": {"command": "tool", "env": {"TOKEN": "env:STEPLINE_T_MCP_E", "X": "plain"}},
+        },
+        protocol={"sealing_keys": ["env:STEPLINE_T_SEAL"]},
+    )
+    data["upstreams"]["v"] = {"base_url": "http://v/v1", "api_key": "env:STEPLINE_T_LITERAL"}
+    settings = Settings.model_validate(data)
+    for name in ("STEPLINE_TEST_CFG_KEY", "STEPLINE_TEST_CFG_TOOL"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.unset_variables() == [
+        ("STEPLINE_TEST_CFG_KEY", "upstreams.u.api_key_env"),
+        ("STEPLINE_T_LITERAL", "upstreams.v.api_key"),
+        ("STEPLINE_TEST_CFG_TOOL", "tools.weather.headers.Authorization"),
+        ("STEPLINE_T_MCP_H", "mcp.remote.headers.Authorization"),
+        ("STEPLINE_T_MCP_E", "mcp.local.env.TOKEN"),
+        ("STEPLINE_T_SEAL", "protocol.sealing_keys[0]"),
+    ]
+    with pytest.raises(ConfigError, match=r"^environment variables not set: STEPLINE_TEST_CFG_KEY"):
+        settings.check_environment()
+    for name, _ in settings.unset_variables():
+        monkeypatch.setenv(name, "")  # set, even empty, is set: a local upstream needs no key
+    assert settings.unset_variables() == []
+    settings.check_environment()
+
+
+def test_an_invalid_config_is_one_line_naming_each_field(tmp_path: Path) -> None:
+    path = tmp_path / "stepline.toml"
+    path.write_text('[upstreams.u]\nbase_url = "http://u/v1"\nmax_retries = -1\ntypo = "sk-x"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert message == (
+        f"invalid config {path}: upstreams.u.max_retries: Input should be greater than or "
+        "equal to 0; upstreams.u.typo: Extra inputs are not permitted"
+    )

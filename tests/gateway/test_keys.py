@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,17 @@ import pytest
 
 from stepline.config import KeyConfig
 from stepline.errors import RequestError
-from stepline.server.auth import KeyRing, delete_stored_key, hash_token, new_token, store_key
-from stepline.store.sql import create_store_engine
-from tests.gateway.conftest import GatewayFactory, read_sse
+from stepline.server.auth import (
+    KeyRing,
+    delete_stored_key,
+    hash_token,
+    list_stored_keys,
+    new_token,
+    store_key,
+)
+from stepline.store.base import ResponseRecord
+from stepline.store.sql import create_store_engine, open_store
+from tests.gateway.conftest import Gateway, GatewayFactory, read_sse
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -233,21 +243,26 @@ async def test_stored_keys_are_read_from_the_database(tmp_path: Path) -> None:
         # an unknown token makes the ring look again, at most once a second
         now[0] += 1.0
         caller = await ring.authenticate(f"Bearer {token}")
-        assert caller.key_id == "ci"
-        assert ring.tools_for("ci") == frozenset()
-        assert ring.tools_for("ops") is None
+        assert caller.key is not None and caller.key.name == "ci"
+        ci_id = caller.key_id
+        assert ci_id is not None
+        ops = await ring.authenticate(f"Bearer {other}")
+        assert ring.tools_for(ci_id) == frozenset()
+        assert ring.tools_for(ops.key_id) is None
         assert ring.tools_for(None) is None
         assert ring.tools_for("gone") == frozenset()
+        assert ring.tools_for("ops") == frozenset()  # a name is not an id
         with pytest.raises(RequestError, match="Missing API key"):
             await ring.authenticate(None)
 
         assert await delete_stored_key(engine, "ci")
-        assert (await ring.authenticate(f"Bearer {token}")).key_id == "ci"  # until re-read
+        assert (await ring.authenticate(f"Bearer {token}")).key_id == ci_id  # until re-read
         now[0] += 5.0
         with pytest.raises(RequestError, match="Incorrect API key") as refused:
             await ring.authenticate(f"Bearer {token}")
         assert refused.value.status_code == 401
-        assert (await ring.authenticate(f"bearer {other}")).key_id == "ops"
+        assert (await ring.authenticate(f"bearer {other}")).key_id == ops.key_id
+        assert ring.tools_for(ci_id) == frozenset()  # revoked: no tools for its responses
     finally:
         await engine.dispose()
 
@@ -259,3 +274,150 @@ def test_tokens_are_random_and_kept_as_hashes() -> None:
     digest = hash_token(first)
     assert digest.startswith("sha256:") and len(digest) == 7 + 64
     assert first not in digest
+
+
+async def _create_key(gw: Gateway, name: str) -> str:
+    """A key created as ``stepline keys create`` does, known to the server at once."""
+    token = new_token()
+    engine = create_store_engine(f"sqlite:///{gw.database_path}")
+    try:
+        assert await store_key(engine, name, KeyConfig(hash=hash_token(token)))
+    finally:
+        await engine.dispose()
+    await gw.app.state.gateway.keys.reload()
+    return token
+
+
+async def _revoke_key(gw: Gateway, name: str) -> None:
+    engine = create_store_engine(f"sqlite:///{gw.database_path}")
+    try:
+        assert await delete_stored_key(engine, name)
+    finally:
+        await engine.dispose()
+    await gw.app.state.gateway.keys.reload()
+
+
+async def test_a_name_used_again_is_a_new_key_that_owns_nothing(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(keys={"admin": {}})
+    old = {"Authorization": f"Bearer {await _create_key(gw, 'ci')}"}
+    created = await gw.http.post(
+        "/v1/responses", headers=old, json={"model": "beta", "input": "hi"}
+    )
+    assert created.status_code == 200, created.text
+    response_id = created.json()["id"]
+    item_id = created.json()["output"][0]["id"]
+
+    await _revoke_key(gw, "ci")
+    new = {"Authorization": f"Bearer {await _create_key(gw, 'ci')}"}
+    assert (await gw.http.get(f"/v1/responses/{response_id}", headers=old)).status_code == 401
+    refused = [
+        await gw.http.get(f"/v1/responses/{response_id}", headers=new),
+        await gw.http.get(f"/v1/responses/{response_id}?stream=true", headers=new),
+        await gw.http.get(f"/v1/responses/{response_id}/input_items", headers=new),
+        await gw.http.delete(f"/v1/responses/{response_id}", headers=new),
+        await gw.http.post(
+            "/v1/responses",
+            headers=new,
+            json={"model": "beta", "input": "more", "previous_response_id": response_id},
+        ),
+    ]
+    for reply in refused:
+        assert reply.status_code == 404, reply.text
+    by_reference = await gw.http.post(
+        "/v1/responses",
+        headers=new,
+        json={"model": "beta", "input": [{"type": "item_reference", "id": item_id}]},
+    )
+    assert by_reference.status_code == 400, by_reference.text
+    assert item_id in by_reference.json()["error"]["message"]
+
+    # the new key's own responses are its own
+    mine = await gw.http.post("/v1/responses", headers=new, json={"model": "beta", "input": "hi"})
+    assert (await gw.http.get(f"/v1/responses/{mine.json()['id']}", headers=new)).status_code == 200
+
+
+async def test_a_config_key_still_reads_what_it_stored_under_its_name(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Responses from before key ids carry the key's name: they stay readable."""
+    gw = await gateway_factory(keys={"alice": {}, "bob": {}})
+    created = await gw.http.post(
+        "/v1/responses", headers=gw.auth("alice"), json={"model": "beta", "input": "hi"}
+    )
+    response_id = created.json()["id"]
+    with sqlite3.connect(gw.database_path) as connection:
+        connection.execute("UPDATE responses SET key_id = 'alice' WHERE id = ?", (response_id,))
+    for path in (f"/v1/responses/{response_id}", f"/v1/responses/{response_id}/input_items"):
+        assert (await gw.http.get(path, headers=gw.auth("alice"))).status_code == 200
+        assert (await gw.http.get(path, headers=gw.auth("bob"))).status_code == 404
+
+
+def test_a_config_key_id_follows_its_hash() -> None:
+    token = new_token()
+    first = KeyRing({"ci": KeyConfig(hash=hash_token(token))}).by_name("ci")
+    again = KeyRing({"renamed": KeyConfig(hash=hash_token(token))}).by_name("renamed")
+    other = KeyRing({"ci": KeyConfig(hash=hash_token(new_token()))}).by_name("ci")
+    assert first is not None and again is not None and other is not None
+    assert first.id == again.id != other.id
+    assert hash_token(token)[7:] not in first.id
+
+
+async def test_responses_stored_before_key_ids_stay_with_their_keys(tmp_path: Path) -> None:
+    """An older database: a keys table without ids, responses stored under key names."""
+    database = tmp_path / "old.db"
+    legacy_token, config_token = new_token(), new_token()
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "CREATE TABLE stepline_api_keys (name VARCHAR PRIMARY KEY, hash VARCHAR NOT NULL "
+            "UNIQUE, models TEXT, tools TEXT, rate TEXT, max_concurrent INTEGER, "
+            "created_at FLOAT NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO stepline_api_keys (name, hash, tools, created_at) VALUES (?, ?, ?, 0)",
+            ("old", hash_token(legacy_token), '["weather"]'),
+        )
+    store = await open_store(f"sqlite:///{database}")
+    now = time.time()
+    for response_id, key_id in (("resp_old", "old"), ("resp_alice", "alice")):
+        await store.create_response(
+            ResponseRecord(
+                id=response_id,
+                created_at=now,
+                status="in_progress",
+                model="beta",
+                body={"model": "beta", "input": []},
+                key_id=key_id,
+            )
+        )
+        await store.finish_response(
+            response_id, status="completed", result={"id": response_id}, completed_at=now
+        )
+
+    ring = KeyRing({"alice": KeyConfig(hash=hash_token(config_token))})
+    try:
+        await ring.attach(store.engine)
+        await ring.attach(store.engine)  # the upgrade happens once, and again is a no-op
+        legacy = await ring.authenticate(f"Bearer {legacy_token}")
+        alice = await ring.authenticate(f"Bearer {config_token}")
+        assert legacy.owns("old") and not legacy.owns("alice")
+        assert alice.owns("alice") and not alice.owns("old")
+        assert ring.tools_for("old") == frozenset({"weather"})
+        assert ring.tools_for("alice") is None
+        for response_id, caller in (("resp_old", legacy), ("resp_alice", alice)):
+            record = await store.get_response(response_id)
+            assert record is not None and caller.owns(record.key_id)
+
+        # the old key revoked and its name used again: the new key owns none of it
+        assert await delete_stored_key(store.engine, "old")
+        new_token_ = new_token()
+        assert await store_key(store.engine, "old", KeyConfig(hash=hash_token(new_token_)))
+        await ring.reload()
+        reused = await ring.authenticate(f"Bearer {new_token_}")
+        assert reused.key_id != "old" and not reused.owns("old")
+        assert ring.tools_for("old") == frozenset()
+        (row,) = await list_stored_keys(store.engine)
+        assert row.id == reused.key_id
+    finally:
+        await store.close()

@@ -96,6 +96,28 @@ async def test_metrics_count_a_known_run(gateway_factory: GatewayFactory) -> Non
     assert _value(samples, requests, method="POST", route="/v1/responses", status="400") == 1
 
 
+async def test_no_request_grows_the_http_metric_labels(gateway_factory: GatewayFactory) -> None:
+    """Made-up methods and paths, without a key, on a server with keys: a bounded series."""
+    gw = await gateway_factory(keys={"alice": {}})
+    for number in range(25):
+        for path in ("/v1/responses", f"/v1/nothing-{number}", f"/elsewhere/{number}"):
+            reply = await gw.http.request(f"BREW{number}", path)
+            assert reply.status_code in (401, 404, 405), reply.text
+    await gw.http.get("/v1/models", headers=gw.auth("alice"))
+    gw.app.state.metrics.http_request("GET", "unmatched", 1234)  # an upstream's odd status
+
+    samples = _samples((await gw.http.get("/metrics")).text)
+    series = [dict(labels) for name, labels in samples if name == "stepline_http_requests_total"]
+    assert {labels["method"] for labels in series} <= {"GET", "other"}
+    assert {labels["route"] for labels in series} <= {"/v1/responses", "/v1/models", "unmatched"}
+    assert len(series) <= 5, series
+    requests = "stepline_http_requests_total"
+    assert _value(samples, requests, method="other", route="unmatched", status="401") == 50
+    assert _value(samples, requests, method="other", route="unmatched", status="404") == 25
+    assert _value(samples, requests, method="GET", route="/v1/models", status="200") == 1
+    assert _value(samples, requests, method="GET", route="unmatched", status="other") == 1
+
+
 async def test_open_streams_are_counted_while_open(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory()
     gw.script("hanger", [{"tool_calls": [{"name": "hang", "arguments": {}}]}, {"content": "ok"}])

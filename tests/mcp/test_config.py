@@ -61,13 +61,13 @@ def test_config_errors_and_repr_never_show_header_values() -> None:
 
 
 def test_secret_values_are_the_resolved_env_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCP_TEST_TOKEN", "tok-123")
+    monkeypatch.setenv("MCP_TEST_TOKEN", "tok-12345678")
     monkeypatch.delenv("MCP_TEST_MISSING", raising=False)
     config = McpSourceConfig(
         url="http://x/mcp",
         headers={"A": "env:MCP_TEST_TOKEN", "B": "literal", "C": "env:MCP_TEST_MISSING"},
     )
-    assert config.secret_values() == ("tok-123",)
+    assert config.secret_values() == ("tok-12345678",)
 
 
 def test_server_tool_names_are_prefixed_and_always_valid() -> None:

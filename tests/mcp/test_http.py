@@ -189,15 +189,15 @@ async def test_reconnects_when_a_restarted_server_forgot_the_session() -> None:
 async def test_env_headers_reach_the_server_and_never_come_back(
     mcp_http: McpHttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MCP_TEST_TOKEN", "tok-123")
+    monkeypatch.setenv("MCP_TEST_TOKEN", "tok-12345678")
     headers = {"Authorization": "env:MCP_TEST_TOKEN", "X-Team": "blue"}
     async with _source(mcp_http.url, headers=headers) as source:
         assert await source.call("add", {"a": 1, "b": 2}) == "3"
         # a tool that echoes the credential gets it masked
-        assert await source.call("echo", {"text": "token tok-123"}) == "token ***"
+        assert await source.call("echo", {"text": "token tok-12345678"}) == "token ***"
     seen = mcp_http.recorder.headers
     assert seen
-    assert all(h["authorization"] == "tok-123" and h["x-team"] == "blue" for h in seen)
+    assert all(h["authorization"] == "tok-12345678" and h["x-team"] == "blue" for h in seen)
 
 
 async def test_a_missing_env_header_fails_the_call_before_connecting(

@@ -35,7 +35,7 @@ def _alive(pid: int) -> bool:
 
 
 async def test_stdio_lists_calls_and_passes_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCP_TEST_TOKEN", "tok-456")
+    monkeypatch.setenv("MCP_TEST_TOKEN", "tok-45678901")
     # a replaced sys.stderr without a file descriptor must not stop the child
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     source = _source(

@@ -58,10 +58,15 @@ REQUIRED_FIELDS = frozenset(
 )
 
 
+#: the call id of each mcp_call item made by mcp_item (item ids are digests)
+CALL_OF_ITEM: dict[str, str] = {}
+
+
 def mcp_item(call_id: str, name: str, arguments: str = "{}") -> dict[str, Any]:
+    CALL_OF_ITEM[mcp_call_id(call_id, "step_0")] = call_id
     """An mcp_call item as a model call stores it: arguments known, waiting for its step."""
     return {
-        "id": mcp_call_id(call_id),
+        "id": mcp_call_id(call_id, "step_0"),
         "type": "mcp_call",
         "status": "calling",
         "server_label": SERVER_LABEL,
@@ -116,9 +121,7 @@ def model_step(
             "message": {"role": "assistant", "content": None},
             "items": items,
             "call_items": {
-                item["id"].removeprefix("mcp_"): item["id"]
-                for item in items
-                if item["type"] == "mcp_call"
+                CALL_OF_ITEM[item["id"]]: item["id"] for item in items if item["type"] == "mcp_call"
             },
             "usage": step_usage or usage(0, 0),
             "finish_reason": "stop",
@@ -281,8 +284,12 @@ def test_mcp_call_items_of_batches_with_repeated_call_ids_keep_their_own_output(
     ]
 
 
-def test_mcp_call_id_is_derived_from_the_call_id() -> None:
-    assert mcp_call_id("call_abc") == "mcp_call_abc"
+def test_mcp_call_id_is_derived_from_the_step_and_call_and_unique() -> None:
+    first = mcp_call_id("call_0_0", "step_a")
+    assert first == mcp_call_id("call_0_0", "step_a")  # a resumed run finds its item
+    assert first.startswith("mcp_")
+    # the upstream's call ids repeat across responses; item ids must not
+    assert len({first, mcp_call_id("call_0_0", "step_b"), mcp_call_id("call_0_1", "step_a")}) == 3
 
 
 # -- sum_usage --------------------------------------------------------------------

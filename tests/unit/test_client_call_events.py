@@ -25,6 +25,7 @@ from stepline.protocol.model_events import (
 )
 from stepline.protocol.request import parse_request
 from stepline.protocol.sealing import Sealer
+from stepline.protocol.server_items import mcp_call_id
 from stepline.store.base import EventRow
 
 STREAM_EVENT = TypeAdapter[Any](ResponseStreamEvent)
@@ -346,7 +347,7 @@ def test_a_hosted_call_stays_open_for_its_tool_step() -> None:
     )
     assert items == [
         {
-            "id": "ws_call_w",
+            "id": "ws_" + mcp_call_id("call_w", "step_1").removeprefix("mcp_"),
             "type": "web_search_call",
             "status": "in_progress",
             "action": {"type": "search", "query": "paris weather"},

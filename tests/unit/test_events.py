@@ -13,11 +13,13 @@ from pydantic import TypeAdapter
 from stepline.protocol.chat_stream import ChatStreamAccumulator
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.model_events import CLIENT, SERVER, ModelCallEvents, ToolView
+from stepline.protocol.server_items import mcp_call_id
 from stepline.store.base import EventRow
 
 RESPONSE_ID = "resp_test"
 STEP_ID = "step_0"
 CLIENT_TOOLS = frozenset({"ask_user"})
+MCP_SERVER_ID = mcp_call_id("call_server", STEP_ID)
 
 
 def describe(name: str) -> ToolView:
@@ -138,7 +140,7 @@ FUNCTION_CALL_DONE = {
     "arguments": '{"q": "city?"}',
 }
 MCP_CALL_OPEN = {
-    "id": "mcp_call_server",
+    "id": MCP_SERVER_ID,
     "type": "mcp_call",
     "status": "calling",
     "server_label": "stepline",
@@ -293,7 +295,7 @@ FULL_TURN_EVENTS: list[dict[str, Any]] = [
         "sequence_number": 16,
         "output_index": 3,
         "item": {
-            "id": "mcp_call_server",
+            "id": MCP_SERVER_ID,
             "type": "mcp_call",
             "status": "in_progress",
             "server_label": "stepline",
@@ -306,7 +308,7 @@ FULL_TURN_EVENTS: list[dict[str, Any]] = [
     {
         "type": "response.mcp_call_arguments.delta",
         "sequence_number": 17,
-        "item_id": "mcp_call_server",
+        "item_id": MCP_SERVER_ID,
         "output_index": 3,
         "delta": '{"q"',
     },
@@ -320,7 +322,7 @@ FULL_TURN_EVENTS: list[dict[str, Any]] = [
     {
         "type": "response.mcp_call_arguments.delta",
         "sequence_number": 19,
-        "item_id": "mcp_call_server",
+        "item_id": MCP_SERVER_ID,
         "output_index": 3,
         "delta": ': "cats"}',
     },
@@ -341,7 +343,7 @@ FULL_TURN_EVENTS: list[dict[str, Any]] = [
     {
         "type": "response.mcp_call_arguments.done",
         "sequence_number": 22,
-        "item_id": "mcp_call_server",
+        "item_id": MCP_SERVER_ID,
         "output_index": 3,
         "arguments": '{"q": "cats"}',
     },
@@ -505,7 +507,7 @@ def test_second_model_call_continues_output_index_and_sequence() -> None:
             "sequence_number": first,
             "output_index": 4,
             "item": {
-                "id": "mcp_call_again",
+                "id": mcp_call_id("call_again", STEP_ID),
                 "type": "mcp_call",
                 "status": "in_progress",
                 "server_label": "stepline",
@@ -518,21 +520,21 @@ def test_second_model_call_continues_output_index_and_sequence() -> None:
         {
             "type": "response.mcp_call_arguments.delta",
             "sequence_number": first + 1,
-            "item_id": "mcp_call_again",
+            "item_id": mcp_call_id("call_again", STEP_ID),
             "output_index": 4,
             "delta": "{}",
         },
         {
             "type": "response.mcp_call_arguments.done",
             "sequence_number": first + 2,
-            "item_id": "mcp_call_again",
+            "item_id": mcp_call_id("call_again", STEP_ID),
             "output_index": 4,
             "arguments": "{}",
         },
     ]
-    assert [item["id"] for item in items] == ["mcp_call_again"]
+    assert [item["id"] for item in items] == [mcp_call_id("call_again", STEP_ID)]
     assert len(output.items) == 5
-    assert output.index_of("mcp_call_again") == 4
+    assert output.index_of(mcp_call_id("call_again", STEP_ID)) == 4
 
 
 def test_arguments_held_before_the_name_are_sent_with_the_announcement() -> None:

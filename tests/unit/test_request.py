@@ -434,6 +434,7 @@ def test_defaults_of_a_minimal_request() -> None:
         "client_metadata": None,
         "stream_options": None,
         "stepline:reasoning_events": None,
+        "stepline:history_inline": False,
     }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stepline.engine.policies import ApprovedCall
-from stepline.engine.steps import Step, StepKind
+from stepline.engine.steps import Step, StepKind, call_arguments, call_name
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import (
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 _MAX_CHAIN = 1000
+#: the stored body's flag for an input that holds the whole earlier conversation
+HISTORY_INLINE = "stepline:history_inline"
 
 
 async def previous_chain_records(store: StepStore, previous_id: str | None) -> list[ResponseRecord]:
@@ -54,7 +56,8 @@ async def previous_chain_records(store: StepStore, previous_id: str | None) -> l
         records.append(record)
         if len(records) > _MAX_CHAIN:
             raise NotFound("previous_response_id chain is too long", param="previous_response_id")
-        current = record.previous_response_id
+        # a response whose input already held its conversation ends the walk
+        current = None if record.body.get(HISTORY_INLINE) else record.previous_response_id
     records.reverse()
     return records
 
@@ -85,7 +88,10 @@ def _held_calls(chain: list[Step]) -> dict[str, HeldCall]:
     response = model_calls[-1].response
     assert response is not None
     call_of = {item: call for call, item in response.get("call_items", {}).items()}
-    calls = {c["id"]: c["function"] for c in response["message"].get("tool_calls") or ()}
+    calls = {
+        c["id"]: {"name": call_name(c), "arguments": call_arguments(c)}
+        for c in response["message"].get("tool_calls") or ()
+    }
     held: dict[str, HeldCall] = {}
     for item in response["items"]:
         call_id = call_of.get(item["id"])
@@ -104,11 +110,12 @@ async def load_conversation(
     store: StepStore,
     previous_id: str | None,
     *,
-    unseal: Callable[[str], str | None] = lambda token: None,
+    context_for: Callable[[ResponseRequest], InputContext] | None = None,
 ) -> Conversation:
     """Chat messages of every response before this one, oldest first, and the held calls.
 
-    ``unseal`` opens the ``encrypted_content`` of reasoning items in earlier input."""
+    ``context_for`` says how an earlier request's input items read for this
+    response's upstream (its client tools, the sealer of ``encrypted_content``)."""
     messages: list[dict[str, Any]] = []
     held: dict[str, HeldCall] = {}
     for record in await previous_chain_records(store, previous_id):
@@ -119,7 +126,9 @@ async def load_conversation(
             for item in request.input
             if isinstance(item, McpApprovalResponseItem) and item.approval_request_id in held
         }
-        context = InputContext(tools=ClientTools.of(request), unseal=unseal)
+        context = (
+            context_for(request) if context_for else InputContext(tools=ClientTools.of(request))
+        )
         messages.extend(input_messages(request.input, approved, context))
         messages.extend(leading_tool_messages(chain))
         messages.extend(chain_messages(chain))

@@ -14,17 +14,43 @@ Invariants:
   responses are pending when a write starts go in that one transaction;
   appending never waits for the database.
 * Rows leave in sequence order per response; ``durable`` only grows.
+* :meth:`EventLog.commit` stores a step's or the response's end together
+  with the events that announce it, in one transaction: a reader can never
+  see an announcement whose outcome a crash could still lose.
+* Only a storage failure (:class:`~stepline.errors.StoreError`: the
+  database is down or busy) is retried; any other failure of a write fails
+  the writes that waited on it and closes their logs with that error, so no
+  reader waits forever for rows that will never come.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
-from stepline.store.base import EventRow, StepStore
+from stepline.errors import StoreError
+from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd, StepStore
 
-__all__ = ["EventLog", "EventWriter"]
+__all__ = ["EventLog", "EventLogFailed", "EventWriter"]
+
+
+class EventLogFailed(Exception):
+    """The log's events could not be stored (not a storage outage): readers stop here."""
+
+
+@dataclass(eq=False, kw_only=True)
+class _Unit:
+    """Rows and one end that commit together; ``done`` gets the end's result."""
+
+    log: EventLog
+    rows: Sequence[EventRow]
+    end: StepEnd | ResponseEnd
+    done: asyncio.Future[EndResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +65,7 @@ class EventLog:
         self.appended = first_seq - 1
         self.durable = first_seq - 1
         self.closed = False
+        self.failure: BaseException | None = None
         self._writer = writer
         self._changed = asyncio.Event()
 
@@ -46,6 +73,28 @@ class EventLog:
         self.rows.append(row)
         self.appended = row.seq
         self._writer.submit(self, row)
+
+    def commit(
+        self, rows: Sequence[EventRow], end: StepEnd | ResponseEnd
+    ) -> asyncio.Future[EndResult]:
+        """Append ``rows`` and store ``end`` with them, atomically; the end's result.
+
+        Submitted at once (nothing else can slip in between); every row
+        appended before is committed first or in the same transaction, so the
+        log stays durable in sequence order. Cancelling the wait does not stop
+        the write.
+        """
+        for row in rows:
+            self.rows.append(row)
+            self.appended = row.seq
+        unit = _Unit(log=self, rows=rows, end=end)
+        self._writer.submit_unit(unit)
+        return unit.done
+
+    def fail(self, error: BaseException) -> None:
+        """Its rows will never be durable: followers raise instead of waiting."""
+        self.failure = error
+        self.close()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -63,7 +112,12 @@ class EventLog:
 
     async def wait_durable(self) -> None:
         while self.durable < self.appended:
+            self._raise_failure()
             await self._changed.wait()
+
+    def _raise_failure(self) -> None:
+        if self.failure is not None:
+            raise EventLogFailed(f"events of {self.response_id} not stored") from self.failure
 
     async def follow(self, after: int) -> AsyncIterator[list[EventRow]]:
         """Batches of durable rows with ``seq > after``, until the log closes.
@@ -79,6 +133,7 @@ class EventLog:
                 position = self.durable + 1
                 yield self.rows[start:end]
                 continue
+            self._raise_failure()
             if self.closed and position > self.appended:
                 return
             await changed.wait()
@@ -89,14 +144,20 @@ class EventWriter:
 
     def __init__(self, store: StepStore, *, retry_delay: float = 0.2) -> None:
         self._store = store
-        self._pending: list[tuple[EventLog, EventRow]] = []
+        self._pending: list[tuple[EventLog, EventRow] | _Unit] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retry_delay = retry_delay
         self._closing = False
 
     def submit(self, log: EventLog, row: EventRow) -> None:
-        self._pending.append((log, row))
+        self._queue((log, row))
+
+    def submit_unit(self, unit: _Unit) -> None:
+        self._queue(unit)
+
+    def _queue(self, entry: tuple[EventLog, EventRow] | _Unit) -> None:
+        self._pending.append(entry)
         self._wake.set()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
@@ -110,27 +171,47 @@ class EventWriter:
             batch, self._pending = self._pending, []
             if batch:
                 await self._commit(batch)
-                newest: dict[EventLog, int] = {}
-                for log, row in batch:
-                    newest[log] = row.seq
-                for log, seq in newest.items():
-                    log.made_durable(seq)
             if self._closing and not self._pending:
                 return
 
-    async def _commit(self, batch: list[tuple[EventLog, EventRow]]) -> None:
-        rows = [row for _, row in batch]
+    async def _commit(self, batch: list[tuple[EventLog, EventRow] | _Unit]) -> None:
+        rows: list[EventRow] = []
+        units: list[_Unit] = []
+        newest: dict[EventLog, int] = {}
+        for entry in batch:
+            if isinstance(entry, _Unit):
+                units.append(entry)
+                rows.extend(entry.rows)
+                if entry.rows:
+                    newest[entry.log] = entry.rows[-1].seq
+            else:
+                log, row = entry
+                rows.append(row)
+                newest[log] = row.seq
         delay = self._retry_delay
         while True:
             try:
-                await self._store.append_events(rows)
-                return
-            except Exception:
+                results = await self._store.append_events(rows, ends=[u.end for u in units])
+                break
+            except StoreError:
                 # The database is down or busy: keep the events and try again;
                 # readers wait, the loop does not.
                 logger.exception("writing %d events failed; retrying in %.1fs", len(rows), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception as exc:
+                logger.exception("writing %d events failed for good", len(rows))
+                for log in newest:
+                    log.fail(exc)
+                for unit in units:
+                    if not unit.done.done():
+                        unit.done.set_exception(exc)
+                return
+        for log, seq in newest.items():
+            log.made_durable(seq)
+        for unit, result in zip(units, results, strict=True):
+            if not unit.done.done():
+                unit.done.set_result(result)
 
     async def aclose(self) -> None:
         """Commit what is pending, then stop."""

@@ -84,7 +84,7 @@ from stepline.protocol.request import (
 from stepline.protocol.sealing import Sealer
 from stepline.protocol.server_items import server_item_events, server_item_state
 from stepline.protocol.validate import conversation_problem
-from stepline.store.base import StepStore
+from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
@@ -379,11 +379,18 @@ class ScopeLoop:
         response: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> Step | None:
-        # a step's events are stored before its end is: a resumed run never
-        # misses the events of a step it will not run again
+        if self.events is not None and self.events.commits:
+            # the end is stored in one transaction with the events held since hold():
+            # a client is told of an outcome exactly when the store has it
+            end = StepEnd(step_id=step.id, state=state, response=response, error=error)
+            # a write that started completes even if the loop is cancelled meanwhile
+            result = await asyncio.shield(self.events.commit(end))
+            assert result is None or isinstance(result, Step)
+            return result
+        # without a log's commit: the step's events are stored before its end is, so a
+        # resumed run never misses the events of a step it will not run again
         if self.events is not None:
             await self.events.durable()
-        # a write that started completes even if the loop is cancelled meanwhile
         return await asyncio.shield(
             self.engine.store.finish_step(step.id, state=state, response=response, error=error)
         )
@@ -502,6 +509,8 @@ class ScopeLoop:
                     next_yield = clock() + _YIELD_SECONDS
             turn = accumulator.result()
         except UpstreamError as exc:
+            if self.events is not None:
+                self.events.hold()
             items_sink.abort()
             done = await self._finish(
                 step,
@@ -510,6 +519,9 @@ class ScopeLoop:
             )
             self._model_call_done(done)
             return done
+        if self.events is not None:
+            # the items' done events are stored with the step's end (see _finish)
+            self.events.hold()
         items = items_sink.close(turn)
         message = turn.message()
         if turn.reasoning:
@@ -574,12 +586,13 @@ class ScopeLoop:
         index = self.output.index_of(item_id) if item_id is not None else None
         if item_id is None and "approval_request_id" in step.request:
             item_id, index = self._approved_item(step)
-        done_sent = False
+        done_sent = started_sent = False
         if self.events is not None and step.attempt > 1:
             # run again after a crash: what its earlier attempt made durable stays said
             sent = await self.engine.store.step_events(self.response_id, step.id)
             done_sent = any(event_type(row.data) == b"response.output_item.done" for row in sent)
-        if self.events is not None and index is not None and not done_sent:
+            started_sent = bool(sent)
+        if self.events is not None and index is not None and not started_sent:
             for type_ in server_item_events(self.output.items[index], "started"):
                 self.events.emit(
                     type_, {"item_id": item_id, "output_index": index}, step_id=step.id
@@ -619,6 +632,9 @@ class ScopeLoop:
         """Show how a tool call ended, then store it (its events first, see ``_finish``)."""
         assert step.call_id is not None
         ended = dataclasses.replace(step, state=state, response=response, error=error)
+        if self.events is not None:
+            # the item's done events are stored with the step's end (see _finish)
+            self.events.hold()
         if ending.index is not None:
             item = server_item_state(
                 self.output.items[ending.index], ended, frozenset(self.request.include)

@@ -8,6 +8,7 @@ computed twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stepline.config import Settings
@@ -28,6 +29,8 @@ class Prepared:
     client_tools: ClientTools
     context: InputContext
     options: ItemOptions
+    #: reads an earlier request's items for this response's upstream
+    context_for: Callable[[ResponseRequest], InputContext]
     #: hosted tools the config plays: the name the model calls -> the server tool
     hosted: dict[str, str]
     #: hosted tools the request offered that nothing plays (left out of the model's view)
@@ -44,10 +47,26 @@ def hosted_type(kind: str) -> str:
 
 
 def prepare(
-    settings: Settings, sealer: Sealer, request: ResponseRequest, target: UpstreamTarget | None
+    settings: Settings,
+    sealer: Sealer,
+    request: ResponseRequest,
+    target: UpstreamTarget | None,
+    *,
+    key_tools: frozenset[str] | None = None,
 ) -> Prepared:
+    """``key_tools``: the server tools the caller's key may use (None: any)."""
     dialect = target.dialect if target is not None else None
-    tools = ClientTools.of(request, native_custom=bool(dialect and dialect.native_custom))
+    native = bool(dialect and dialect.native_custom)
+    file_parts = bool(dialect and dialect.file_parts)
+
+    def context_for(other: ResponseRequest) -> InputContext:
+        return InputContext(
+            tools=ClientTools.of(other, native_custom=native),
+            unseal=sealer.open,
+            file_parts=file_parts,
+        )
+
+    tools = ClientTools.of(request, native_custom=native)
     names = request.reasoning_events or settings.protocol.reasoning_events
     options = ItemOptions(
         summary=request.reasoning is not None and request.reasoning.summary is not None,
@@ -55,17 +74,20 @@ def prepare(
         open_responses_names=names == "open_responses",
         logprobs=bool(request.top_logprobs) or request.includes("message.output_text.logprobs"),
     )
-    context = InputContext(
-        tools=tools, unseal=sealer.open, file_parts=bool(dialect and dialect.file_parts)
-    )
+    context = InputContext(tools=tools, unseal=sealer.open, file_parts=file_parts)
     hosted: dict[str, str] = {}
     dropped: list[str] = []
     for kind in tools.hosted:
         played = settings.protocol.hosted_tools.get(hosted_type(kind))
-        if played is None:
+        if played is None or (key_tools is not None and played not in key_tools):
             dropped.append(kind)
         else:
             hosted[hosted_type(kind)] = played
     return Prepared(
-        client_tools=tools, context=context, options=options, hosted=hosted, dropped=dropped
+        client_tools=tools,
+        context=context,
+        options=options,
+        context_for=context_for,
+        hosted=hosted,
+        dropped=dropped,
     )

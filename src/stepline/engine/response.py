@@ -15,6 +15,7 @@ between, except a storage failure or a drain, which leave it to be resumed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.items import chain_messages
 from stepline.protocol.request import ResponseRequest, parse_request
-from stepline.store.base import ResponseRecord, StepStore
+from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
 from stepline.upstream.routing import resolve_target
@@ -109,7 +110,13 @@ async def run_response(
     store = engine.store
     request = parse_request(record.body)
     events = (
-        ResponseEvents(record.id, log.append, next_seq=log.first_seq, durable=log.wait_durable)
+        ResponseEvents(
+            record.id,
+            log.append,
+            next_seq=log.first_seq,
+            durable=log.wait_durable,
+            commit=log.commit,
+        )
         if log
         else None
     )
@@ -146,9 +153,11 @@ async def run_response(
             )
             tool_names = [name for name in offered if allowed is None or name in allowed]
             listings = await _mcp_listings(engine, tool_names, request)
-            prepared = prepare(engine.settings, engine.sealer, request, route_target)
+            prepared = prepare(
+                engine.settings, engine.sealer, request, route_target, key_tools=allowed
+            )
             conversation = await load_conversation(
-                store, request.previous_response_id, unseal=engine.sealer.open
+                store, request.stored_previous_id, context_for=prepared.context_for
             )
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
             transcript = base_messages(request, conversation.history, held, prepared.context)
@@ -158,9 +167,8 @@ async def run_response(
             for listing in listings:
                 server_tools.update(listing.tools)
             for name, played in prepared.hosted.items():
-                if allowed is None or played in allowed:
-                    tool = engine.tools.select([played])[played]
-                    server_tools[name] = dataclasses.replace(tool, name=name, hosted=name)
+                tool = engine.tools.select([played])[played]
+                server_tools[name] = dataclasses.replace(tool, name=name, hosted=name)
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
@@ -272,33 +280,55 @@ async def _finish_response(
         completed_at=completed_at,
     )
     if events is not None:
+        events.hold()
         if outcome.error is not None:
             events.emit(
                 "error",
                 {"code": outcome.error["code"], "message": outcome.error["message"], "param": None},
             )
         events.lifecycle(_TERMINAL_EVENT[outcome.status], response)
-    if log is not None:
-        await log.wait_durable()
-    stored = await _store_result(engine, record, request, response)
+        # the terminal event and the stored result are one write: once a client saw
+        # the end, every route on every process reports it
+        await asyncio.shield(events.commit(_response_end(record, request, response)))
+        stored = await _after_result(engine, record, request, response)
+    else:
+        stored = await _store_result(engine, record, request, response)
     _report_end(engine, outcome, stored, steps, transcript)
     return stored
 
 
-async def _store_result(
-    engine: Engine, record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
-) -> dict[str, Any]:
-    store = engine.store
-    await store.finish_response(
-        record.id,
+def _response_end(
+    record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
+) -> ResponseEnd:
+    return ResponseEnd(
+        response_id=record.id,
         status=response["status"],
         result=response,
         completed_at=response.get("completed_at"),
         # kept for item_reference in later requests
         items=[*record.body.get("input", ()), *response["output"]] if request.store else (),
     )
+
+
+async def _store_result(
+    engine: Engine, record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
+) -> dict[str, Any]:
+    end = _response_end(record, request, response)
+    await engine.store.finish_response(
+        end.response_id,
+        status=end.status,
+        result=end.result,
+        completed_at=end.completed_at,
+        items=end.items,
+    )
+    return await _after_result(engine, record, request, response)
+
+
+async def _after_result(
+    engine: Engine, record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
+) -> dict[str, Any]:
     if not request.store:
-        await store.delete_response(record.id)
+        await engine.store.delete_response(record.id)
     engine.observer.response_finished(response)
     return response
 

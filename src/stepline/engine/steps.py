@@ -31,7 +31,7 @@ Payload shapes:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +47,8 @@ __all__ = [
     "StepKind",
     "StepState",
     "batches",
+    "call_arguments",
+    "call_name",
 ]
 
 
@@ -142,6 +144,20 @@ class Fail:
 
 
 NextAction = AppendSteps | RunSteps | Complete | Finish | Fail
+
+
+def call_name(call: Mapping[str, Any]) -> str:
+    """The tool a Chat Completions tool call names (a function, or a native custom tool)."""
+    body = call.get("function") or call.get("custom") or {}
+    return str(body.get("name", ""))
+
+
+def call_arguments(call: Mapping[str, Any]) -> str:
+    """A tool call's arguments: a function's JSON text, or a custom tool's raw input."""
+    function = call.get("function")
+    if function is not None:
+        return str(function.get("arguments", ""))
+    return str((call.get("custom") or {}).get("input", ""))
 
 
 def batches(chain: Sequence[Step]) -> list[tuple[Step, dict[str, Step]]]:

@@ -39,6 +39,8 @@ from stepline.engine.steps import (
     Step,
     StepKind,
     StepState,
+    call_arguments,
+    call_name,
 )
 
 __all__ = ["model_call", "next_action", "tool_calls_of"]
@@ -89,9 +91,9 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
         if step.kind is StepKind.TOOL_CALL and step.sequence > last.sequence
     }
     held = policy.client_tools | policy.approval_tools
-    server_calls = [call for call in calls if call["function"]["name"] not in held]
+    server_calls = [call for call in calls if call_name(call) not in held]
     # client calls, and calls held for approval, go back to the client
-    client_calls = [call for call in calls if call["function"]["name"] in held]
+    client_calls = [call for call in calls if call_name(call) in held]
 
     missing = [call for call in server_calls if call["id"] not in siblings]
     if missing:
@@ -103,10 +105,7 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
                 NewStep(
                     kind=StepKind.TOOL_CALL,
                     call_id=call["id"],
-                    request={
-                        "name": call["function"]["name"],
-                        "arguments": call["function"]["arguments"],
-                    },
+                    request={"name": call_name(call), "arguments": call_arguments(call)},
                 )
                 for call in missing
             )

@@ -40,7 +40,7 @@ def approved_call_item(step: Step) -> dict[str, Any]:
     """The ``mcp_call`` item of a call the client approved, run before any model call."""
     assert step.call_id is not None
     return {
-        "id": mcp_call_id(step.call_id),
+        "id": mcp_call_id(step.call_id, step.id),
         "type": "mcp_call",
         "status": "in_progress",
         "server_label": step.request["server_label"],

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from stepline.errors import InvalidRequest
 from stepline.protocol.request import (
     BUILTIN_CLIENT_TOOLS,
     BuiltinTool,
@@ -371,10 +372,19 @@ class ClientTools:
                     tools._add_loaded(loaded)
         return tools
 
-    def _put(self, tool: ClientTool) -> None:
-        self.by_chat_name.setdefault(tool.chat_name, tool)
+    def _put(self, tool: ClientTool, *, loaded: bool = False) -> None:
+        """Add a tool; two declared tools the model would call by one name are a 400
+        (a tool an earlier ``tool_search`` loaded again is already there)."""
+        if tool.chat_name in self.by_chat_name:
+            if loaded:
+                return
+            raise InvalidRequest(
+                f"two tools are called {tool.chat_name!r} by the model; tool names must be unique",
+                param="tools",
+            )
+        self.by_chat_name[tool.chat_name] = tool
 
-    def _add(self, tool: Any, namespace: str | None = None) -> None:
+    def _add(self, tool: Any, namespace: str | None = None, *, loaded: bool = False) -> None:
         if isinstance(tool, FunctionTool):
             chat_name = f"{namespace}__{tool.name}" if namespace else tool.name
             self._put(
@@ -384,7 +394,8 @@ class ClientTools:
                     name=tool.name,
                     namespace=namespace,
                     definition=_function(chat_name, tool.description, tool.parameters, tool.strict),
-                )
+                ),
+                loaded=loaded,
             )
         elif isinstance(tool, CustomTool):
             chat_name = f"{namespace}__{tool.name}" if namespace else tool.name
@@ -396,11 +407,12 @@ class ClientTools:
                     namespace=namespace,
                     definition=_custom_definition(tool, chat_name, native=self.native_custom),
                     native=self.native_custom,
-                )
+                ),
+                loaded=loaded,
             )
         elif isinstance(tool, NamespaceTool):
             for inner in tool.tools:
-                self._add(inner, namespace=tool.name)
+                self._add(inner, namespace=tool.name, loaded=loaded)
         elif isinstance(tool, BuiltinTool):
             kind = _BUILTIN_KIND[tool.type]
             description = _BUILTIN_DESCRIPTION[kind]
@@ -416,7 +428,8 @@ class ClientTools:
                     chat_name=kind,
                     name=kind,
                     definition=_function(kind, description, _BUILTIN_PARAMETERS[kind]),
-                )
+                ),
+                loaded=loaded,
             )
         elif isinstance(tool, ToolSearchTool):
             if tool.execution != "client":
@@ -432,7 +445,8 @@ class ClientTools:
                         tool.description or _BUILTIN_DESCRIPTION["tool_search"],
                         tool.parameters or _BUILTIN_PARAMETERS["tool_search"],
                     ),
-                )
+                ),
+                loaded=loaded,
             )
         elif isinstance(tool, HostedTool):
             self.hosted.append(tool.type)
@@ -450,7 +464,7 @@ class ClientTools:
         if shape is None:
             return
         try:
-            self._add(shape.model_validate(raw))
+            self._add(shape.model_validate(raw), loaded=True)
         except ValidationError:
             return  # a tool the client loaded that no model could call: left out
 
@@ -458,6 +472,8 @@ class ClientTools:
 
     def allowed(self, allowed: frozenset[str] | None) -> list[ClientTool]:
         """The tools ``tool_choice: allowed_tools`` lets the model call (all, when None)."""
+        if allowed is not None:
+            allowed = frozenset(_BUILTIN_KIND.get(name, name) for name in allowed)
         return [
             tool
             for tool in self.by_chat_name.values()

@@ -16,12 +16,13 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
-from stepline.store.base import EventRow
+from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd
 
 __all__ = [
     "TERMINAL_EVENT_TYPES",
@@ -40,8 +41,18 @@ def event_type(data: bytes) -> bytes:
     return data[_TYPE_START : data.index(b'"', _TYPE_START)]
 
 
+#: submits rows together with an end, to be stored atomically (``EventLog.commit``)
+Committer = Callable[[Sequence[EventRow], "StepEnd | ResponseEnd"], "asyncio.Future[EndResult]"]
+
+
 class ResponseEvents:
-    """Numbers and encodes the events of one response and hands them to ``sink``."""
+    """Numbers and encodes the events of one response and hands them to ``sink``.
+
+    Between :meth:`hold` and :meth:`commit`, events are kept back and then
+    stored together with a step's or the response's end (``commit``), so the
+    announcement of an outcome is durable exactly when the outcome is.
+    Without a committer (a log-less run) the end is left to the caller.
+    """
 
     def __init__(
         self,
@@ -50,22 +61,46 @@ class ResponseEvents:
         *,
         next_seq: int = 0,
         durable: Callable[[], Awaitable[None]] | None = None,
+        commit: Committer | None = None,
     ) -> None:
         self.response_id = response_id
         self._sink = sink
         self.next_seq = next_seq
         self._durable = durable
+        self._commit = commit
+        self._held: list[EventRow] | None = None
+
+    @property
+    def commits(self) -> bool:
+        """Ends go through :meth:`commit` (with their events), not straight to the store."""
+        return self._commit is not None
 
     async def durable(self) -> None:
         """Wait until every event handed to the sink so far is stored."""
         if self._durable is not None:
             await self._durable()
 
+    def hold(self) -> None:
+        """Keep the next events back until :meth:`commit` stores them with an end."""
+        if self._commit is not None and self._held is None:
+            self._held = []
+
+    def commit(self, end: StepEnd | ResponseEnd) -> asyncio.Future[EndResult]:
+        """Submit the held events and ``end`` to be stored in one transaction, at once;
+        the future gets the end's result."""
+        assert self._commit is not None
+        held, self._held = self._held or [], None
+        return self._commit(held, end)
+
     def emit(self, type_: str, fields: dict[str, Any], *, step_id: str | None = None) -> int:
         seq = self.next_seq
         self.next_seq = seq + 1
         data = orjson.dumps({"type": type_, "sequence_number": seq, **fields})
-        self._sink(EventRow(response_id=self.response_id, seq=seq, data=data, step_id=step_id))
+        row = EventRow(response_id=self.response_id, seq=seq, data=data, step_id=step_id)
+        if self._held is not None:
+            self._held.append(row)
+        else:
+            self._sink(row)
         return seq
 
     def lifecycle(self, type_: str, response: dict[str, Any]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -87,14 +88,19 @@ def _file_part(part: InputFile, *, file_parts: bool) -> dict[str, Any]:
             f"input_file {name!r}: file_url is not supported; send the file as file_data",
             param="input",
         )
-    mime, payload = "", part.file_data
+    mime, payload, encoded = "", part.file_data, True
     if payload.startswith("data:") and "," in payload:
         header, payload = payload[5:].split(",", 1)
         mime = header.split(";", 1)[0]
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raw = payload.encode()
+        encoded = ";base64" in header
+    raw: bytes
+    if not encoded:
+        raw = urllib.parse.unquote_to_bytes(payload)
+    else:
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raw = payload.encode()
     text: str | None = None
     if not mime or mime.startswith(_TEXT_MIME):
         try:
@@ -154,7 +160,9 @@ class _Transcript:
 
     def _with_reasoning(self, message: Message) -> Message:
         if self._reasoning:
-            message[REASONING_KEY] = "".join(self._reasoning)
+            message[REASONING_KEY] = str(message.get(REASONING_KEY) or "") + "".join(
+                self._reasoning
+            )
             self._reasoning.clear()
         return message
 

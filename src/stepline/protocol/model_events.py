@@ -446,11 +446,13 @@ class ModelCallEvents:
                 return  # a built-in call: shown once its arguments are complete
             opened = client_call
         elif view.hosted is not None:
-            item = hosted_call_item(view.hosted, call_id=call_id, arguments="")
+            item = hosted_call_item(
+                view.hosted, call_id=call_id, step_id=self._step_id, arguments=""
+            )
             opened = self._open(item["type"], item, call_id=call_id)
         else:
             item = {
-                "id": mcp_call_id(call_id),
+                "id": mcp_call_id(call_id, self._step_id),
                 "type": "mcp_call",
                 "status": "in_progress",
                 "server_label": view.label,

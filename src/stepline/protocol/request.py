@@ -154,18 +154,12 @@ class ClientCallItem(_Lenient):
     type: Literal[
         "local_shell_call", "shell_call", "apply_patch_call", "computer_call", "tool_search_call"
     ]
-    call_id: str | None = None
+    call_id: str = Field(min_length=1)
     id: str | None = None
-
-    @model_validator(mode="after")
-    def _needs_call_id(self) -> ClientCallItem:
-        if not (self.call_id or self.id):
-            raise ValueError(f"{self.type} needs call_id")
-        return self
 
     @property
     def key(self) -> str:
-        return str(self.call_id or self.id)
+        return self.call_id
 
 
 class ClientCallOutputItem(_Lenient):
@@ -185,7 +179,8 @@ class ClientCallOutputItem(_Lenient):
 
     @model_validator(mode="after")
     def _needs_call_id(self) -> ClientCallOutputItem:
-        if not (self.call_id or self.id):
+        # every id is set by then (input items get one): only local_shell names its call by id
+        if not self.call_id and self.type != "local_shell_call_output":
             raise ValueError(f"{self.type} needs call_id")
         return self
 
@@ -530,6 +525,9 @@ class ResponseRequest(BaseModel):
     reasoning_events: Literal["openai", "open_responses"] | None = Field(
         default=None, alias="stepline:reasoning_events"
     )
+    #: ``input`` already holds the conversation ``previous_response_id`` names (a
+    #: WebSocket continuation from its connection's memory): nothing is loaded for it
+    history_inline: bool = Field(default=False, alias="stepline:history_inline")
 
     @model_validator(mode="after")
     def _check(self) -> ResponseRequest:
@@ -580,6 +578,11 @@ class ResponseRequest(BaseModel):
 
     def includes(self, value: str) -> bool:
         return value in self.include
+
+    @property
+    def stored_previous_id(self) -> str | None:
+        """The earlier response whose conversation is read from the store, if any."""
+        return None if self.history_inline else self.previous_response_id
 
 
 #: ``include`` values stepline honours; any other is a 400
@@ -709,7 +712,7 @@ _TOOL_TYPES = frozenset(
 
 def unknown_fields(body: dict[str, Any]) -> list[str]:
     """Top-level fields of a request body that stepline does not know."""
-    known = set(ResponseRequest.model_fields) | {"stepline:reasoning_events"}
+    known = set(ResponseRequest.model_fields)
     return sorted(name for name in body if name not in known)
 
 

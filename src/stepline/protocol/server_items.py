@@ -14,6 +14,7 @@ item it showed before.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -33,9 +34,14 @@ __all__ = [
 ]
 
 
-def mcp_call_id(call_id: str) -> str:
-    """The output item id of a server-run tool call; derived so it survives a restart."""
-    return f"mcp_{call_id}"
+def mcp_call_id(call_id: str, step_id: str) -> str:
+    """The output item id of a server-run tool call: unique (model call ids repeat
+    across responses, ``call_0_0``) and derived, so it survives a restart."""
+    return f"mcp_{_digest(step_id, call_id)}"
+
+
+def _digest(step_id: str, call_id: str) -> str:
+    return hashlib.blake2b(f"{step_id}\0{call_id}".encode(), digest_size=16).hexdigest()
 
 
 _MCP_STATUS = {
@@ -84,6 +90,9 @@ HOSTED_ITEMS: dict[str, tuple[str, str, str]] = {
 
 _ITEM_TYPES = frozenset(item_type for item_type, _, _ in HOSTED_ITEMS.values())
 
+#: the ``include`` values that show a web search's sources (its results are its sources)
+_SOURCES = frozenset({"web_search_call.action.sources", "web_search_call.results"})
+
 
 def _arguments(text: str) -> dict[str, Any]:
     try:
@@ -93,10 +102,14 @@ def _arguments(text: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def hosted_call_item(hosted: str, *, call_id: str, arguments: str) -> dict[str, Any]:
+def hosted_call_item(hosted: str, *, call_id: str, step_id: str, arguments: str) -> dict[str, Any]:
     """The item of a call of the server tool that plays ``hosted``, while it runs."""
     item_type, prefix, _ = HOSTED_ITEMS[hosted]
-    item = {"id": f"{prefix}_{call_id}", "type": item_type, "status": "in_progress"}
+    item = {
+        "id": f"{prefix}_{_digest(step_id, call_id)}",
+        "type": item_type,
+        "status": "in_progress",
+    }
     return with_arguments(item, arguments)
 
 
@@ -139,7 +152,7 @@ def _hosted_state(item: dict[str, Any], step: Step, include: frozenset[str]) -> 
     filled["status"] = "completed"
     output = str((step.response or {}).get("output", ""))
     kind = item["type"]
-    if kind == "web_search_call" and "web_search_call.action.sources" in include:
+    if kind == "web_search_call" and include & _SOURCES:
         sources = [
             {"type": "url", "url": str(entry["url"])}
             for entry in _listed(output, "sources", "results")

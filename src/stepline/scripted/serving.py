@@ -96,7 +96,7 @@ async def serve_app(
         log_config=None,
         access_log=False,
         lifespan=lifespan,
-        ws="none",
+        ws="auto",
         timeout_graceful_shutdown=shutdown_timeout,
     )
     server = _EmbeddedServer(config)

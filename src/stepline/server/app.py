@@ -31,23 +31,23 @@ from starlette.types import ASGIApp
 
 from stepline.config import Settings
 from stepline.engine.loop import Engine
-from stepline.errors import RequestError, StoreError
+from stepline.errors import ConfigError, RequestError, StoreError
+from stepline.masking import register_settings_secrets
 from stepline.protocol.sealing import Sealer, parse_key
-from stepline.server import health, metrics, passthrough
+from stepline.server import health, metrics, passthrough, websocket
 from stepline.server.auth import KeyRing
 from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
-from stepline.server.logs import register_secrets
 from stepline.server.metrics import Metrics
 from stepline.server.routes import router
 from stepline.server.runner import Runner
 from stepline.store.base import StepStore
-from stepline.store.sql import SqlStore, open_store
+from stepline.store.sql import SqlStore, normalize_database_url, open_store
 from stepline.tools.mcp_tools import McpTools
 from stepline.tools.registry import ServerTool, ToolRegistry
 from stepline.upstream.client import ChatClient
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "sealer_of", "sealing_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +116,35 @@ async def _close(chat: ChatClient | None, http: httpx.AsyncClient, store: StepSt
         await store.close()
 
 
+def sealing_keys(settings: Settings) -> list[bytes]:
+    """The configured keys of ``encrypted_content``, parsed; a ConfigError names the bad one."""
+    configured = bool(settings.protocol.sealing_keys)
+    source = "protocol.sealing_keys" if configured else "STEPLINE_SEALING_KEYS"
+    try:
+        texts = settings.protocol.resolved_sealing_keys()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    keys: list[bytes] = []
+    for index, text in enumerate(texts):
+        try:
+            keys.append(parse_key(text))
+        except ConfigError as exc:
+            # the position, never the value: a key that does not parse may still be a secret
+            where = f"{source}[{index}]" if configured else f"{source} (key {index + 1})"
+            raise ConfigError(f"{where}: {exc}") from None
+    return keys
+
+
 def sealer_of(settings: Settings) -> Sealer:
     """The sealer of ``encrypted_content``: the configured keys, else a per-process key."""
-    keys = settings.protocol.resolved_sealing_keys()
+    keys = sealing_keys(settings)
     if not keys:
         logger.warning(
             "no sealing keys configured (protocol.sealing_keys or STEPLINE_SEALING_KEYS): "
             "encrypted_content sealed now opens only in this process"
         )
         return Sealer.ephemeral()
-    return Sealer([parse_key(key) for key in keys])
+    return Sealer(keys)
 
 
 def create_app(
@@ -145,8 +164,14 @@ def create_app(
     ``allow_anonymous`` lets requests without a key in while no key exists (the
     CLI allows it on loopback only, or with ``--insecure``). ``chat`` replaces
     the upstream client (the caller closes it; its observer becomes the app's
-    metrics)."""
-    register_secrets(settings.secret_values())
+    metrics).
+
+    Every configuration error is raised here, as a ConfigError, before anything
+    runs: an unset environment variable, a bad sealing key, a bad database URL."""
+    settings.check_environment()
+    if store is None:
+        normalize_database_url(settings.database_url)
+    register_settings_secrets(settings)
     sealer = sealer_of(settings)
     app_metrics = Metrics(settings)
     keys = KeyRing(settings.keys, allow_anonymous=allow_anonymous)
@@ -216,6 +241,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, gateway=gateway)
     app.include_router(router)
+    app.include_router(websocket.router)
     app.include_router(passthrough.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -20,6 +20,12 @@ Invariants:
   the database.
 * A key limited to some models or tools is refused others with a 403; the
   loop never offers it a server tool outside its list (``tools_for``).
+* A response belongs to a key's ``id``, never to its name, so a name used
+  again (``ci`` revoked, a new ``ci`` created) starts with nothing. A config
+  key's id is derived from its hash (a new token is a new key); a created
+  key's is random, stored with it. Responses stored before keys had ids carry
+  the key's name: they stay with the config key of that name, and with a
+  stored key created then (whose row has no id, so its id is its name).
 """
 
 from __future__ import annotations
@@ -52,10 +58,12 @@ __all__ = [
     "KeyRing",
     "StoredKey",
     "caller_of",
+    "config_key_id",
     "delete_stored_key",
     "ensure_key_table",
     "hash_token",
     "list_stored_keys",
+    "new_key_id",
     "new_token",
     "store_key",
 ]
@@ -77,7 +85,10 @@ api_keys = sa.Table(
     sa.Column("rate", JsonText, nullable=True),
     sa.Column("max_concurrent", sa.Integer, nullable=True),
     sa.Column("created_at", sa.Double, nullable=False),
+    # NULL in rows created before keys had ids: such a key's id is its name
+    sa.Column("id", sa.String, nullable=True),
 )
+_key_id_index = sa.Index("ix_stepline_api_keys_id", api_keys.c.id, unique=True)
 
 
 def new_token() -> str:
@@ -90,15 +101,28 @@ def hash_token(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def config_key_id(key_hash: str) -> str:
+    """The id of a config key: the same for the same hash, in every process."""
+    return "key_" + hashlib.sha256(b"stepline key id\0" + key_hash.encode()).hexdigest()[:32]
+
+
+def new_key_id() -> str:
+    """The id of a key created in the database."""
+    return "key_" + secrets.token_hex(16)
+
+
 # -- who is calling -------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class ApiKey:
-    """A key's name (the ``key_id`` stored on its responses) and its limits."""
+    """A key: its name, its ``id`` (the ``key_id`` stored on its responses), its limits."""
 
     name: str
+    id: str
     config: KeyConfig
+    #: it also owns responses stored under its bare name, before keys had ids
+    owns_its_name: bool = False
 
     @property
     def tools(self) -> frozenset[str] | None:
@@ -117,7 +141,14 @@ class Caller:
 
     @property
     def key_id(self) -> str | None:
-        return None if self.key is None else self.key.name
+        """What a response this caller creates is stored under."""
+        return None if self.key is None else self.key.id
+
+    def owns(self, key_id: str | None) -> bool:
+        """True when a response stored under ``key_id`` is this caller's."""
+        if self.key is None:
+            return key_id is None
+        return key_id == self.key.id or (self.key.owns_its_name and key_id == self.key.name)
 
     def may_use_model(self, model: str) -> bool:
         return self.key is None or self.key.may_use_model(model)
@@ -192,9 +223,13 @@ class KeyRing:
     ) -> None:
         self.allow_anonymous = allow_anonymous
         self._configured = {
-            name: ApiKey(name=name, config=config) for name, config in configured.items()
+            name: ApiKey(
+                name=name, id=config_key_id(config.hash), config=config, owns_its_name=True
+            )
+            for name, config in configured.items()
         }
         self._stored: dict[str, ApiKey] = {}
+        self._by_id = {key.id: key for key in self._configured.values()}
         self._engine: AsyncEngine | None = None
         self._clock = clock
         self._reload_seconds = reload_seconds
@@ -228,8 +263,9 @@ class KeyRing:
             if row.name in self._configured:
                 logger.warning("stored API key %r is shadowed by the config's", row.name)
                 continue
-            keys[row.name] = ApiKey(name=row.name, config=row.config)
+            keys[row.name] = ApiKey(name=row.name, id=row.id, config=row.config)
         self._stored = keys
+        self._by_id = {key.id: key for key in (*self._configured.values(), *keys.values())}
         self._loaded_at = self._clock()
 
     async def _reload_if_older(self, seconds: float) -> None:
@@ -242,11 +278,17 @@ class KeyRing:
     def by_name(self, name: str) -> ApiKey | None:
         return self._configured.get(name) or self._stored.get(name)
 
+    def owner(self, key_id: str) -> ApiKey | None:
+        """The key a response's ``key_id`` names: by id, or by the name it was stored
+        under before keys had ids."""
+        return self._by_id.get(key_id) or self._configured.get(key_id)
+
     def tools_for(self, key_id: str | None) -> frozenset[str] | None:
-        """The server tools a key may use; None means all. An unknown key gets none."""
+        """The server tools of a response's key; None means all. An unknown key
+        (revoked since) gets none."""
         if key_id is None:
             return None
-        key = self.by_name(key_id)
+        key = self.owner(key_id)
         return frozenset() if key is None else key.tools
 
     def _find(self, digest: str) -> ApiKey | None:
@@ -289,19 +331,31 @@ class KeyRing:
 @dataclass(frozen=True, kw_only=True)
 class StoredKey:
     name: str
+    #: the owner of its responses; a row from before key ids has its name here
+    id: str
     config: KeyConfig
     created_at: float
 
 
 async def ensure_key_table(engine: AsyncEngine) -> None:
-    """Create the keys table if it is missing (two processes may race: both succeed)."""
+    """Create the keys table if it is missing, or give an older one its ``id`` column
+    (two processes may race: both succeed)."""
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_metadata.create_all)
+            await connection.run_sync(_create_key_table)
     except SQLAlchemyError:
-        # another process created it between our check and our CREATE
+        # another process created or upgraded it between our check and our DDL
         async with engine.begin() as connection:
-            await connection.run_sync(_metadata.create_all)
+            await connection.run_sync(_create_key_table)
+
+
+def _create_key_table(connection: sa.Connection) -> None:
+    _metadata.create_all(connection)  # a new table comes with its index
+    columns = {column["name"] for column in sa.inspect(connection).get_columns(api_keys.name)}
+    if "id" not in columns:
+        column_type = api_keys.c.id.type.compile(dialect=connection.dialect)
+        connection.execute(sa.text(f"ALTER TABLE {api_keys.name} ADD COLUMN id {column_type}"))
+    _key_id_index.create(connection, checkfirst=True)
 
 
 def _config_of(row: Any) -> KeyConfig:
@@ -320,16 +374,22 @@ async def list_stored_keys(engine: AsyncEngine) -> list[StoredKey]:
     async with engine.begin() as connection:
         rows = await connection.execute(sa.select(api_keys).order_by(api_keys.c.name))
         return [
-            StoredKey(name=row.name, config=_config_of(row), created_at=row.created_at)
+            StoredKey(
+                name=row.name,
+                id=row.id or row.name,
+                config=_config_of(row),
+                created_at=row.created_at,
+            )
             for row in rows
         ]
 
 
 async def store_key(engine: AsyncEngine, name: str, config: KeyConfig) -> bool:
-    """Insert a key; False when the name is taken."""
+    """Insert a key with a new id; False when the name is taken."""
     rate = None if config.rate is None else config.rate.model_dump(exclude_none=True)
     values = {
         "name": name,
+        "id": new_key_id(),
         "hash": config.hash,
         "models": None if config.models is None else list(config.models),
         "tools": None if config.tools is None else list(config.tools),

@@ -130,13 +130,14 @@ class GatewayMiddleware:
     def _done(self, scope: Scope, status: int, seconds: float, caller: Caller | None) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
-        self.gateway.metrics.http_requests.labels(method, route, str(status)).inc()
+        self.gateway.metrics.http_request(method, route, status)
         fields = {
             "method": method,
             "path": scope["path"],
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
         }
-        if caller is not None and caller.key_id is not None:
-            fields["key"] = caller.key_id
+        if caller is not None and caller.key is not None:
+            fields["key"] = caller.key.name
+            fields["key_id"] = caller.key.id
         access_logger.info("%s %s %d", method, scope["path"], status, extra=fields)

@@ -91,9 +91,9 @@ class KeyLimits:
         rate = key.config.rate
         now = self._clock()
         # keyed by the rate too: a key whose limits changed starts a fresh bucket
-        bucket = self._buckets.get((key.name, rate))
+        bucket = self._buckets.get((key.id, rate))
         if bucket is None:
-            bucket = self._buckets[(key.name, rate)] = TokenBucket.full(rate, now)
+            bucket = self._buckets[(key.id, rate)] = TokenBucket.full(rate, now)
         wait = bucket.take(now)
         if wait > 0:
             raise RateLimited(
@@ -107,25 +107,25 @@ class KeyLimits:
         key = caller.key
         if key is None or key.config.max_concurrent is None:
             return _nothing
-        running = self._running.get(key.name, 0)
+        running = self._running.get(key.id, 0)
         if running >= key.config.max_concurrent:
             raise RateLimited(
                 f"API key '{key.name}' already has {running} requests running, "
                 f"its limit is {key.config.max_concurrent}.",
                 retry_after=1.0,
             )
-        self._running[key.name] = running + 1
+        self._running[key.id] = running + 1
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                left = self._running.get(key.name, 1) - 1
+                left = self._running.get(key.id, 1) - 1
                 if left > 0:
-                    self._running[key.name] = left
+                    self._running[key.id] = left
                 else:
-                    self._running.pop(key.name, None)
+                    self._running.pop(key.id, None)
 
         return release
 

@@ -3,9 +3,10 @@
 The ids travel in context variables: the gateway sets the request id for each
 HTTP request, a route sets the response id before it launches the loop (whose
 task inherits the context), and a caller can pass ``step_id`` (or any other
-field) with ``extra=``. Every line goes through the secret mask: the values
-registered with :func:`register_secrets` (upstream API keys, tool secrets)
-are replaced by ``***`` wherever they appear, message or traceback.
+field) with ``extra=``. Every line goes through the secret mask
+(:mod:`stepline.masking`): the values registered with :func:`register_secrets`
+(upstream API keys, tool secrets) are replaced by ``***`` wherever they appear,
+message or traceback. Secrets too short to mask safely are not registered.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 import orjson
+
+from stepline.masking import mask, register_secrets
 
 __all__ = [
     "JsonFormatter",
@@ -31,26 +34,11 @@ __all__ = [
 request_id_var: ContextVar[str | None] = ContextVar("stepline_request_id", default=None)
 response_id_var: ContextVar[str | None] = ContextVar("stepline_response_id", default=None)
 
-_MASK = "***"
-_secrets: set[str] = set()
 #: attributes every LogRecord has; anything else came in through ``extra=``
 _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
     | {"message", "asctime", "taskName"}
 )
-
-
-def register_secrets(values: tuple[str, ...] | list[str]) -> None:
-    """Mask these values in every log line of this process from now on."""
-    _secrets.update(value for value in values if value)
-
-
-def mask(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, _MASK)
-    return text
 
 
 def _ids(record: logging.LogRecord) -> dict[str, Any]:

@@ -7,9 +7,11 @@ own registry, so several apps in one process (tests) never share counts.
 
 Invariants:
 
-* Label values come from the config, never from a request: a tool name the
-  model made up is ``unknown``, a target is an upstream's name, a route is
-  the path template. A client cannot grow the series without bound.
+* Label values come from the config or the code, never from a request: a
+  tool name the model made up is ``unknown``, a target is an upstream's name,
+  a route is the path template (``unmatched`` for any other path), an HTTP
+  method outside the standard few is ``other``, and so is a status outside
+  100-599. A client, authenticated or not, cannot grow the series without bound.
 * Observers run inline on the loop's task: each method is a few counter
   updates, and none raises (a failure is logged and dropped).
 """
@@ -37,6 +39,9 @@ from stepline.engine.steps import Step, StepKind, StepState
 __all__ = ["Metrics", "router"]
 
 logger = logging.getLogger("stepline.steps")
+
+#: the HTTP methods counted by name; any other token a client sends is ``other``
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -126,6 +131,13 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    @_guarded
+    def http_request(self, method: str, route: str, status: int) -> None:
+        """Count one finished HTTP request; ``route`` is a template or ``unmatched``."""
+        method = method if method in _METHODS else "other"
+        code = str(status) if 100 <= status <= 599 else "other"
+        self.http_requests.labels(method, route, code).inc()
 
     # -- LoopObserver --------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -130,9 +131,9 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     route = settings.route_for(request.model)
     server_tools = set(route.tools) if route else set()
     caller.check_tools(request, server_tools)
-    if request.previous_response_id is not None:
-        previous = await runner.engine.store.get_response(request.previous_response_id)
-        if previous is not None and previous.key_id != caller.key_id:
+    if request.stored_previous_id is not None:
+        previous = await runner.engine.store.get_response(request.stored_previous_id)
+        if previous is not None and not caller.owns(previous.key_id):
             raise NotFound(
                 f"Previous response with id '{request.previous_response_id}' not found.",
                 param="previous_response_id",
@@ -146,10 +147,16 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     if runner.engine.mcp is not None:
         runner.engine.mcp.check_request(request)
     engine = runner.engine
-    prepared = prepare(settings, engine.sealer, request, resolve_target(settings, request.model))
+    prepared = prepare(
+        settings,
+        engine.sealer,
+        request,
+        resolve_target(settings, request.model),
+        key_tools=engine.key_tools(caller.key_id),
+    )
     _check_hosted(settings, prepared.dropped)
     conversation = await load_conversation(
-        engine.store, request.previous_response_id, unseal=engine.sealer.open
+        engine.store, request.stored_previous_id, context_for=prepared.context_for
     )
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
@@ -206,21 +213,42 @@ async def _resolve_references(
     return {**data, "input": items}
 
 
-@router.post("/responses")
-async def create_response(request: Request) -> Response:
-    runner = _runner(request)
-    caller = caller_of(request)
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """A response that was validated, stored and launched; how it is read is the caller's."""
+
+    record: ResponseRecord
+    request: ResponseRequest
+    task: asyncio.Task[dict[str, Any]]
+    notices: _Notices
+
+
+async def accept_response(
+    runner: Runner,
+    gateway: Gateway,
+    data: dict[str, Any],
+    caller: Caller,
+    *,
+    reasoning_events: str | None = None,
+    history_inline: bool = False,
+) -> Accepted:
+    """Validate a create body, store the response and launch its loop: every transport's
+    way in (the HTTP route, the WebSocket). ``reasoning_events`` is the request's
+    ``Stepline-Reasoning-Events`` choice; ``history_inline`` says the transport put the
+    conversation ``previous_response_id`` names into ``input`` (a WebSocket's memory).
+    A client never sets these itself: ``stepline:`` fields it sends are dropped."""
+    data = {key: value for key, value in data.items() if not key.startswith("stepline:")}
     if not runner.accepting:
         raise InvalidRequest("server is shutting down", status_code=503, error_type="server_error")
-    data = load_body(await request.body())
     ignored = unknown_fields(data)
     if ignored and runner.engine.settings.protocol.unknown_fields == "reject":
         raise InvalidRequest(
             f"Unknown parameter: '{ignored[0]}'.", param=ignored[0], code="unknown_parameter"
         )
-    events_header = request.headers.get("stepline-reasoning-events")
-    if events_header is not None:
-        data["stepline:reasoning_events"] = events_header
+    if reasoning_events is not None:
+        data["stepline:reasoning_events"] = reasoning_events
+    if history_inline:
+        data["stepline:history_inline"] = True
     data = await _resolve_references(runner, data, caller)
     parsed = parse_request(data)
     notices = await _validate(runner, parsed, caller)
@@ -233,7 +261,7 @@ async def create_response(request: Request) -> Response:
             notices.dropped_tools or "none",
         )
     # the key's slot is held until the loop ends, whoever reads the result
-    release = _gateway(request).limits.enter(caller)
+    release = gateway.limits.enter(caller)
     now = runner.engine.clock()
     record = ResponseRecord(
         id=new_id("resp"),
@@ -256,14 +284,27 @@ async def create_response(request: Request) -> Response:
         release()
         raise
     task.add_done_callback(lambda _: release())
-    headers = notices.headers()
+    return Accepted(record=record, request=parsed, task=task, notices=notices)
+
+
+@router.post("/responses")
+async def create_response(request: Request) -> Response:
+    runner = _runner(request)
+    accepted = await accept_response(
+        runner,
+        _gateway(request),
+        load_body(await request.body()),
+        caller_of(request),
+        reasoning_events=request.headers.get("stepline-reasoning-events"),
+    )
+    record, parsed = accepted.record, accepted.request
     if parsed.stream:
         reply: Response = _sse(request, runner, record.id, -1)
     elif parsed.background:
         reply = JSON(snapshot(record, parsed, record.status, []))
     else:
-        reply = JSON(await asyncio.shield(task))
-    reply.headers.update(headers)
+        reply = JSON(await asyncio.shield(accepted.task))
+    reply.headers.update(accepted.notices.headers())
     return reply
 
 
@@ -272,10 +313,29 @@ async def _record(runner: Runner, response_id: str, caller: Caller) -> ResponseR
     if (
         record is None
         or (not record.store and record.status in TERMINAL_STATUSES)
-        or record.key_id != caller.key_id
+        or not caller.owns(record.key_id)
     ):
         raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
     return record
+
+
+#: the largest event sequence number: the events table keeps ``seq`` in a 32-bit
+#: INTEGER on PostgreSQL (64-bit on SQLite); a larger bound would reach the driver
+#: and fail there, after the stream's 200 was sent
+_MAX_SEQUENCE = 2**31 - 1
+_SEQUENCE_TEXT = re.compile(r"-?[0-9]{1,10}")
+
+
+def _sequence(value: str, param: str) -> int:
+    """A client's event sequence number (``-1``: before the first event), or a 400."""
+    number = int(value) if _SEQUENCE_TEXT.fullmatch(value.strip()) else None
+    if number is None or not -1 <= number <= _MAX_SEQUENCE:
+        raise InvalidRequest(
+            f"Invalid '{param}': expected an event sequence number, "
+            f"an integer from -1 to {_MAX_SEQUENCE}.",
+            param=param,
+        )
+    return number
 
 
 @router.get("/responses/{response_id}")
@@ -283,7 +343,7 @@ async def get_response(
     request: Request,
     response_id: str,
     stream: bool = False,
-    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+    starting_after: Annotated[int | None, Query(ge=-1, le=_MAX_SEQUENCE)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     runner = _runner(request)
@@ -291,12 +351,7 @@ async def get_response(
     if stream:
         after = starting_after
         if after is None and last_event_id is not None:
-            try:
-                after = int(last_event_id)
-            except ValueError:
-                raise InvalidRequest(
-                    "Last-Event-ID must be an integer", param="Last-Event-ID"
-                ) from None
+            after = _sequence(last_event_id, "Last-Event-ID")
         return _sse(request, runner, record.id, -1 if after is None else after)
     return JSON(await stored_response(runner.engine.store, record))
 

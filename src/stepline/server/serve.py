@@ -11,23 +11,74 @@ process picks the work up.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
 
-from stepline.server.runner import Runner
+from stepline.errors import ConfigError
 
-__all__ = ["serve"]
+if TYPE_CHECKING:  # a port problem is found without importing the app's machinery
+    from fastapi import FastAPI
+
+    from stepline.server.runner import Runner
+
+__all__ = ["bind_socket", "serve"]
+
+_BIND_PROBLEMS = {
+    errno.EADDRINUSE: (
+        "port {port} on {host} is in use: stop what listens there or pass another --port"
+    ),
+    errno.EACCES: "no permission to bind port {port} on {host}: pass a port above 1023",
+    errno.EADDRNOTAVAIL: "{host} is not an address of this machine: pass another --host",
+}
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0: any free port), not listening yet."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range: pass a --port from 1 to 65535")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot open a socket for {host}: {exc.strerror or exc}") from exc
+    try:
+        # as uvicorn does: a restart may bind while old connections linger in TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except socket.gaierror as exc:
+        sock.close()
+        raise ConfigError(f"cannot resolve --host {host}: {exc.strerror}") from exc
+    except OSError as exc:
+        sock.close()
+        problem = _BIND_PROBLEMS.get(exc.errno or 0, "cannot bind port {port} on {host}: {reason}")
+        raise ConfigError(problem.format(host=host, port=port, reason=exc.strerror or exc)) from exc
+    return sock
 
 
 class _DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI, grace: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: FastAPI,
+        grace: float,
+        on_listening: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self._app = app
         self._grace = grace
         self._signalled = False
+        self._on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_listening is not None:
+            self._on_listening()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._signalled:
@@ -43,8 +94,17 @@ class _DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI, *, host: str, port: int, grace: float = 10.0) -> None:
-    """Serve ``app`` until a signal, then drain within ``grace`` seconds."""
+def serve(
+    app: FastAPI,
+    *,
+    sock: socket.socket,
+    grace: float = 10.0,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``app`` on ``sock`` (from :func:`bind_socket`) until a signal, then drain
+    within ``grace`` seconds. The socket listens only once the app has started; then
+    ``on_listening`` is called (the CLI prints its "stepline on URL" line there)."""
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         app,
         host=host,
@@ -55,4 +115,11 @@ def serve(app: FastAPI, *, host: str, port: int, grace: float = 10.0) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(grace) + 5,
     )
-    _DrainingServer(config, app, grace).run()
+    try:
+        _DrainingServer(config, app, grace, on_listening).run(sockets=[sock])
+    except OSError as exc:
+        # Two processes that bind the same port before either listens both succeed
+        # (SO_REUSEADDR); the second learns of it here, after its start-up
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(_BIND_PROBLEMS[errno.EADDRINUSE].format(host=host, port=port)) from exc

@@ -15,6 +15,9 @@ Invariants every implementation keeps:
 * ``finish_response`` only changes a response whose status is not terminal.
 * Event rows are keyed by (response_id, seq); appending the same key twice
   keeps the first.
+* ``append_events`` with ``ends`` commits the rows and those step and
+  response ends in one transaction: an event that announces an outcome is
+  never durable without it (what a client was told is what the store says).
 * A lease is held by one owner until it expires; ``claim_expired`` hands each
   expired lease to exactly one caller.
 * Times are POSIX seconds (float).
@@ -31,7 +34,16 @@ from typing import Any, Protocol
 from stepline.engine.steps import NewStep, Step, StepState
 from stepline.store.notify import EventWatch
 
-__all__ = ["TERMINAL_STATUSES", "EventRow", "ResponseRecord", "StepStore", "new_steps"]
+__all__ = [
+    "TERMINAL_STATUSES",
+    "EndResult",
+    "EventRow",
+    "ResponseEnd",
+    "ResponseRecord",
+    "StepEnd",
+    "StepStore",
+    "new_steps",
+]
 
 #: response statuses after which nothing changes
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
@@ -94,6 +106,33 @@ def new_steps(
         )
         for offset, new in enumerate(steps, start=1)
     ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepEnd:
+    """A step's terminal state, stored with the events that announce it."""
+
+    step_id: str
+    state: StepState
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponseEnd:
+    """A response's terminal status and result, stored with its terminal event."""
+
+    response_id: str
+    status: str
+    result: dict[str, Any]
+    completed_at: float | None
+    #: its input and output items, kept for ``item_reference``
+    items: Sequence[dict[str, Any]] = ()
+
+
+#: what ``append_events`` returns per end: the finished step (None when it was no
+#: longer processing), or whether the response was finished (False: already terminal)
+EndResult = Step | bool | None
 
 
 class StepStore(Protocol):
@@ -172,8 +211,11 @@ class StepStore(Protocol):
         """Every step of the response, all scopes, ordered by sequence."""
         ...
 
-    async def append_events(self, rows: Sequence[EventRow]) -> None:
-        """Persist rows (of any responses) in one transaction."""
+    async def append_events(
+        self, rows: Sequence[EventRow], *, ends: Sequence[StepEnd | ResponseEnd] = ()
+    ) -> list[EndResult]:
+        """Persist rows (of any responses) and ``ends`` in one transaction; return
+        each end's result in order (see :data:`EndResult`)."""
         ...
 
     async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:

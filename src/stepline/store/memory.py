@@ -26,7 +26,15 @@ import orjson
 
 from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
-from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, new_steps
+from stepline.store.base import (
+    TERMINAL_STATUSES,
+    EndResult,
+    EventRow,
+    ResponseEnd,
+    ResponseRecord,
+    StepEnd,
+    new_steps,
+)
 from stepline.store.notify import EventNotifier, EventWatch
 
 __all__ = ["MemoryStore"]
@@ -254,10 +262,31 @@ class MemoryStore:
 
     # -- events --
 
-    async def append_events(self, rows: Sequence[EventRow]) -> None:
+    async def append_events(
+        self, rows: Sequence[EventRow], *, ends: Sequence[StepEnd | ResponseEnd] = ()
+    ) -> list[EndResult]:
+        results: list[EndResult] = []
+        for end in ends:
+            if isinstance(end, StepEnd):
+                results.append(
+                    await self.finish_step(
+                        end.step_id, state=end.state, response=end.response, error=end.error
+                    )
+                )
+            else:
+                results.append(
+                    await self.finish_response(
+                        end.response_id,
+                        status=end.status,
+                        result=end.result,
+                        completed_at=end.completed_at,
+                        items=end.items,
+                    )
+                )
         for row in rows:
             self._events.setdefault(row.response_id, _EventLog()).add(row)
         self._notifier.notify({row.response_id for row in rows})
+        return results
 
     def watch_events(self, response_id: str) -> EventWatch:
         return self._notifier.watch(response_id)

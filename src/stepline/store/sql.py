@@ -45,7 +45,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
-from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, new_steps
+from stepline.store.base import (
+    TERMINAL_STATUSES,
+    EndResult,
+    EventRow,
+    ResponseEnd,
+    ResponseRecord,
+    StepEnd,
+    new_steps,
+)
 from stepline.store.notify import CHANNEL, EventNotifier, EventWatch, PgListener
 from stepline.store.schema import VERSION_TABLE, JsonText, events, items, responses, steps
 
@@ -271,6 +279,29 @@ _FIND_ITEMS = (
     )
     .order_by(responses.c.created_at, items.c.position)
 )
+
+
+async def _finish_response_in(connection: AsyncConnection, end: ResponseEnd) -> bool:
+    """Finish a live response and keep its items, on an open connection."""
+    if end.status not in TERMINAL_STATUSES:
+        raise ValueError(f"{end.status!r} is not a terminal status")
+    params = {
+        "p_id": end.response_id,
+        "p_status": end.status,
+        "p_result": end.result,
+        "p_completed_at": end.completed_at,
+    }
+    finished = (await connection.execute(_FINISH_RESPONSE, params)).rowcount == 1
+    rows = [
+        {"response_id": end.response_id, "position": position, "id": item["id"], "data": item}
+        for position, item in enumerate(end.items)
+        if item.get("id")
+    ]
+    if finished and rows:
+        await connection.execute(_INSERT_ITEM, rows)
+    return bool(finished)
+
+
 _DELETE_ITEMS = sa.delete(items).where(items.c.response_id == sa.bindparam("p_id"))
 _DELETE_EVENTS = sa.delete(events).where(events.c.response_id == sa.bindparam("p_id"))
 _DELETE_STEPS = sa.delete(steps).where(steps.c.response_id == sa.bindparam("p_id"))
@@ -556,27 +587,18 @@ class SqlStore:
         completed_at: float | None,
         items: Sequence[dict[str, Any]] = (),
     ) -> bool:
-        if status not in TERMINAL_STATUSES:
-            raise ValueError(f"{status!r} is not a terminal status")
-        params = {
-            "p_id": response_id,
-            "p_status": status,
-            "p_result": result,
-            "p_completed_at": completed_at,
-        }
-        rows = [
-            {"response_id": response_id, "position": position, "id": item["id"], "data": item}
-            for position, item in enumerate(items)
-            if item.get("id")
-        ]
+        end = ResponseEnd(
+            response_id=response_id,
+            status=status,
+            result=result,
+            completed_at=completed_at,
+            items=items,
+        )
 
         async def work(connection: AsyncConnection) -> bool:
-            finished = (await connection.execute(_FINISH_RESPONSE, params)).rowcount == 1
-            if finished and rows:
-                await connection.execute(_INSERT_ITEM, rows)
-            return finished
+            return await _finish_response_in(connection, end)
 
-        return await self._write(work, transaction=bool(rows))
+        return await self._write(work, transaction=bool(items))
 
     async def find_items(
         self, item_ids: Sequence[str], *, key_id: str | None
@@ -693,9 +715,11 @@ class SqlStore:
 
     # -- events --
 
-    async def append_events(self, rows: Sequence[EventRow]) -> None:
-        if not rows:
-            return
+    async def append_events(
+        self, rows: Sequence[EventRow], *, ends: Sequence[StepEnd | ResponseEnd] = ()
+    ) -> list[EndResult]:
+        if not rows and not ends:
+            return []
         values = [
             {
                 "response_id": row.response_id,
@@ -705,17 +729,37 @@ class SqlStore:
             }
             for row in rows
         ]
-
+        now = time.time()
         response_ids = sorted({row.response_id for row in rows})
 
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(self._insert_events, values)
-            if self._postgres:
+        async def work(connection: AsyncConnection) -> list[EndResult]:
+            results: list[EndResult] = []
+            for end in ends:
+                if isinstance(end, StepEnd):
+                    if not end.state.terminal:
+                        raise ValueError(f"a step end needs a terminal state, not {end.state}")
+                    params = {
+                        "p_id": end.step_id,
+                        "p_state": end.state.value,
+                        "p_response": end.response,
+                        "p_error": end.error,
+                        "p_now": now,
+                    }
+                    row = (await connection.execute(_FINISH_STEP, params)).first()
+                    results.append(None if row is None else _step_from_row(row))
+                else:
+                    results.append(await _finish_response_in(connection, end))
+            if values:
+                await connection.execute(self._insert_events, values)
+            if self._postgres and response_ids:
                 # delivered on commit to every process that LISTENs
                 await connection.execute(_NOTIFY, {"p_ids": response_ids})
+            return results
 
-        await self._write(work, transaction=True)
-        self._notifier.notify(response_ids)
+        results = await self._write(work, transaction=True)
+        if response_ids:
+            self._notifier.notify(response_ids)
+        return results
 
     async def listening(self) -> None:
         """Wait until this process receives other processes' event notifications.

@@ -27,6 +27,7 @@ import orjson
 
 from stepline.config import HttpToolConfig
 from stepline.errors import ToolError
+from stepline.masking import is_maskable
 
 __all__ = ["call_http_tool", "mask_secrets", "truncate_output"]
 
@@ -45,9 +46,10 @@ def truncate_output(text: str, limit: int | None) -> str:
 
 
 def mask_secrets(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every occurrence of each secret masked."""
+    """``text`` with every occurrence of each secret masked (those long enough to mask:
+    a short one would corrupt ordinary text, see :mod:`stepline.masking`)."""
     for secret in secrets:
-        if secret and secret in text:
+        if is_maskable(secret) and secret in text:
             text = text.replace(secret, _MASK)
     return text
 

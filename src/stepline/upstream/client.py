@@ -17,7 +17,10 @@ Invariants:
   deadline, so time a slow consumer spends between chunks is never charged to
   the upstream's chunk gap, and the consumer is never cancelled by our clock.
 * This is the hot path of every token: a streamed chunk costs one
-  ``orjson.loads`` and a few dict lookups, nothing more.
+  ``orjson.loads`` and a few dict lookups, nothing more. When the server
+  registered secrets (:mod:`stepline.masking`), each chunk's text is also
+  masked, as it is decoded, so a secret the model repeats is never stored nor
+  streamed; with none registered that is one ``None`` test per chunk.
 * A route with several targets (``UpstreamTarget.candidates``) fails over
   here, in the same place: a retryable failure before any output moves the
   call to the next target at once; when every target failed, the retry policy
@@ -25,7 +28,8 @@ Invariants:
   backoff. The :class:`~stepline.upstream.routing.TargetPool` orders the
   targets, takes failing ones out for a cool-down and bounds calls in flight.
 * An upstream's API key never leaves in an error: it is masked in messages
-  and bodies before they are raised.
+  and bodies before they are raised (unless it is too short to mask, see
+  :data:`~stepline.masking.MIN_SECRET_LENGTH`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import orjson
 
 from stepline.config import TimeoutsConfig
 from stepline.errors import UpstreamError, UpstreamTimeout
+from stepline.masking import MASK, StreamMasker, is_maskable, mask, mask_bytes, stream_masker
 from stepline.upstream.routing import TargetPool, UpstreamTarget
 
 __all__ = ["ChatClient", "ForwardedReply", "NullUpstreamObserver", "UpstreamObserver"]
@@ -62,7 +67,6 @@ _MESSAGE_LIMIT = 500
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
-_MASK = "***"
 
 
 class UpstreamObserver(Protocol):
@@ -179,6 +183,7 @@ class ChatClient:
 
         reads = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
         watchdog = _Watchdog(loop)
+        masker = stream_masker()
         outcome: str | None = "cancelled"
         try:
             # Some servers ignore ``stream`` and answer with one JSON body.
@@ -189,6 +194,8 @@ class ChatClient:
                 chunks = _completion_chunks(body, step_id)
                 outcome = None
                 for chunk in chunks:
+                    if masker is not None:
+                        masker.chunk(chunk)
                     yield chunk
                 return
 
@@ -219,6 +226,8 @@ class ChatClient:
 
                 chunks = parser.close() if block is None else parser.feed(block)
                 for chunk in chunks:
+                    if masker is not None:
+                        masker.chunk(chunk)
                     yield chunk
                 if parser.failure is not None:
                     raise parser.failure
@@ -453,7 +462,11 @@ class ChatClient:
 class ForwardedReply:
     """An upstream's 2xx reply to a forwarded call: its status, content type and raw
     bytes. Iterate :meth:`body` once (it frees the target's slot at its end), or
-    :meth:`aclose` it without reading."""
+    :meth:`aclose` it without reading.
+
+    The bytes are relayed as they came, but for registered secrets
+    (:mod:`stepline.masking`): then a JSON body is masked whole, and an event
+    stream event by event, an event re-encoded only when masking changed it."""
 
     def __init__(
         self, client: ChatClient, opened: _Opened, total_deadline: float, request_id: str
@@ -474,6 +487,7 @@ class ForwardedReply:
         loop = asyncio.get_running_loop()
         timeouts = self._opened.target.config.timeouts
         reads = cast(AsyncGenerator[bytes, None], self._opened.response.aiter_raw())
+        relay = _MaskedRelay.of(self.content_type, self.content_encoding)
         outcome: str | None = "cancelled"
         try:
             while True:
@@ -490,7 +504,13 @@ class ForwardedReply:
                     raise _stream_failure(exc, "chunk", timeouts, self._request_id) from exc
                 if block is None:
                     outcome = None
+                    if relay is not None and (rest := relay.close()):
+                        yield rest
                     return
+                if relay is not None:
+                    block = relay.feed(block)
+                    if not block:
+                        continue
                 yield block
         finally:
             await reads.aclose()
@@ -667,7 +687,56 @@ class _SSEParser:
         return chunks
 
     def _error(self, message: str) -> UpstreamError:
-        return UpstreamError(message, step_id=self._step_id)
+        return UpstreamError(mask(message), step_id=self._step_id)
+
+
+class _MaskedRelay:
+    """A forwarded body with registered secrets masked: an event stream line by line
+    (a ``data:`` chunk through a :class:`~stepline.masking.StreamMasker`, so a secret
+    split across events is caught too), any other body whole, at its end."""
+
+    __slots__ = ("_masker", "_stream", "_tail")
+
+    def __init__(self, masker: StreamMasker, *, stream: bool) -> None:
+        self._masker = masker
+        self._stream = stream
+        self._tail = b""
+
+    @classmethod
+    def of(cls, content_type: str, content_encoding: str | None) -> _MaskedRelay | None:
+        """The relay for a reply; None with no secret registered, or for a body
+        compressed despite the ``identity`` asked for (it cannot be read)."""
+        masker = stream_masker()
+        if masker is None or content_encoding not in (None, "identity"):
+            return None
+        return cls(masker, stream=content_type.startswith("text/event-stream"))
+
+    def feed(self, block: bytes) -> bytes:
+        data = self._tail + block
+        if not self._stream:
+            self._tail = data
+            return b""
+        end = data.rfind(b"\n") + 1
+        self._tail = data[end:]
+        return b"".join(self._line(line) for line in data[:end].splitlines(keepends=True))
+
+    def close(self) -> bytes:
+        data, self._tail = self._tail, b""
+        if not self._stream:
+            return mask_bytes(data)
+        return self._line(data) if data else b""
+
+    def _line(self, line: bytes) -> bytes:
+        if not line.startswith(b"data:"):
+            return line
+        content = line.rstrip(b"\r\n")
+        try:
+            chunk = _loads(content[5:])
+        except _JSONDecodeError:
+            return mask_bytes(line)  # [DONE], or not a chunk
+        if type(chunk) is dict and self._masker.chunk(chunk):
+            return b"data: " + orjson.dumps(chunk) + line[len(content) :]
+        return mask_bytes(line)
 
 
 def _retry_delay(exc: UpstreamError, retries: int, max_retries: int) -> float | None:
@@ -711,8 +780,8 @@ def _error_kind(exc: UpstreamError) -> str:
 
 
 def mask_secret(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` masked."""
-    return text.replace(secret, _MASK) if secret and secret in text else text
+    """``text`` with every occurrence of ``secret`` masked (when it is long enough)."""
+    return text.replace(secret, MASK) if is_maskable(secret) and secret in text else text
 
 
 def _status_error(
@@ -720,7 +789,7 @@ def _status_error(
 ) -> UpstreamError:
     status = response.status_code
     retryable = status in _RETRY_STATUSES or status >= 500
-    text = mask_secret(body[:_BODY_LIMIT].decode("utf-8", "replace"), secret)
+    text = mask(mask_secret(body[:_BODY_LIMIT].decode("utf-8", "replace"), secret))
     try:
         message = _error_message(_loads(body))
     except _JSONDecodeError:
@@ -728,7 +797,7 @@ def _status_error(
     if not message:
         message = text.strip()[:_MESSAGE_LIMIT] or f"upstream returned HTTP {status}"
     return UpstreamError(
-        mask_secret(message, secret),
+        mask(mask_secret(message, secret)),
         status=status,
         body=text,
         retryable=retryable,
@@ -798,7 +867,7 @@ def _completion_chunks(body: bytes, step_id: str) -> list[dict[str, Any]]:
         raise UpstreamError(f"upstream sent invalid JSON: {_clip(body)}", step_id=step_id) from None
     message = _error_message(completion)
     if message is not None:
-        raise UpstreamError(message, step_id=step_id)
+        raise UpstreamError(mask(message), step_id=step_id)
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not isinstance(choices, list) or not choices:
         raise UpstreamError(f"upstream reply has no choices: {_clip(body)}", step_id=step_id)
@@ -816,7 +885,7 @@ def _completion_chunks(body: bytes, step_id: str) -> list[dict[str, Any]]:
     for position, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise UpstreamError(
-                f"upstream sent a malformed choice: {choice!r:.200}", step_id=step_id
+                mask(f"upstream sent a malformed choice: {choice!r:.200}"), step_id=step_id
             )
         index = choice.get("index", position)
         message_dict = choice.get("message") or {}
@@ -846,5 +915,6 @@ def _completion_chunks(body: bytes, step_id: str) -> list[dict[str, Any]]:
 
 
 def _clip(data: bytes) -> str:
-    text = data.strip().decode("utf-8", "replace")
+    """What an error quotes of an upstream's bytes: the start, secrets masked."""
+    text = mask(data.strip().decode("utf-8", "replace"))
     return text if len(text) <= 200 else text[:200] + "..."
