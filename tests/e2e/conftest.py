@@ -136,30 +136,45 @@ async def stack_factory(
     async with AsyncExitStack() as exits:
 
         async def start(**limits: Any) -> Stack:
-            database_url = await exits.enter_async_context(
-                backend_database(request.param, tmp_path)
-            )
-            tools = ToolServer()
-            model = ScriptedModel(demo_token_delay=0)
-            tools_url = await exits.enter_async_context(serve_app(tools.app()))
-            exits.callback(tools.release.set)
-            upstream = await exits.enter_async_context(serve_app(create_scripted_app(model)))
-            settings = _settings(database_url, upstream, tools_url, **limits)
-            url = await exits.enter_async_context(serve_app(create_app(settings, shutdown_grace=5)))
-            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="test", max_retries=0)
-            exits.push_async_callback(client.close)
-            http = httpx.AsyncClient(base_url=url, timeout=30)
-            exits.push_async_callback(http.aclose)
-            return Stack(
-                url=url,
-                client=client,
-                http=http,
-                model=model,
-                tools=tools,
-                database_url=database_url,
-            )
+            return await serve_stack(exits, request.param, tmp_path, **limits)
 
         yield start
+
+
+#: edits the stack's settings (as a dict) before they are validated; gets the tools' URL
+Configure = Callable[[dict[str, Any], str], None]
+
+
+async def serve_stack(
+    exits: AsyncExitStack,
+    backend: str,
+    tmp_path: Path,
+    *,
+    tools: ToolServer | None = None,
+    configure: Configure | None = None,
+    **limits: Any,
+) -> Stack:
+    """Start a tool server, the scripted model and stepline on ``backend``; they stop
+    with ``exits``. ``configure`` may change the settings first."""
+    database_url = await exits.enter_async_context(backend_database(backend, tmp_path))
+    tools = tools or ToolServer()
+    model = ScriptedModel(demo_token_delay=0)
+    tools_url = await exits.enter_async_context(serve_app(tools.app()))
+    exits.callback(tools.release.set)
+    upstream = await exits.enter_async_context(serve_app(create_scripted_app(model)))
+    settings = _settings(database_url, upstream, tools_url, **limits)
+    if configure is not None:
+        data = settings.model_dump()
+        configure(data, tools_url)
+        settings = Settings.model_validate(data)
+    url = await exits.enter_async_context(serve_app(create_app(settings, shutdown_grace=5)))
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="test", max_retries=0)
+    exits.push_async_callback(client.close)
+    http = httpx.AsyncClient(base_url=url, timeout=30)
+    exits.push_async_callback(http.aclose)
+    return Stack(
+        url=url, client=client, http=http, model=model, tools=tools, database_url=database_url
+    )
 
 
 @pytest.fixture

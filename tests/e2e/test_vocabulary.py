@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import orjson
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
@@ -31,13 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from stepline.config import Settings
-from stepline.scripted import ScriptedModel, create_scripted_app, serve_app
-from stepline.server.app import create_app
 from stepline.server.auth import hash_token, new_token
 from tests._backends import SQL_KINDS, backend_params
-from tests._backends import database_url as backend_database
-from tests.e2e.conftest import Stack, ToolServer, _settings, read_sse
+from tests.e2e.conftest import Stack, ToolServer, read_sse, serve_stack
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -84,38 +78,20 @@ async def configured(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
     async with AsyncExitStack() as exits:
 
         async def start(change: Change | None = None) -> Stack:
-            database_url = await exits.enter_async_context(
-                backend_database(request.param, tmp_path)
-            )
-            tools = _SearchTools()
-            model = ScriptedModel(demo_token_delay=0)
-            tools_url = await exits.enter_async_context(serve_app(tools.app()))
-            exits.callback(tools.release.set)
-            upstream = await exits.enter_async_context(serve_app(create_scripted_app(model)))
-            data = _settings(database_url, upstream, tools_url).model_dump()
-            data["tools"]["search"] = {
-                "type": "http",
-                "description": "Search the web.",
-                "url": f"{tools_url}/tools/search",
-                "parameters": _object(query={"type": "string"}),
-                "timeout": 5,
-            }
-            data["default_model"]["tools"] = []
-            if change is not None:
-                change(data)
-            app = create_app(Settings.model_validate(data), shutdown_grace=5)
-            url = await exits.enter_async_context(serve_app(app))
-            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="test", max_retries=0)
-            exits.push_async_callback(client.close)
-            http = httpx.AsyncClient(base_url=url, timeout=30)
-            exits.push_async_callback(http.aclose)
-            return Stack(
-                url=url,
-                client=client,
-                http=http,
-                model=model,
-                tools=tools,
-                database_url=database_url,
+            def configure(data: dict[str, Any], tools_url: str) -> None:
+                data["tools"]["search"] = {
+                    "type": "http",
+                    "description": "Search the web.",
+                    "url": f"{tools_url}/tools/search",
+                    "parameters": _object(query={"type": "string"}),
+                    "timeout": 5,
+                }
+                data["default_model"]["tools"] = []
+                if change is not None:
+                    change(data)
+
+            return await serve_stack(
+                exits, request.param, tmp_path, tools=_SearchTools(), configure=configure
             )
 
         yield start
