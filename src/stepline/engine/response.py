@@ -206,7 +206,7 @@ async def run_response(
             stop_reason="error",
             error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
         )
-    return await _finish_response(engine, record, request, outcome, events, log, transcript)
+    return await _finish_response(engine, record, request, outcome, events, transcript)
 
 
 async def _mcp_listings(
@@ -261,7 +261,6 @@ async def _finish_response(
     request: ResponseRequest,
     outcome: Outcome,
     events: ResponseEvents | None,
-    log: EventLog | None,
     transcript: list[dict[str, Any]],
 ) -> dict[str, Any]:
     steps = await engine.store.load_steps(record.id)
