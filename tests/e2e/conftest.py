@@ -152,10 +152,12 @@ async def serve_stack(
     *,
     tools: ToolServer | None = None,
     configure: Configure | None = None,
+    api_key: str = "test",
     **limits: Any,
 ) -> Stack:
     """Start a tool server, the scripted model and stepline on ``backend``; they stop
-    with ``exits``. ``configure`` may change the settings first."""
+    with ``exits``. ``configure`` may change the settings first; ``api_key`` is the
+    stack's client's."""
     database_url = await exits.enter_async_context(backend_database(backend, tmp_path))
     tools = tools or ToolServer()
     model = ScriptedModel(demo_token_delay=0)
@@ -168,7 +170,7 @@ async def serve_stack(
         configure(data, tools_url)
         settings = Settings.model_validate(data)
     url = await exits.enter_async_context(serve_app(create_app(settings, shutdown_grace=5)))
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="test", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
     exits.push_async_callback(client.close)
     http = httpx.AsyncClient(base_url=url, timeout=30)
     exits.push_async_callback(http.aclose)

@@ -15,39 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
-from stepline.config import KeyConfig
-from stepline.scripted import ScriptedModel, create_scripted_app, serve_app
 from stepline.server import websocket
-from stepline.server.app import create_app
 from stepline.server.auth import hash_token, new_token
-from tests._backends import database_url as backend_database
-from tests.e2e.conftest import Stack, StackFactory, ToolServer, _settings, normalise_ids, read_sse
+from tests.durability.conftest import message_events
+from tests.e2e.conftest import Stack, StackFactory, normalise_ids, read_sse, serve_stack
 
 #: the longest any single receive may wait
 RECEIVE_SECONDS = 10.0
 
 _TERMINAL = ("response.completed", "response.failed", "response.incomplete")
-
-
-def _text_types(deltas: int) -> list[str]:
-    """The event types of a response that answers with one message of ``deltas`` pieces."""
-    return [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        *["response.output_text.delta"] * deltas,
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
 
 
 def _ws_url(url: str) -> str:
@@ -172,7 +153,7 @@ async def test_websocket_sends_the_same_events_as_sse(stack: Stack) -> None:
     async with connect(_ws_url(stack.url)) as socket:
         over_ws = await _turn(socket, **body)
 
-    assert [event["type"] for event in over_ws] == _text_types(3)
+    assert [event["type"] for event in over_ws] == message_events(3)
     assert [event["sequence_number"] for event in over_ws] == list(range(len(over_ws)))
     assert _stable(over_ws) == _stable(over_sse)
 
@@ -191,7 +172,7 @@ async def test_two_creates_sent_at_once_are_answered_one_after_the_other(stack: 
         await _create(socket, model="quick", input="second")
         events = [*await _read_turn(socket), *await _read_turn(socket)]
 
-    assert [event["type"] for event in events] == [*_text_types(6), *_text_types(1)]
+    assert [event["type"] for event in events] == [*message_events(6), *message_events(1)]
     assert _stable(events) == _stable(expected)
 
 
@@ -210,7 +191,7 @@ async def test_store_false_continuation_on_the_same_connection(stack: Stack) -> 
             input="What is the code word?",
         )
 
-    assert [event["type"] for event in second_events] == _text_types(1)
+    assert [event["type"] for event in second_events] == message_events(1)
     second = _final(second_events)
     assert (second["previous_response_id"], second["store"]) == (first["id"], False)
     assert _output_text(second) == "cobalt"
@@ -323,7 +304,7 @@ async def test_http_only_fields_and_bad_messages_are_refused_and_the_connection_
         _refusal("invalid_type", "type"),
         _refusal("invalid_type", "type"),
     ]
-    assert [event["type"] for event in answered] == _text_types(1)
+    assert [event["type"] for event in answered] == message_events(1)
     assert len(stack.model.requests("hello")) == 1
 
 
@@ -339,7 +320,7 @@ async def test_stored_responses_continue_on_another_connection_and_over_http(
             socket, model="memory", previous_response_id=first["id"], input="The word?"
         )
 
-    assert [event["type"] for event in second_events] == _text_types(1)
+    assert [event["type"] for event in second_events] == message_events(1)
     second = _final(second_events)
     assert stack.model.requests("memory")[1]["messages"] == [
         {"role": "user", "content": "The code word is cobalt."},
@@ -406,7 +387,7 @@ async def test_a_dropped_connection_does_not_stop_the_response(stack: Stack) -> 
     async with asyncio.timeout(RECEIVE_SECONDS):
         async with stack.http.stream("GET", f"/v1/responses/{response_id}?stream=true") as reply:
             replayed = await read_sse(reply)
-    assert [event["type"] for event in replayed] == _text_types(8)
+    assert [event["type"] for event in replayed] == message_events(8)
     assert replayed[: len(seen)] == seen
     fetched = (await stack.http.get(f"/v1/responses/{response_id}")).json()
     assert (fetched["status"], _output_text(fetched)) == ("completed", words)
@@ -424,7 +405,7 @@ async def test_a_connection_ends_at_its_time_limit(
         with pytest.raises(ConnectionClosedOK):
             await _receive(socket)
 
-    assert [event["type"] for event in answered] == _text_types(1)
+    assert [event["type"] for event in answered] == message_events(1)
     assert _shown(limit) == _refusal("websocket_connection_limit_reached", None)
     assert socket.close_code == 1000
 
@@ -482,7 +463,7 @@ async def test_generate_false_warms_up_without_a_model_call(stack: Stack) -> Non
         {"type": "response.completed", "sequence_number": 2, "response": completed},
     ]
     assert isinstance(completed["completed_at"], int)
-    assert [event["type"] for event in answered] == _text_types(1)
+    assert [event["type"] for event in answered] == message_events(1)
     # the warm-up response is a whole response object, as a real one is
     assert set(shown) == set(answered[0]["response"])
     assert _final(answered)["previous_response_id"] == shown["id"]
@@ -511,8 +492,8 @@ async def test_the_official_sdk_runs_a_conversation_over_its_websocket(stack: St
         while second[-1].type not in (*_TERMINAL, "error"):
             second.append(await _sdk_receive(connection))
 
-    assert [event.type for event in first] == _text_types(1)
-    assert [event.type for event in second] == _text_types(1)
+    assert [event.type for event in first] == message_events(1)
+    assert [event.type for event in second] == message_events(1)
     final = second[-1].response
     assert (final.previous_response_id, final.output_text) == (first_id, "cobalt")
 
@@ -528,34 +509,16 @@ async def _sdk_receive(connection: Any) -> Any:
 @pytest.fixture
 async def keyed(tmp_path: Path) -> AsyncIterator[tuple[Stack, dict[str, str]]]:
     """A stack on SQLite whose API keys are ``alice`` and ``bob``; their tokens."""
+    tokens = {name: new_token() for name in ("alice", "bob")}
+
+    def configure(data: dict[str, Any], tools_url: str) -> None:
+        data["keys"] = {name: {"hash": hash_token(token)} for name, token in tokens.items()}
+
     async with AsyncExitStack() as exits:
-        database_url = await exits.enter_async_context(backend_database("sqlite", tmp_path))
-        tools = ToolServer()
-        model = ScriptedModel(demo_token_delay=0)
-        tools_url = await exits.enter_async_context(serve_app(tools.app()))
-        upstream = await exits.enter_async_context(serve_app(create_scripted_app(model)))
-        tokens = {name: new_token() for name in ("alice", "bob")}
-        settings = _settings(database_url, upstream, tools_url).model_copy(
-            update={
-                "keys": {name: KeyConfig(hash=hash_token(token)) for name, token in tokens.items()}
-            }
+        stack = await serve_stack(
+            exits, "sqlite", tmp_path, configure=configure, api_key=tokens["alice"]
         )
-        url = await exits.enter_async_context(serve_app(create_app(settings, shutdown_grace=5)))
-        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=tokens["alice"], max_retries=0)
-        exits.push_async_callback(client.close)
-        http = httpx.AsyncClient(base_url=url, timeout=30)
-        exits.push_async_callback(http.aclose)
-        yield (
-            Stack(
-                url=url,
-                client=client,
-                http=http,
-                model=model,
-                tools=tools,
-                database_url=database_url,
-            ),
-            tokens,
-        )
+        yield stack, tokens
 
 
 async def test_keys_guard_the_websocket(keyed: tuple[Stack, dict[str, str]]) -> None:
