@@ -134,16 +134,6 @@ class CustomToolCallOutputItem(_Lenient):
     output: str | list[ContentPart]
 
 
-#: the call items of the built-in tools a client runs, and the output item of each
-CLIENT_CALL_OUTPUTS = {
-    "local_shell_call": "local_shell_call_output",
-    "shell_call": "shell_call_output",
-    "apply_patch_call": "apply_patch_call_output",
-    "computer_call": "computer_call_output",
-    "tool_search_call": "tool_search_output",
-}
-
-
 class ClientCallItem(_Lenient):
     """A call of a built-in client tool (shell, apply_patch, computer, tool_search).
 
@@ -355,17 +345,6 @@ BUILTIN_CLIENT_TOOLS = {
     "computer": "computer_call",
     "computer_use_preview": "computer_call",
 }
-
-#: hosted tools: run by the server where the config maps them, else left out
-HOSTED_TOOL_TYPES = (
-    "web_search",
-    "web_search_preview",
-    "web_search_2025_08_26",
-    "web_search_preview_2025_03_11",
-    "file_search",
-    "code_interpreter",
-    "image_generation",
-)
 
 
 class BuiltinTool(_Lenient):
