@@ -44,7 +44,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise ConfigError(f"port {port} is out of range: pass a --port from 1 to 65535")
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are
+        # TCP, and without it every reply waits out Nagle and the delayed ACK (~40 ms)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as exc:
         raise ConfigError(f"cannot open a socket for {host}: {exc.strerror or exc}") from exc
     try:
