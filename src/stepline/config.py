@@ -277,6 +277,8 @@ class KeyConfig(_Strict):
     tools: tuple[str, ...] | None = None
     rate: RateConfig | None = None
     max_concurrent: int | None = Field(default=None, ge=1)
+    #: an operator's key: it may read every key's responses, usage and the console
+    admin: bool = False
 
 
 class McpSourceConfig(BaseModel):

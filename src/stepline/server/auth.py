@@ -65,6 +65,7 @@ __all__ = [
     "list_stored_keys",
     "new_key_id",
     "new_token",
+    "require_admin",
     "store_key",
 ]
 
@@ -153,6 +154,11 @@ class Caller:
     def may_use_model(self, model: str) -> bool:
         return self.key is None or self.key.may_use_model(model)
 
+    @property
+    def is_admin(self) -> bool:
+        """An operator's key (``admin = true`` in its config)."""
+        return self.key is not None and self.key.config.admin
+
     def check_model(self, model: str, *, param: str = "model") -> None:
         if not self.may_use_model(model):
             raise RequestError(
@@ -187,6 +193,29 @@ def caller_of(request: Request) -> Caller:
     if not isinstance(caller, Caller):
         raise _unauthorized("Missing API key.")
     return caller
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def require_admin(request: Request) -> Caller:
+    """The caller of an operator's endpoint, or a 403.
+
+    An admin key may always; on a server without keys (anonymous), only a
+    client on the loopback interface may, so an open server never exposes
+    every response beyond the machine it runs on.
+    """
+    caller = caller_of(request)
+    if caller.is_admin:
+        return caller
+    client = request.client
+    if caller.key is None and client is not None and client.host in _LOOPBACK:
+        return caller
+    raise RequestError(
+        "This endpoint needs an admin API key (admin = true in its [keys.NAME]).",
+        code="admin_key_required",
+        status_code=403,
+    )
 
 
 def _unauthorized(message: str) -> RequestError:
