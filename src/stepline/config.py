@@ -49,12 +49,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from stepline.errors import ConfigError
 
@@ -73,6 +81,7 @@ __all__ = [
     "ToolConfig",
     "UpstreamConfig",
     "load_settings",
+    "parse_duration",
     "resolve_secret",
 ]
 
@@ -88,6 +97,44 @@ _HOSTED_TYPES = frozenset(
         "image_generation",
     }
 )
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a duration: a positive number of seconds, or text with a unit
+    (``"90s"``, ``"15m"``, ``"12h"``, ``"30d"``, ``"2w"``); a ValueError otherwise."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip().lower())
+        if match is not None:
+            seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds is None or not 0 < seconds < float("inf"):
+        raise ValueError(
+            "expected a positive duration: seconds, or a number with a unit "
+            "(s, m, h, d, w) such as '30d' or '12h'"
+        )
+    return seconds
+
+
+def _retention(value: Any) -> Any:
+    """A ``retention`` value: ``"off"`` (kept as is), None, or a duration in seconds."""
+    if value is None or value == "off":
+        return value
+    return parse_duration(value)
+
+
+def _global_retention(value: Any) -> float | None:
+    retention = _retention(value)
+    return None if retention == "off" else retention
+
+
+#: how long a response is stored after it was created: seconds; ``"off"`` never deletes
+Retention = Annotated[float | Literal["off"] | None, BeforeValidator(_retention)]
 
 
 class _Strict(BaseModel):
@@ -279,6 +326,9 @@ class KeyConfig(_Strict):
     max_concurrent: int | None = Field(default=None, ge=1)
     #: an operator's key: it may read every key's responses, usage and the console
     admin: bool = False
+    #: this key's responses are deleted this long after they were created (``"30d"``,
+    #: ``"12h"``, seconds); ``"off"``: never; unset: the global ``retention``
+    retention: Retention = None
 
 
 class McpSourceConfig(BaseModel):
@@ -370,6 +420,11 @@ class Settings(_Strict):
     mcp_allowed_urls: tuple[str, ...] = ()
     protocol: ProtocolConfig = ProtocolConfig()
     demo: bool = False
+    #: responses are deleted this long after they were created (``"30d"``, ``"12h"``,
+    #: seconds), unless their key sets its own; unset or ``"off"``: never
+    retention: Annotated[float | None, BeforeValidator(_global_retention)] = None
+    #: how often a server looks for responses past their retention
+    retention_interval: Annotated[float, BeforeValidator(parse_duration)] = 60.0
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

@@ -82,6 +82,9 @@ responses = sa.Table(
     sa.Column("completed_at", sa.Double, nullable=True),
     sa.Column("key_id", sa.String, nullable=True),
     sa.Index(None, "status", "lease_expires_at"),
+    # retention sweeps oldest first and checks whether a response is continued
+    sa.Index(None, "created_at"),
+    sa.Index(None, "previous_response_id"),
 )
 
 steps = sa.Table(

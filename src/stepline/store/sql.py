@@ -902,3 +902,14 @@ class SqlStore:
         if not task.cancelled():
             # Mark the outcome as seen: a caller cancelled mid-write never reads it.
             task.exception()
+
+    # -- for the store's other modules (retention, usage) --
+
+    async def run_read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run ``work`` on an autocommit connection, as the store's own reads run."""
+        return await self._read(work)
+
+    async def run_write(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
+        """Run ``work`` in one transaction, queued with the store's own writes (on
+        SQLite, behind this process's writers; never abandoned once started)."""
+        return await self._write(work, transaction=True)
