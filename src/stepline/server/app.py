@@ -36,6 +36,7 @@ from stepline.masking import register_settings_secrets
 from stepline.protocol.sealing import Sealer, parse_key
 from stepline.server import health, metrics, passthrough, websocket
 from stepline.server.auth import KeyRing
+from stepline.server.console import install_console
 from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
 from stepline.server.metrics import Metrics
@@ -245,6 +246,7 @@ def create_app(
     app.include_router(passthrough.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    install_console(app)
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
     return app

@@ -29,10 +29,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stepline.engine.steps import NewStep, Step, StepState
 from stepline.store.notify import EventWatch
+
+if TYPE_CHECKING:  # listing.py builds on this module's types
+    from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -251,6 +254,14 @@ class StepStore(Protocol):
         self, owner: str, *, now: float, expires_at: float, limit: int
     ) -> list[str]:
         """Take over non-terminal responses whose lease expired before ``now``."""
+        ...
+
+    async def list_summaries(self, query: ResponseQuery) -> ResponsePage:
+        """One page of responses across every key, newest first (the console's list)."""
+        ...
+
+    async def response_tree(self, response_id: str) -> ResponseTree | None:
+        """A response's summary, request body and every step (the console's tree)."""
         ...
 
     async def close(self) -> None: ...

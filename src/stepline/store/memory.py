@@ -35,6 +35,13 @@ from stepline.store.base import (
     StepEnd,
     new_steps,
 )
+from stepline.store.listing import (
+    ResponsePage,
+    ResponseQuery,
+    ResponseTree,
+    summaries_in_memory,
+    tree_in_memory,
+)
 from stepline.store.notify import EventNotifier, EventWatch
 
 __all__ = ["MemoryStore"]
@@ -344,3 +351,15 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release; the data stays readable until the store is dropped."""
+
+    # -- the console's reads (store/listing.py) --
+
+    async def list_summaries(self, query: ResponseQuery) -> ResponsePage:
+        return summaries_in_memory(self._responses.values(), self._steps, query)
+
+    async def response_tree(self, response_id: str) -> ResponseTree | None:
+        record = self._responses.get(response_id)
+        return tree_in_memory(
+            None if record is None else _copy_record(record),
+            [_copy_step(step) for step in self._steps.get(response_id, [])],
+        )

@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
+from stepline.store import listing
 from stepline.store.base import (
     TERMINAL_STATUSES,
     EndResult,
@@ -54,6 +55,7 @@ from stepline.store.base import (
     StepEnd,
     new_steps,
 )
+from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
 from stepline.store.notify import CHANNEL, EventNotifier, EventWatch, PgListener
 from stepline.store.schema import VERSION_TABLE, JsonText, events, items, responses, steps
 
@@ -913,3 +915,17 @@ class SqlStore:
         """Run ``work`` in one transaction, queued with the store's own writes (on
         SQLite, behind this process's writers; never abandoned once started)."""
         return await self._write(work, transaction=True)
+
+    # -- the console's reads (store/listing.py) --
+
+    async def list_summaries(self, query: ResponseQuery) -> ResponsePage:
+        async def work(connection: AsyncConnection) -> ResponsePage:
+            return await listing.list_summaries(connection, query)
+
+        return await self._read(work)
+
+    async def response_tree(self, response_id: str) -> ResponseTree | None:
+        async def work(connection: AsyncConnection) -> ResponseTree | None:
+            return await listing.load_tree(connection, response_id)
+
+        return await self._read(work)
