@@ -637,10 +637,10 @@ def _step_label(step: Step) -> str:
         state = f"[bold red]{step.state.value}[/bold red]"
     # why a step failed is the first thing a reader wants from this tree
     detail = _error_text(step.error)
-    if step.kind is StepKind.MODEL_CALL:
+    if step.kind is not StepKind.TOOL_CALL:
         usage = (step.response or {}).get("usage") or {}
         tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out"
-        return f"#{step.sequence} model_call {state} {took}, {tokens}{attempts}{detail}"
+        return f"#{step.sequence} {step.kind.value} {state} {took}, {tokens}{attempts}{detail}"
     return (
         f"#{step.sequence} tool_call {escape(step.tool_name)} ({escape(step.call_id or '')}) "
         f"{state} {took}{attempts}{detail}"

@@ -192,6 +192,13 @@ class UpstreamConfig(_Strict):
     cooldown_after: int = Field(default=3, ge=1)
     #: seconds it stays out before it is tried again
     cooldown_seconds: float = Field(default=30.0, ge=0)
+    #: the model's context window in tokens (``truncation: "auto"`` keeps within it, and
+    #: ``"disabled"`` fails before calling when it would overflow); None: the upstream decides
+    context_window: int | None = Field(default=None, ge=1)
+    #: how its tokens are counted (``/v1/responses/input_tokens``, truncation): ``vllm``
+    #: (``POST /tokenize`` beside ``/v1``), ``llama.cpp`` (``/apply-template`` then
+    #: ``/tokenize``), or the URL of a vLLM-shaped ``/tokenize``; None: not counted
+    tokenize: str | None = Field(default=None, pattern=r"^(vllm|llama\.cpp|https?://.+)$")
 
     def resolved_api_key(self) -> str | None:
         if self.api_key_env:
@@ -218,6 +225,8 @@ class ModelRoute(_Strict):
     upstream_model: str | None = None
     targets: tuple[TargetConfig, ...] = ()
     tools: tuple[str, ...] = ()
+    #: this model's context window in tokens; overrides its upstream's ``context_window``
+    context_window: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelRoute:

@@ -1107,7 +1107,7 @@ async def test_fields_stepline_cannot_honour_are_refused_naming_the_param(stack:
         "conversation object": {"conversation": {"id": "conv_1"}},
         "prompt": {"prompt": {"id": "pmpt_1", "variables": {"city": "Rome"}}},
         "context_management": {"context_management": [{"type": "compaction"}]},
-        "truncation": {"truncation": "auto"},
+        "truncation": {"truncation": "sometimes"},
         "include": {"include": ["reasoning.encrypted_content", "file_search_call.everything"]},
     }
 
@@ -1123,7 +1123,11 @@ async def test_fields_stepline_cannot_honour_are_refused_naming_the_param(stack:
         "conversation": (400, "invalid_request_error", "conversation"),
         "conversation object": (400, "invalid_request_error", "conversation"),
         "prompt": (400, "invalid_request_error", "prompt"),
-        "context_management": (400, "invalid_request_error", "context_management"),
+        "context_management": (
+            400,
+            "invalid_request_error",
+            "context_management[0].compact_threshold",
+        ),
         "truncation": (400, "invalid_request_error", "truncation"),
         "include": (400, "invalid_request_error", "include[1]"),
     }

@@ -221,10 +221,10 @@ def test_normalising_input_leaves_the_callers_dict_untouched() -> None:
         pytest.param(body(prompt={"id": "pmpt_1"}), "prompt", id="prompt"),
         pytest.param(
             body(context_management=[{"type": "compaction"}]),
-            "context_management",
-            id="context-management",
+            "context_management[0].compact_threshold",
+            id="context-management-without-threshold",
         ),
-        pytest.param(body(truncation="auto"), "truncation", id="truncation-auto"),
+        pytest.param(body(truncation="sometimes"), "truncation", id="truncation-unknown"),
         pytest.param(body(include=["file.everything"]), "include[0]", id="include-unknown"),
         pytest.param(
             body(input=[{"type": "item_reference", "id": "msg_gone"}]),
@@ -430,6 +430,7 @@ def test_defaults_of_a_minimal_request() -> None:
         "prompt_cache_key": None,
         "service_tier": None,
         "truncation": "disabled",
+        "context_management": None,
         "include": [],
         "client_metadata": None,
         "stream_options": None,

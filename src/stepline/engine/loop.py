@@ -34,6 +34,12 @@ import httpx
 import orjson
 
 from stepline.config import Settings
+from stepline.engine.compaction import (
+    CONTEXT_OVERFLOW,
+    fit_context,
+    is_context_overflow,
+    summarise,
+)
 from stepline.engine.observer import LoopObserver, NullObserver
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.run_events import (
@@ -61,6 +67,7 @@ from stepline.protocol.assemble import approved_call_item
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
 from stepline.protocol.client_tools import ClientTools
+from stepline.protocol.compaction import SEAL_LABEL, compaction_item, compaction_item_id
 from stepline.protocol.events import OutputList, ResponseEvents, event_type
 from stepline.protocol.items import (
     InputContext,
@@ -275,7 +282,7 @@ class ScopeLoop:
                 raise LoopDrained(self.response_id)
             if isinstance(action, AppendSteps):
                 # a model call runs at once: record it started, one write instead of two
-                runs_at_once = all(new.kind is StepKind.MODEL_CALL for new in action.steps)
+                runs_at_once = all(new.kind is not StepKind.TOOL_CALL for new in action.steps)
                 recorded = await store.record_steps(
                     self.response_id, scope=self.scope, steps=action.steps, start=runs_at_once
                 )
@@ -326,9 +333,12 @@ class ScopeLoop:
 
     async def _run_steps(self, steps: Sequence[Step], *, started: bool = False) -> None:
         """Run recorded steps; ``started``: they were just recorded already processing."""
-        model_calls = [step for step in steps if step.kind is StepKind.MODEL_CALL]
+        model_calls = [step for step in steps if step.kind is not StepKind.TOOL_CALL]
         tool_calls = [step for step in steps if step.kind is StepKind.TOOL_CALL]
         for step in model_calls:
+            if step.kind is StepKind.COMPACTION:
+                await self._record(await self._run_compaction(step, started=started))
+                continue
             done = await self._run_model_call(step, started=started)
             if done is not None:
                 self.engine.observer.model_call_finished(done, target=self.target.name)
@@ -439,14 +449,7 @@ class ScopeLoop:
         self._tap(
             StepStarted(step_id=step.id, kind="model_call", scope=self.scope, attempt=step.attempt)
         )
-        chain = [s for s in self._ordered() if s.sequence < step.sequence]
-        at = len(self.base_messages) if self.results_at is None else self.results_at
-        messages = [
-            *self.base_messages[:at],
-            *leading_tool_messages(chain),
-            *self.base_messages[at:],
-            *chain_messages(chain),
-        ]
+        messages = self._messages_before(step)
         problem = conversation_problem(messages, self.policy.validation)
         if problem is not None:
             done = await self._finish(
@@ -470,6 +473,21 @@ class ScopeLoop:
             client_tools=self.client_tools,
             server_names=frozenset(self.server_tools),
         )
+        fitted = await fit_context(
+            self.engine.settings,
+            self.engine.http,
+            self.target,
+            model=self.request.model,
+            truncation=self.request.truncation,
+            payload=payload,
+            max_output_tokens=self.request.max_output_tokens,
+        )
+        if fitted.overflow is not None:
+            error = {"message": fitted.overflow, "code": CONTEXT_OVERFLOW, "status": None}
+            done = await self._finish(step, StepState.FAILED, error=error)
+            self._model_call_done(done)
+            return done
+        payload = fitted.payload
         prior = None
         if self.events is not None and step.attempt > 1:
             # run again after a crash: continue what the earlier attempt sent
@@ -512,10 +530,11 @@ class ScopeLoop:
             if self.events is not None:
                 self.events.hold()
             items_sink.abort()
+            code = CONTEXT_OVERFLOW if is_context_overflow(exc) else exc.code
             done = await self._finish(
                 step,
                 StepState.FAILED,
-                error={"message": exc.message, "code": exc.code, "status": exc.status},
+                error={"message": exc.message, "code": code, "status": exc.status},
             )
             self._model_call_done(done)
             return done
@@ -539,6 +558,72 @@ class ScopeLoop:
         )
         self._model_call_done(done)
         return done
+
+    def _messages_before(self, step: Step) -> list[dict[str, Any]]:
+        """The conversation a step of this scope continues: everything recorded before it."""
+        chain = [s for s in self._ordered() if s.sequence < step.sequence]
+        at = len(self.base_messages) if self.results_at is None else self.results_at
+        return [
+            *self.base_messages[:at],
+            *leading_tool_messages(chain),
+            *self.base_messages[at:],
+            *chain_messages(chain),
+        ]
+
+    async def _run_compaction(self, step: Step, *, started: bool = False) -> Step | None:
+        """Have the model summarise the conversation so far; later calls see the summary.
+
+        Shown as a ``compaction`` item (added, ``response.compaction.compacting``,
+        done with the sealed summary); the item's done event is stored with the
+        step's end, and a rerun after a crash does not announce it twice."""
+        if not started:
+            step = await self.engine.store.start_step(step.id)
+        item = compaction_item(compaction_item_id(step.id), "")
+        index = self.output.index_of(item["id"])
+        if index is None:
+            index = self.output.add(item)
+        announced = False
+        if self.events is not None and step.attempt > 1:
+            announced = bool(await self.engine.store.step_events(self.response_id, step.id))
+        if self.events is not None and not announced:
+            self.events.emit(
+                "response.output_item.added", {"output_index": index, "item": item}, step_id=step.id
+            )
+            self.events.emit(
+                "response.compaction.compacting",
+                {"item_id": item["id"], "output_index": index},
+                step_id=step.id,
+            )
+        try:
+            summary = await summarise(
+                self.engine.chat,
+                self.target,
+                self._messages_before(step),
+                step_id=step.id,
+                prompt_cache_key=self.request.prompt_cache_key,
+            )
+        except UpstreamError as exc:
+            error = {"message": f"compaction failed: {exc.message}", "code": exc.code}
+            return await self._finish(step, StepState.FAILED, error={**error, "status": exc.status})
+        done_item = compaction_item(
+            item["id"], self.engine.sealer.seal(summary.text, label=SEAL_LABEL)
+        )
+        self.output.replace(index, done_item)
+        if self.events is not None:
+            # the item's done event is stored with the step's end (see _finish)
+            self.events.hold()
+            self.events.emit(
+                "response.output_item.done",
+                {"output_index": index, "item": done_item},
+                step_id=step.id,
+            )
+        self.state.input_tokens += summary.usage.get("input_tokens", 0)
+        self.state.output_tokens += summary.usage.get("output_tokens", 0)
+        return await self._finish(
+            step,
+            StepState.COMPLETED,
+            response={"summary": summary.text, "items": [done_item], "usage": summary.usage},
+        )
 
     def _model_call_done(self, step: Step | None) -> None:
         if step is None:
@@ -782,6 +867,9 @@ def wire_error(code: str, message: str, status: int | None = None) -> dict[str, 
     ``type`` the Open Responses category (``model_error``, ``too_many_requests``...)."""
     if status == 429:
         return {"code": "rate_limit_exceeded", "type": "too_many_requests", "message": message}
+    if code == CONTEXT_OVERFLOW:
+        # what Codex and the SDKs recognise: the context must shrink before a retry
+        return {"code": CONTEXT_OVERFLOW, "type": "invalid_request", "message": message}
     category = "model_error" if code == "model_error" else "server_error"
     return {"code": "server_error", "type": category, "message": message}
 

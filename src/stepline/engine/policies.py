@@ -64,6 +64,9 @@ class LoopPolicy:
     approval_tools: frozenset[str] = frozenset()
     #: approved calls of the previous response, run before the first model call
     approved_calls: tuple[ApprovedCall, ...] = ()
+    #: compact before a follow-up model call once the last one's input plus output
+    #: tokens reach this (the request's ``context_management``); None: never
+    compact_threshold: int | None = None
 
 
 @dataclass(kw_only=True)

@@ -80,6 +80,7 @@ def top_level_policy(
             name for name, tool in (server_tools or {}).items() if tool.approval
         ),
         approved_calls=tuple(approved),
+        compact_threshold=request.compact_threshold,
     )
 
 

@@ -1,7 +1,8 @@
 """The vocabulary of the loop: steps, their states, and the transition's answers.
 
 A response is a chain of steps. A step is one ``model_call`` (one Chat
-Completions request) or one ``tool_call`` (one tool run). Steps of a
+Completions request), one ``tool_call`` (one tool run), or one ``compaction``
+(a model call that summarises the context so far, for the calls after it). Steps of a
 sub-agent carry the id of the calling tool step as their ``scope``; top-level
 steps have ``scope=None``. A chain is always read within one scope.
 
@@ -22,9 +23,11 @@ Payload shapes:
 * model_call ``request``: ``{"model": ..., "iteration": n}``
 * model_call ``response``: ``{"message": <chat assistant message>,
   "items": [<output items in emission order>], "usage": {...},
-  "finish_reason": str}``
+  "finish_reason": str, "model": <the model the upstream named> | None}``
 * tool_call ``request``: ``{"name": ..., "arguments": <JSON string>}``
 * tool_call ``response``: ``{"output": str}``
+* compaction ``request``: ``{}``; ``response``: ``{"summary": str, "items":
+  [<the compaction item>], "usage": {...}}``
 * ``error`` (either kind): ``{"message": str, "code": str, "status": int|None}``
 """
 
@@ -55,6 +58,7 @@ __all__ = [
 class StepKind(enum.StrEnum):
     MODEL_CALL = "model_call"
     TOOL_CALL = "tool_call"
+    COMPACTION = "compaction"
 
 
 class StepState(enum.StrEnum):
@@ -175,4 +179,4 @@ def batches(chain: Sequence[Step]) -> list[tuple[Step, dict[str, Step]]]:
     return grouped
 
 
-StepKindName = Literal["model_call", "tool_call"]
+StepKindName = Literal["model_call", "tool_call", "compaction"]

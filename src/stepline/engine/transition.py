@@ -20,6 +20,9 @@ Rules, in order:
 6. Once every server sibling is terminal: a failure fails the response when
    the policy says so; client calls end the response with them; otherwise
    the follow-up model call, unless ``max_iterations`` model calls were made.
+7. Before that follow-up call, when the last model call's input plus output
+   tokens reached the policy's ``compact_threshold``, one compaction step
+   (once per model call); a failed compaction fails the response.
 """
 
 from __future__ import annotations
@@ -43,11 +46,15 @@ from stepline.engine.steps import (
     call_name,
 )
 
-__all__ = ["model_call", "next_action", "tool_calls_of"]
+__all__ = ["compaction", "model_call", "next_action", "tool_calls_of"]
 
 
 def model_call(iteration: int) -> NewStep:
     return NewStep(kind=StepKind.MODEL_CALL, request={"iteration": iteration})
+
+
+def compaction() -> NewStep:
+    return NewStep(kind=StepKind.COMPACTION, request={})
 
 
 def tool_calls_of(step: Step) -> list[dict[str, Any]]:
@@ -125,7 +132,37 @@ def next_action(policy: LoopPolicy, chain: Sequence[Step]) -> NextAction:
 
     if len(model_calls) >= policy.max_iterations:
         return Finish(reason="max_iterations")
+    compacted = _compaction_after(chain, last)
+    if compacted is None and _passes_threshold(policy, last):
+        return AppendSteps(steps=(compaction(),))
+    if compacted is not None and compacted.state is not StepState.COMPLETED:
+        error = compacted.error or {}
+        return Fail(
+            message=str(error.get("message", f"compaction {compacted.state.value}")),
+            code=str(error.get("code", "model_error")),
+            details=error,
+        )
     return AppendSteps(steps=(model_call(len(model_calls) + 1),))
+
+
+def _compaction_after(chain: Sequence[Step], last: Step) -> Step | None:
+    return next(
+        (
+            step
+            for step in chain
+            if step.kind is StepKind.COMPACTION and step.sequence > last.sequence
+        ),
+        None,
+    )
+
+
+def _passes_threshold(policy: LoopPolicy, last: Step) -> bool:
+    """The context measured as the upstream reported it: the last call's input + output."""
+    if policy.compact_threshold is None or last.response is None:
+        return False
+    usage = last.response.get("usage") or {}
+    tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+    return tokens >= policy.compact_threshold
 
 
 def _approved_step(call: ApprovedCall) -> NewStep:

@@ -5,7 +5,8 @@ The output of a response is derived from its top-level chain alone, so a
 after a crash all see the same list: each completed model call contributes
 its items in the order they were streamed, and an ``mcp_call`` item (a tool
 the server ran) takes its output, error and status from the tool step that
-answers its ``call_id``. Usage sums every model call of the response,
+answers its ``call_id``; a completed compaction step contributes its
+``compaction`` item at its place. Usage sums every model call of the response,
 sub-agents included.
 
 The response object always carries every field the Open Responses schema
@@ -63,24 +64,35 @@ def output_items(
             break
         if "approval_request_id" in step.request:
             items.append(mcp_item_state(approved_call_item(step), step))
+    turns: list[tuple[int, list[dict[str, Any]]]] = [
+        (step.sequence, list(step.response["items"]))
+        for step in chain
+        if step.kind is StepKind.COMPACTION
+        and step.state is StepState.COMPLETED
+        and step.response is not None
+    ]
     for model_call, tool_steps in batches(chain):
         if model_call.state is not StepState.COMPLETED:
             continue
         assert model_call.response is not None
         call_of = {item: call for call, item in model_call.response["call_items"].items()}
+        turn: list[dict[str, Any]] = []
         for item in model_call.response["items"]:
             if is_server_item(item) and item["id"] in call_of:
-                items.append(server_item_state(item, tool_steps.get(call_of[item["id"]]), include))
+                turn.append(server_item_state(item, tool_steps.get(call_of[item["id"]]), include))
             else:
-                items.append(item)
-    return items
+                turn.append(item)
+        turns.append((model_call.sequence, turn))
+    turns.sort(key=lambda entry: entry[0])
+    return [*items, *(item for _, turn in turns for item in turn)]
 
 
 def sum_usage(steps: Iterable[Step]) -> dict[str, Any]:
-    """Usage summed over every completed model call given (all scopes)."""
+    """Usage summed over every completed model call given (all scopes), compactions
+    included."""
     input_tokens = output_tokens = cached = reasoning = 0
     for step in steps:
-        if step.kind is StepKind.MODEL_CALL and step.response is not None:
+        if step.kind is not StepKind.TOOL_CALL and step.response is not None:
             usage = step.response.get("usage") or {}
             input_tokens += int(usage.get("input_tokens", 0))
             output_tokens += int(usage.get("output_tokens", 0))

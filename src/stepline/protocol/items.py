@@ -17,18 +17,20 @@ from __future__ import annotations
 import base64
 import binascii
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
 from stepline.engine.steps import Step, StepKind, StepState, batches
 from stepline.errors import InvalidRequest
 from stepline.protocol.client_tools import ClientTools
+from stepline.protocol.compaction import SEAL_LABEL, compacted, summary_message
 from stepline.protocol.request import (
     ClientCallItem,
     ClientCallOutputItem,
+    CompactionItem,
     CustomToolCallItem,
     CustomToolCallOutputItem,
     FunctionCallItem,
@@ -65,6 +67,16 @@ REASONING_KEY = "reasoning_content"
 Message = dict[str, Any]
 
 
+class Unseal(Protocol):
+    """Opens an ``encrypted_content`` stepline sealed under ``label``; None when it cannot."""
+
+    def __call__(self, token: str, *, label: str = ...) -> str | None: ...
+
+
+def _cannot_unseal(token: str, *, label: str = "reasoning") -> str | None:
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class InputContext:
     """What turning input items into chat messages needs besides the items."""
@@ -72,7 +84,7 @@ class InputContext:
     #: the client's tools, to name their calls as the model saw them
     tools: ClientTools = field(default_factory=ClientTools)
     #: opens an ``encrypted_content`` stepline sealed; None when it cannot
-    unseal: Callable[[str], str | None] = lambda token: None
+    unseal: Unseal = _cannot_unseal
     #: the upstream takes Chat Completions ``file`` parts for files that are not text
     file_parts: bool = False
 
@@ -286,7 +298,10 @@ def input_messages(
     """
     context = context or InputContext()
     transcript = _Transcript()
-    for item in items:
+    for index, item in enumerate(items):
+        if isinstance(item, CompactionItem):
+            transcript.add(summary_message(_opened_summary(item, index, context)))
+            continue
         if isinstance(item, McpApprovalResponseItem):
             call_id = (approvals or {}).get(item.approval_request_id)
             if call_id is not None and not item.approve:
@@ -327,6 +342,18 @@ def input_messages(
     return transcript.messages
 
 
+def _opened_summary(item: CompactionItem, index: int, context: InputContext) -> str:
+    summary = context.unseal(item.encrypted_content, label=SEAL_LABEL)
+    if summary is None:
+        raise InvalidRequest(
+            "The encrypted content of this compaction item could not be verified: it was not "
+            "made by this server, was changed, or its key was rotated out.",
+            param=f"input[{index}].encrypted_content",
+            code="invalid_encrypted_content",
+        )
+    return summary
+
+
 def finalize_messages(
     messages: Sequence[Message],
     *,
@@ -335,6 +362,7 @@ def finalize_messages(
 ) -> list[Message]:
     """The messages as one upstream takes them (the input is left untouched).
 
+    A compaction summary replaces what it summarises (:func:`compacted`).
     Reasoning goes back under ``reasoning_key`` (or not at all). A tool result
     made of parts (an image) stays one multi-part tool message where the
     upstream takes that (``native``); otherwise the tool message keeps the
@@ -352,7 +380,7 @@ def finalize_messages(
             attachments.clear()
             callers.clear()
 
-    for message in messages:
+    for message in compacted(messages):
         role = message["role"]
         if role != "tool":
             flush()
@@ -405,22 +433,31 @@ def chain_messages(chain: Sequence[Step]) -> list[Message]:
     Each model call contributes its assistant message; the tool steps after it
     contribute one tool message each, in the order the model called them,
     matched by ``call_id``. Client-side calls have no step and no message here:
-    their results arrive as input of the next response.
+    their results arrive as input of the next response. A completed compaction
+    step contributes its summary, at its place.
     """
-    messages: list[Message] = []
+    turns: list[tuple[int, list[Message]]] = [
+        (step.sequence, [summary_message(str(step.response["summary"]))])
+        for step in chain
+        if step.kind is StepKind.COMPACTION
+        and step.state is StepState.COMPLETED
+        and step.response is not None
+    ]
     for model_call, results in batches(chain):
         if model_call.state is not StepState.COMPLETED:
             continue
         assert model_call.response is not None
         message = dict(model_call.response["message"])
-        messages.append(message)
+        turn = [message]
         for call in message.get("tool_calls") or ():
             done = results.get(call["id"])
             if done is not None and done.state.terminal:
-                messages.append(
+                turn.append(
                     {"role": "tool", "tool_call_id": call["id"], "content": tool_result_text(done)}
                 )
-    return messages
+        turns.append((model_call.sequence, turn))
+    turns.sort(key=lambda entry: entry[0])
+    return [message for _, turn in turns for message in turn]
 
 
 def leading_tool_messages(chain: Sequence[Step]) -> list[Message]:

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from stepline.errors import InvalidRequest
 
 __all__ = [
+    "CompactionItem",
+    "ContextManagement",
     "FunctionTool",
     "McpTool",
     "ResponseRequest",
@@ -211,6 +213,15 @@ class ReasoningItem(_Lenient):
     encrypted_content: str | None = None
 
 
+class CompactionItem(_Lenient):
+    """A summary of the conversation before it, sealed by stepline (``/responses/compact``
+    or ``context_management``); only stepline can open it."""
+
+    type: Literal["compaction"]
+    encrypted_content: str = Field(min_length=1, max_length=10_485_760)
+    id: str | None = None
+
+
 class McpApprovalResponseItem(_Lenient):
     """The client's answer to an ``mcp_approval_request`` of the previous response."""
 
@@ -245,6 +256,7 @@ InputItem = Annotated[
     | ClientCallOutputItem
     | McpCallItem
     | ReasoningItem
+    | CompactionItem
     | McpApprovalResponseItem
     | EchoedItem
     | HostedCallItem,
@@ -464,6 +476,16 @@ class ReasoningConfig(BaseModel):
     summary: Literal["auto", "concise", "detailed"] | None = None
 
 
+class ContextManagement(BaseModel):
+    """``context_management`` entry: compact inside the loop once the context passes
+    ``compact_threshold`` tokens (the last model call's input plus output tokens)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["compaction"]
+    compact_threshold: int = Field(ge=1)
+
+
 class ResponseRequest(BaseModel):
     """A validated ``POST /v1/responses`` body; ``input`` is always a list of items."""
 
@@ -493,7 +515,10 @@ class ResponseRequest(BaseModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: str | None = None
-    truncation: Literal["disabled"] = "disabled"
+    #: ``auto``: the oldest items are dropped when the model's configured context window
+    #: would overflow; ``disabled``: an overflow fails with ``context_length_exceeded``
+    truncation: Literal["auto", "disabled"] = "disabled"
+    context_management: list[ContextManagement] | None = Field(default=None, max_length=1)
     #: what the response adds to its items on request (see :data:`INCLUDABLE`)
     include: list[str] = Field(default_factory=list)
     #: a client's own labels for the request (Codex's thread and turn ids), stored
@@ -559,6 +584,12 @@ class ResponseRequest(BaseModel):
         return value in self.include
 
     @property
+    def compact_threshold(self) -> int | None:
+        """The token count past which the loop compacts, if the request asks for it."""
+        entries = self.context_management or ()
+        return min((entry.compact_threshold for entry in entries), default=None)
+
+    @property
     def stored_previous_id(self) -> str | None:
         """The earlier response whose conversation is read from the store, if any."""
         return None if self.history_inline else self.previous_response_id
@@ -583,7 +614,6 @@ REFUSED_FIELDS = {
     "conversation": "the Conversations API is not available on this server yet; "
     "continue with previous_response_id or resend the history",
     "prompt": "no prompt templates are configured on this server",
-    "context_management": "server-side compaction is not available on this server yet",
 }
 
 
@@ -624,6 +654,7 @@ _UNION_TAGS = frozenset(
             ClientCallOutputItem,
             McpCallItem,
             ReasoningItem,
+            CompactionItem,
             McpApprovalResponseItem,
             EchoedItem,
             HostedCallItem,
@@ -730,12 +761,6 @@ def parse_request(body: bytes | dict[str, Any]) -> ResponseRequest:
     for name, why in REFUSED_FIELDS.items():
         if data.get(name) is not None:
             raise InvalidRequest(f"'{name}' is not supported: {why}.", param=name)
-    if data.get("truncation") == "auto":
-        raise InvalidRequest(
-            "truncation 'auto' is not supported yet: stepline never drops context silently; "
-            "send 'disabled' (an over-long context then fails)",
-            param="truncation",
-        )
     for index, tool in enumerate(data["tools"] if isinstance(data.get("tools"), list) else ()):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if not isinstance(kind, str) or kind not in _TOOL_TYPES:
@@ -750,11 +775,6 @@ def parse_request(body: bytes | dict[str, Any]) -> ResponseRequest:
         if kind == "item_reference":
             raise InvalidRequest(
                 f"No stored item with id '{item.get('id')}'.", param=f"input[{index}].id"
-            )
-        if kind == "compaction":
-            raise InvalidRequest(
-                "compaction items are not supported yet (no /responses/compact on this server)",
-                param=f"input[{index}].type",
             )
     try:
         return ResponseRequest.model_validate(data)

@@ -7,14 +7,22 @@ it over HTTP:
 
 * ``POST /v1/chat/completions``: the model answers, streamed or not.
 * ``GET /v1/models``: the registered script names plus ``demo``.
-* ``POST /v1/scripts``: ``{"name": ..., "script": {...}}`` registers a script.
+* ``POST /v1/scripts``: ``{"name": ..., "script": {...}}`` registers a script
+  (``"turns": "requests"`` picks its turns by request count, see below).
 * ``GET /v1/requests?model=NAME``: the request bodies received for NAME.
+* ``POST /tokenize``: vLLM's tokenizer endpoint (``{"model", "messages"}`` or
+  ``{"model", "prompt"}`` in, ``{"count", "max_model_len", "tokens"}`` out),
+  counting tokens as the default ``prompt_tokens`` does: one per word.
 
 Invariants:
 
 * The turn for a request is the number of ``assistant`` messages in it, so
   the server holds no conversation state; a model name without a script gets
-  :func:`~stepline.scripted.demo.demo_reply`.
+  :func:`~stepline.scripted.demo.demo_reply`. A script registered with
+  ``turns="requests"`` answers its N-th request with turn N instead, for
+  conversations whose earlier turns are replaced (compaction, truncation).
+* With a ``context_window``, a request whose prompt has more tokens is
+  answered 400 the way vLLM words it ("maximum context length").
 * A stream is built completely (as bytes, one SSE event per write) before its
   first byte is sent; pacing and faults only decide when and whether each
   event goes out. Nothing per chunk touches pydantic.
@@ -59,6 +67,8 @@ _ARGUMENT_PIECES = 4
 _MAX_TOP_LOGPROBS = 20
 #: the fake log probability of every token the scripted model picks
 _TOKEN_LOGPROB = -0.1
+#: ``/tokenize``'s ``max_model_len`` when the model has no ``context_window``
+_DEFAULT_CONTEXT_WINDOW = 32768
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -85,17 +95,37 @@ class ScriptedModel:
         *,
         demo_token_delay: float = 0.015,
         request_log_size: int = 1000,
+        context_window: int | None = None,
     ) -> None:
         self.demo_token_delay = demo_token_delay
+        #: the prompt tokens a request may have (``/tokenize``'s ``max_model_len``); None: any
+        self.context_window = context_window
         self._scripts: dict[str, Script] = dict(scripts or {})
+        self._by_request: set[str] = set()
+        self._served: defaultdict[str, int] = defaultdict(int)
+        self._tokenized: list[dict[str, Any]] = []
         self._attempts: defaultdict[tuple[str, int], int] = defaultdict(int)
         self._log_size = request_log_size
         self._requests: dict[str, deque[dict[str, Any]]] = {}
 
-    def register(self, name: str, script: Script) -> None:
-        """Serve ``script`` as model ``name``; forgets that name's attempts and requests."""
+    def register(
+        self,
+        name: str,
+        script: Script,
+        *,
+        turns: Literal["assistant_messages", "requests"] = "assistant_messages",
+    ) -> None:
+        """Serve ``script`` as model ``name``; forgets that name's attempts and requests.
+
+        ``turns`` says how a request finds its turn: by its ``assistant`` messages,
+        or by how many requests the script answered before (``requests``)."""
         self._scripts[name] = script
         self._requests.pop(name, None)
+        self._served.pop(name, None)
+        if turns == "requests":
+            self._by_request.add(name)
+        else:
+            self._by_request.discard(name)
         for key in [key for key in self._attempts if key[0] == name]:
             del self._attempts[key]
 
@@ -107,6 +137,26 @@ class ScriptedModel:
     def requests(self, model: str) -> list[dict[str, Any]]:
         """The request bodies received for ``model``, oldest first (the last N only)."""
         return list(self._requests.get(model, ()))
+
+    def tokenize_requests(self) -> list[dict[str, Any]]:
+        """The ``/tokenize`` request bodies received, oldest first."""
+        return list(self._tokenized)
+
+    def tokenize(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """vLLM's ``/tokenize`` answer for ``body``; raises InvalidRequest on bad input."""
+        self._tokenized.append(dict(body))
+        messages, prompt = body.get("messages"), body.get("prompt")
+        if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+            count = _count_words(messages)
+        elif isinstance(prompt, str):
+            count = len(prompt.split())
+        else:
+            raise InvalidRequest("send messages (a list) or prompt (a string)", param="messages")
+        return {
+            "count": count,
+            "max_model_len": self.context_window or _DEFAULT_CONTEXT_WINDOW,
+            "tokens": list(range(count)),
+        }
 
     def attempts(self, model: str, turn: int) -> int:
         """How many requests asked ``model`` for turn index ``turn``."""
@@ -136,8 +186,19 @@ class ScriptedModel:
         if log is None:
             log = self._requests[model] = deque(maxlen=self._log_size)
         log.append(dict(body))
+        prompt_tokens = _count_words(messages)
+        if self.context_window is not None and prompt_tokens > self.context_window:
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.context_window} tokens. "
+                f"However, your request has {prompt_tokens} input tokens. "
+                "Please reduce the length of the input messages.",
+                param="messages",
+            )
 
         turn_index = sum(1 for message in messages if message["role"] == "assistant")
+        if model in self._by_request:
+            turn_index = self._served[model]
+            self._served[model] += 1
         self._attempts[(model, turn_index)] += 1
         attempt = self._attempts[(model, turn_index)]
         script = self._scripts.get(model)
@@ -162,7 +223,7 @@ class ScriptedModel:
             fault=fault,
             stream=stream,
             include_usage=include_usage,
-            prompt_tokens=_count_words(messages),
+            prompt_tokens=prompt_tokens,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
@@ -209,8 +270,14 @@ def create_scripted_app(model: ScriptedModel | None = None) -> Starlette:
         except InvalidRequest as exc:
             param = f"script.{exc.param}" if exc.param else "script"
             raise InvalidRequest(exc.message, param=param) from None
-        scripted.register(name, script)
+        turns = body.get("turns", "assistant_messages")
+        if turns not in ("assistant_messages", "requests"):
+            raise InvalidRequest("turns must be 'assistant_messages' or 'requests'", param="turns")
+        scripted.register(name, script, turns=turns)
         return _json({"name": name})
+
+    async def tokenize(request: Request) -> Response:
+        return _json(scripted.tokenize(_json_object(await request.body())))
 
     async def received_requests(request: Request) -> Response:
         name = request.query_params.get("model")
@@ -224,6 +291,7 @@ def create_scripted_app(model: ScriptedModel | None = None) -> Starlette:
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/scripts", register_script, methods=["POST"]),
             Route("/v1/requests", received_requests, methods=["GET"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
         ],
         exception_handlers={
             RequestError: _request_error,

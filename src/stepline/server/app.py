@@ -36,6 +36,7 @@ from stepline.masking import register_settings_secrets
 from stepline.protocol.sealing import Sealer, parse_key
 from stepline.server import health, metrics, passthrough, websocket
 from stepline.server.auth import KeyRing
+from stepline.server.compact import router as compact_router
 from stepline.server.console import install_console
 from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
@@ -242,6 +243,7 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, gateway=gateway)
     app.include_router(router)
+    app.include_router(compact_router)
     app.include_router(websocket.router)
     app.include_router(passthrough.router)
     app.include_router(health.router)
