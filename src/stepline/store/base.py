@@ -21,13 +21,19 @@ Invariants every implementation keeps:
 * A lease is held by one owner until it expires; ``claim_expired`` hands each
   expired lease to exactly one caller.
 * Times are POSIX seconds (float).
+* A conversation's items have positions that only grow and are never
+  reused; one append (``append_conversation_items``, or a ``ResponseEnd``
+  with a ``conversation_id``, in the transaction that finishes the response)
+  takes a contiguous run of them, so appends never interleave. Item ids are
+  unique within a conversation (:func:`unique_item_ids`).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,6 +45,8 @@ if TYPE_CHECKING:  # listing.py builds on this module's types
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "ConversationItem",
+    "ConversationRecord",
     "EndResult",
     "EventRow",
     "ResponseEnd",
@@ -46,6 +54,7 @@ __all__ = [
     "StepEnd",
     "StepStore",
     "new_steps",
+    "unique_item_ids",
 ]
 
 #: response statuses after which nothing changes
@@ -131,6 +140,10 @@ class ResponseEnd:
     completed_at: float | None
     #: its input and output items, kept for ``item_reference``
     items: Sequence[dict[str, Any]] = ()
+    #: the conversation that gets ``conversation_items`` appended when the
+    #: response is finished here (not when it was already terminal)
+    conversation_id: str | None = None
+    conversation_items: Sequence[dict[str, Any]] = ()
 
 
 #: what ``append_events`` returns per end: the finished step (None when it was no
@@ -265,3 +278,89 @@ class StepStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    # -- conversations --
+
+    async def create_conversation(
+        self, record: ConversationRecord, items: Sequence[dict[str, Any]] = ()
+    ) -> list[ConversationItem]:
+        """Store a new conversation with its first items; return them as stored."""
+        ...
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
+
+    async def update_conversation(
+        self, conversation_id: str, *, metadata: dict[str, str]
+    ) -> ConversationRecord | None:
+        """Replace the metadata; None if there is no such conversation."""
+        ...
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete the conversation and its items; False if it did not exist."""
+        ...
+
+    async def append_conversation_items(
+        self, conversation_id: str, items: Sequence[dict[str, Any]]
+    ) -> list[ConversationItem] | None:
+        """Append ``items`` at the end, contiguously; None if there is no such conversation."""
+        ...
+
+    async def list_conversation_items(
+        self,
+        conversation_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> list[ConversationItem]:
+        """Items whose positions lie strictly between ``after`` and ``before`` (each
+        bound optional), in position order (``descending``: newest first), at most
+        ``limit``."""
+        ...
+
+    async def get_conversation_item(
+        self, conversation_id: str, item_id: str
+    ) -> ConversationItem | None: ...
+
+    async def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
+        """Delete one item; False if the conversation has no item with that id."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationRecord:
+    """A conversation as stored: the key that owns it, its metadata, its next position."""
+
+    id: str
+    created_at: float
+    metadata: dict[str, str]
+    key_id: str | None = None
+    #: the position the next appended item takes
+    next_position: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationItem:
+    """One item of a conversation: its place, its id and the item itself."""
+
+    position: int
+    id: str
+    data: dict[str, Any]
+
+
+def unique_item_ids(
+    items: Sequence[dict[str, Any]], taken: Collection[str]
+) -> list[dict[str, Any]]:
+    """``items`` with ids unique among themselves and against ``taken``: an item whose
+    id is taken, or that has none, gets a fresh id with the same prefix (``msg_``)."""
+    seen = set(taken)
+    unique: list[dict[str, Any]] = []
+    for item in items:
+        item_id = item.get("id")
+        if not isinstance(item_id, str) or not item_id or item_id in seen:
+            prefix = item_id.split("_", 1)[0] if isinstance(item_id, str) and item_id else "item"
+            item = {**item, "id": f"{prefix}_{secrets.token_hex(16)}"}
+        seen.add(item["id"])
+        unique.append(item)
+    return unique

@@ -28,12 +28,15 @@ from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
 from stepline.store.base import (
     TERMINAL_STATUSES,
+    ConversationItem,
+    ConversationRecord,
     EndResult,
     EventRow,
     ResponseEnd,
     ResponseRecord,
     StepEnd,
     new_steps,
+    unique_item_ids,
 )
 from stepline.store.listing import (
     ResponsePage,
@@ -55,6 +58,14 @@ def _copy_record(record: ResponseRecord) -> ResponseRecord:
     return dataclasses.replace(
         record, body=_json_copy(record.body), result=_json_copy(record.result)
     )
+
+
+def _copy_conversation(record: ConversationRecord) -> ConversationRecord:
+    return dataclasses.replace(record, metadata=_json_copy(record.metadata))
+
+
+def _copy_item(item: ConversationItem) -> ConversationItem:
+    return dataclasses.replace(item, data=_json_copy(item.data))
 
 
 def _copy_step(step: Step) -> Step:
@@ -99,6 +110,9 @@ class MemoryStore:
         self._step_index: dict[str, tuple[str, int]] = {}
         self._events: dict[str, _EventLog] = {}
         self._items: dict[str, list[dict[str, Any]]] = {}
+        self._conversations: dict[str, ConversationRecord] = {}
+        #: each conversation's items in position order
+        self._conversation_items: dict[str, list[ConversationItem]] = {}
 
     # -- responses --
 
@@ -281,15 +295,16 @@ class MemoryStore:
                     )
                 )
             else:
-                results.append(
-                    await self.finish_response(
-                        end.response_id,
-                        status=end.status,
-                        result=end.result,
-                        completed_at=end.completed_at,
-                        items=end.items,
-                    )
+                finished = await self.finish_response(
+                    end.response_id,
+                    status=end.status,
+                    result=end.result,
+                    completed_at=end.completed_at,
+                    items=end.items,
                 )
+                if finished and end.conversation_id is not None:
+                    self._append_conversation(end.conversation_id, end.conversation_items)
+                results.append(finished)
         for row in rows:
             self._events.setdefault(row.response_id, _EventLog()).add(row)
         self._notifier.notify({row.response_id for row in rows})
@@ -363,3 +378,91 @@ class MemoryStore:
             None if record is None else _copy_record(record),
             [_copy_step(step) for step in self._steps.get(response_id, [])],
         )
+
+    # -- conversations --
+
+    async def create_conversation(
+        self, record: ConversationRecord, items: Sequence[dict[str, Any]] = ()
+    ) -> list[ConversationItem]:
+        if record.id in self._conversations:
+            raise StoreError(f"conversation {record.id!r} already exists")
+        self._conversations[record.id] = _copy_conversation(record)
+        self._conversation_items[record.id] = []
+        return self._append_conversation(record.id, items) or []
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        record = self._conversations.get(conversation_id)
+        return None if record is None else _copy_conversation(record)
+
+    async def update_conversation(
+        self, conversation_id: str, *, metadata: dict[str, str]
+    ) -> ConversationRecord | None:
+        record = self._conversations.get(conversation_id)
+        if record is None:
+            return None
+        record = dataclasses.replace(record, metadata=_json_copy(metadata))
+        self._conversations[conversation_id] = record
+        return _copy_conversation(record)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        self._conversation_items.pop(conversation_id, None)
+        return self._conversations.pop(conversation_id, None) is not None
+
+    async def append_conversation_items(
+        self, conversation_id: str, items: Sequence[dict[str, Any]]
+    ) -> list[ConversationItem] | None:
+        return self._append_conversation(conversation_id, items)
+
+    async def list_conversation_items(
+        self,
+        conversation_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> list[ConversationItem]:
+        found = [
+            _copy_item(item)
+            for item in self._conversation_items.get(conversation_id, [])
+            if (after is None or item.position > after)
+            and (before is None or item.position < before)
+        ]
+        if descending:
+            found.reverse()
+        return found if limit is None else found[: max(limit, 0)]
+
+    async def get_conversation_item(
+        self, conversation_id: str, item_id: str
+    ) -> ConversationItem | None:
+        for item in self._conversation_items.get(conversation_id, []):
+            if item.id == item_id:
+                return _copy_item(item)
+        return None
+
+    async def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
+        items = self._conversation_items.get(conversation_id, [])
+        for index, item in enumerate(items):
+            if item.id == item_id:
+                del items[index]
+                return True
+        return False
+
+    def _append_conversation(
+        self, conversation_id: str, items: Sequence[dict[str, Any]]
+    ) -> list[ConversationItem] | None:
+        record = self._conversations.get(conversation_id)
+        if record is None:
+            return None
+        stored = self._conversation_items[conversation_id]
+        taken = {item.id for item in stored}
+        start = record.next_position
+        appended = [
+            ConversationItem(position=start + offset, id=item["id"], data=_json_copy(item))
+            for offset, item in enumerate(unique_item_ids(items, taken))
+        ]
+        stored.extend(appended)
+        self._conversations[conversation_id] = dataclasses.replace(
+            record, next_position=start + len(appended)
+        )
+        return [_copy_item(item) for item in appended]

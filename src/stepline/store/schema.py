@@ -14,6 +14,10 @@ Invariants:
 * ``events`` has no foreign key to ``responses``: the event writer commits
   batches of many responses and one deleted response must not fail the batch.
 * Times are POSIX seconds in double precision.
+* ``conversation_items`` has the primary key (conversation_id, position);
+  a conversation's ``next_position`` is where its next append starts, so
+  positions only grow. Conversations and their items do not depend on any
+  response: they outlive the responses that appended to them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "VERSION_TABLE",
     "JsonText",
+    "conversation_items",
+    "conversations",
     "events",
     "items",
     "metadata",
@@ -137,4 +143,31 @@ items = sa.Table(
     sa.Column("id", sa.String, nullable=False),
     sa.Column("data", JsonText, nullable=False),
     sa.Index(None, "id"),
+)
+
+#: conversations of the Conversations API, owned by the key that created them
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("metadata", JsonText, nullable=False),
+    sa.Column("key_id", sa.String, nullable=True),
+    sa.Column("next_position", sa.Integer, nullable=False),
+)
+
+#: the items of each conversation, in order of position
+conversation_items = sa.Table(
+    "conversation_items",
+    metadata,
+    sa.Column(
+        "conversation_id",
+        sa.String,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String, nullable=False),
+    sa.Column("data", JsonText, nullable=False),
+    sa.Index(None, "conversation_id", "id"),
 )

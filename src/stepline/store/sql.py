@@ -45,9 +45,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
-from stepline.store import listing
+from stepline.store import conversations, listing
 from stepline.store.base import (
     TERMINAL_STATUSES,
+    ConversationItem,
+    ConversationRecord,
     EndResult,
     EventRow,
     ResponseEnd,
@@ -301,6 +303,8 @@ async def _finish_response_in(connection: AsyncConnection, end: ResponseEnd) -> 
     ]
     if finished and rows:
         await connection.execute(_INSERT_ITEM, rows)
+    if finished and end.conversation_id is not None:
+        await conversations.append_items(connection, end.conversation_id, end.conversation_items)
     return bool(finished)
 
 
@@ -929,3 +933,76 @@ class SqlStore:
             return await listing.load_tree(connection, response_id)
 
         return await self._read(work)
+
+    # -- conversations (the statements are in ``store/conversations.py``) --
+
+    async def create_conversation(
+        self, record: ConversationRecord, items: Sequence[dict[str, Any]] = ()
+    ) -> list[ConversationItem]:
+        async def work(connection: AsyncConnection) -> list[ConversationItem]:
+            return await conversations.create_conversation(connection, record, items)
+
+        return await self._write(work, transaction=True)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        async def work(connection: AsyncConnection) -> ConversationRecord | None:
+            return await conversations.get_conversation(connection, conversation_id)
+
+        return await self._read(work)
+
+    async def update_conversation(
+        self, conversation_id: str, *, metadata: dict[str, str]
+    ) -> ConversationRecord | None:
+        async def work(connection: AsyncConnection) -> ConversationRecord | None:
+            return await conversations.update_conversation(connection, conversation_id, metadata)
+
+        return await self._write(work)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        async def work(connection: AsyncConnection) -> bool:
+            return await conversations.delete_conversation(connection, conversation_id)
+
+        return await self._write(work, transaction=True)
+
+    async def append_conversation_items(
+        self, conversation_id: str, items: Sequence[dict[str, Any]]
+    ) -> list[ConversationItem] | None:
+        async def work(connection: AsyncConnection) -> list[ConversationItem] | None:
+            return await conversations.append_items(connection, conversation_id, items)
+
+        return await self._write(work, transaction=True)
+
+    async def list_conversation_items(
+        self,
+        conversation_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> list[ConversationItem]:
+        async def work(connection: AsyncConnection) -> list[ConversationItem]:
+            return await conversations.list_items(
+                connection,
+                conversation_id,
+                after=after,
+                before=before,
+                limit=limit,
+                descending=descending,
+            )
+
+        return await self._read(work)
+
+    async def get_conversation_item(
+        self, conversation_id: str, item_id: str
+    ) -> ConversationItem | None:
+        async def work(connection: AsyncConnection) -> ConversationItem | None:
+            return await conversations.get_item(connection, conversation_id, item_id)
+
+        return await self._read(work)
+
+    async def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
+        async def work(connection: AsyncConnection) -> bool:
+            return await conversations.delete_item(connection, conversation_id, item_id)
+
+        return await self._write(work)
