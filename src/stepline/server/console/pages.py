@@ -340,9 +340,12 @@ def _fact(name: str, value: Html | str) -> Html:
 
 
 def _usage_of(step: Step) -> tuple[int, int] | None:
-    if step.kind is not StepKind.MODEL_CALL or step.response is None:
+    """A model's tokens (a model call's, or any other step that reports usage)."""
+    if step.kind is StepKind.TOOL_CALL or step.response is None:
         return None
-    usage = step.response.get("usage") or {}
+    usage = step.response.get("usage")
+    if not isinstance(usage, dict):
+        return None
     return int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
 
 
@@ -391,6 +394,8 @@ def _clock(summary: ResponseSummary, steps: Sequence[Step], now: float) -> _Cloc
 
 #: the deepest nesting drawn with its own indent (deeper levels share it)
 _MAX_DEPTH = 4
+#: the narrowest bar, in thousandths of the timeline: a 2 ms step stays visible
+_MIN_BAR = 6.0
 
 
 def _step_item(step: Step, children: Html, depth: int, clock: _Clock, now: float) -> Html:
@@ -409,10 +414,12 @@ def _step_item(step: Step, children: Html, depth: int, clock: _Clock, now: float
         iteration = step.request.get("iteration")
         name = f"turn {iteration}" if iteration is not None else ""
         preview = _model_preview(step)
-    else:
+    elif step.kind is StepKind.TOOL_CALL:
         kind_label = "sub-agent" if children else "tool call"
         name = step.tool_name
         preview = _tool_preview(step)
+    else:
+        kind_label, name, preview = step.kind.value.replace("_", " "), "", ""
     run_x = clock.x(began) if began is not None else 0.0
     run_end = clock.x(ended) if ended is not None else run_x
     wait_x = clock.x(step.created_at)
@@ -455,7 +462,7 @@ def _step_item(step: Step, children: Html, depth: int, clock: _Clock, now: float
         wait_x=f"{wait_x:.1f}",
         wait_w=f"{max(run_x - wait_x, 0.0):.1f}",
         run_x=f"{run_x:.1f}",
-        run_w=f"{max(run_end - run_x, 3.0):.1f}",
+        run_w=f"{max(run_end - run_x, _MIN_BAR):.1f}",
         facts=facts,
         error=error,
         request=_pretty(step.request),
