@@ -1103,8 +1103,6 @@ async def test_unknown_fields_and_unplayed_hosted_tools_are_refused_when_configu
 async def test_fields_stepline_cannot_honour_are_refused_naming_the_param(stack: Stack) -> None:
     stack.script("refused", [{"content": "Hi."}], repeat_last=True)
     cases = {
-        "conversation": {"conversation": "conv_1"},
-        "conversation object": {"conversation": {"id": "conv_1"}},
         "prompt": {"prompt": {"id": "pmpt_1", "variables": {"city": "Rome"}}},
         "context_management": {"context_management": [{"type": "compaction"}]},
         "truncation": {"truncation": "sometimes"},
@@ -1120,8 +1118,6 @@ async def test_fields_stepline_cannot_honour_are_refused_naming_the_param(stack:
         seen[case] = (reply.status_code, error["type"], error["param"])
 
     assert seen == {
-        "conversation": (400, "invalid_request_error", "conversation"),
-        "conversation object": (400, "invalid_request_error", "conversation"),
         "prompt": (400, "invalid_request_error", "prompt"),
         "context_management": (
             400,

@@ -217,7 +217,12 @@ def test_normalising_input_leaves_the_callers_dict_untouched() -> None:
             "tools[1].type",
             id="second-tool-unknown",
         ),
-        pytest.param(body(conversation="conv_1"), "conversation", id="conversation"),
+        pytest.param(
+            body(conversation="conv_1", previous_response_id="resp_1"),
+            "conversation",
+            id="conversation-and-previous-response",
+        ),
+        pytest.param(body(conversation={"name": "x"}), "conversation.id", id="conversation-no-id"),
         pytest.param(body(prompt={"id": "pmpt_1"}), "prompt", id="prompt"),
         pytest.param(
             body(context_management=[{"type": "compaction"}]),
@@ -404,6 +409,7 @@ def test_defaults_of_a_minimal_request() -> None:
         "parallel_tool_calls": True,
         "max_tool_calls": None,
         "previous_response_id": None,
+        "conversation": None,
         "store": True,
         "stream": False,
         "background": False,

@@ -9,13 +9,21 @@ The previous response may have ended holding tool calls for approval
 (``mcp_approval_request`` items); the new input answers them with
 ``mcp_approval_response`` items, which :func:`approvals` checks and turns
 into the calls to run first and the refusals to show the model.
+
+With ``conversation`` instead, the model sees the conversation's items (those
+it held when the response was accepted, so a resumed run sees the same), read
+as the request's own input is, and then the new input; the response's input
+and output join the conversation when it ends (:func:`conversation_items`
+shapes them), in the transaction that stores its end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from stepline.engine.policies import ApprovedCall
 from stepline.engine.steps import Step, StepKind, call_arguments, call_name
@@ -27,13 +35,19 @@ from stepline.protocol.items import (
     input_messages,
     leading_tool_messages,
 )
-from stepline.protocol.request import McpApprovalResponseItem, ResponseRequest, parse_request
+from stepline.protocol.request import (
+    InputItem,
+    McpApprovalResponseItem,
+    ResponseRequest,
+    parse_request,
+)
 from stepline.store.base import ResponseRecord, StepStore
 
 __all__ = [
     "Conversation",
     "HeldCall",
     "approvals",
+    "conversation_items",
     "load_conversation",
     "previous_chain_records",
 ]
@@ -111,11 +125,19 @@ async def load_conversation(
     previous_id: str | None,
     *,
     context_for: Callable[[ResponseRequest], InputContext] | None = None,
+    request: ResponseRequest | None = None,
 ) -> Conversation:
     """Chat messages of every response before this one, oldest first, and the held calls.
 
     ``context_for`` says how an earlier request's input items read for this
-    response's upstream (its client tools, the sealer of ``encrypted_content``)."""
+    response's upstream (its client tools, the sealer of ``encrypted_content``).
+    When ``request`` (the response being run) names a ``conversation``, its
+    items are the history instead."""
+    if request is not None and request.conversation is not None:
+        context = (
+            context_for(request) if context_for else InputContext(tools=ClientTools.of(request))
+        )
+        return Conversation(history=await _conversation_history(store, request, context), held={})
     messages: list[dict[str, Any]] = []
     held: dict[str, HeldCall] = {}
     for record in await previous_chain_records(store, previous_id):
@@ -160,3 +182,39 @@ def approvals(request: ResponseRequest, conversation: Conversation) -> list[Appr
                 )
             )
     return approved
+
+
+_ITEMS = TypeAdapter(list[InputItem])
+
+
+async def _conversation_history(
+    store: StepStore, request: ResponseRequest, context: InputContext
+) -> list[dict[str, Any]]:
+    """The chat messages of the items ``request``'s conversation held when it was accepted."""
+    assert request.conversation is not None
+    ref = request.conversation
+    stored = await store.list_conversation_items(ref.id, before=ref.upto)
+    try:
+        items = _ITEMS.validate_python([item.data for item in stored])
+    except ValidationError as exc:
+        # every stored item was read as an input item once; this is a damaged row
+        raise InvalidRequest(
+            f"conversation '{ref.id}' holds an item that cannot be read: {exc.errors()[0]['msg']}",
+            param="conversation",
+        ) from None
+    return input_messages(items, None, context)
+
+
+def conversation_items(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items as a conversation keeps and lists them: a message's text ``content`` as one
+    part (``input_text``, or ``output_text`` for the assistant), with a ``status``."""
+    shaped: list[dict[str, Any]] = []
+    for item in items:
+        if item.get("type") == "message":
+            content = item.get("content")
+            if isinstance(content, str):
+                part = "output_text" if item.get("role") == "assistant" else "input_text"
+                content = [{"type": part, "text": content}]
+            item = {"type": "message", "status": "completed", **item, "content": content}
+        shaped.append(item)
+    return shaped

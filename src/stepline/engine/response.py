@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from stepline.config import Settings
-from stepline.engine.conversation import approvals, load_conversation
+from stepline.engine.conversation import approvals, conversation_items, load_conversation
 from stepline.engine.event_log import EventLog
 from stepline.engine.loop import (
     Engine,
@@ -158,7 +158,10 @@ async def run_response(
                 engine.settings, engine.sealer, request, route_target, key_tools=allowed
             )
             conversation = await load_conversation(
-                store, request.stored_previous_id, context_for=prepared.context_for
+                store,
+                request.stored_previous_id,
+                context_for=prepared.context_for,
+                request=request,
             )
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
             transcript = base_messages(request, conversation.history, held, prepared.context)
@@ -297,16 +300,24 @@ async def _finish_response(
     return stored
 
 
+#: the statuses whose input and output join the response's conversation
+_JOINS_CONVERSATION = frozenset({"completed", "incomplete"})
+
+
 def _response_end(
     record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
 ) -> ResponseEnd:
+    items = [*record.body.get("input", ()), *response["output"]]
+    joins = request.conversation if response["status"] in _JOINS_CONVERSATION else None
     return ResponseEnd(
         response_id=record.id,
         status=response["status"],
         result=response,
         completed_at=response.get("completed_at"),
         # kept for item_reference in later requests
-        items=[*record.body.get("input", ()), *response["output"]] if request.store else (),
+        items=items if request.store else (),
+        conversation_id=None if joins is None else joins.id,
+        conversation_items=() if joins is None else conversation_items(items),
     )
 
 
@@ -314,6 +325,10 @@ async def _store_result(
     engine: Engine, record: ResponseRecord, request: ResponseRequest, response: dict[str, Any]
 ) -> dict[str, Any]:
     end = _response_end(record, request, response)
+    if end.conversation_id is not None:
+        # the conversation's items join in the transaction that finishes the response
+        await engine.store.append_events((), ends=[end])
+        return await _after_result(engine, record, request, response)
     await engine.store.finish_response(
         end.response_id,
         status=end.status,

@@ -183,4 +183,6 @@ def response_object(
         "usage": usage,
         "user": request.user,
         "metadata": request.metadata or {},
+        # present only when the response belongs to a conversation (optional in the SDK)
+        **({"conversation": {"id": request.conversation.id}} if request.conversation else {}),
     }

@@ -24,6 +24,7 @@ from stepline.errors import InvalidRequest
 __all__ = [
     "CompactionItem",
     "ContextManagement",
+    "ConversationRef",
     "FunctionTool",
     "McpTool",
     "ResponseRequest",
@@ -486,6 +487,23 @@ class ContextManagement(BaseModel):
     compact_threshold: int = Field(ge=1)
 
 
+class ConversationRef(BaseModel):
+    """The conversation a response belongs to, sent as its id or as ``{"id": ...}``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = Field(min_length=1)
+    #: where the conversation's next item went when the response was accepted: the
+    #: response sees the items before it, the same ones when it is resumed later
+    #: (set by the server, whatever a client sends)
+    upto: int | None = Field(default=None, alias="stepline:upto")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_id(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+
 class ResponseRequest(BaseModel):
     """A validated ``POST /v1/responses`` body; ``input`` is always a list of items."""
 
@@ -499,6 +517,8 @@ class ResponseRequest(BaseModel):
     parallel_tool_calls: bool = True
     max_tool_calls: int | None = Field(default=None, ge=1)
     previous_response_id: str | None = None
+    #: the conversation whose items come before ``input``, and that its items join
+    conversation: ConversationRef | None = None
     store: bool = True
     stream: bool = False
     background: bool = False
@@ -535,6 +555,12 @@ class ResponseRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ResponseRequest:
+        if self.conversation is not None and self.previous_response_id is not None:
+            raise _ParamError(
+                "conversation",
+                "Mutually exclusive parameters: send either 'previous_response_id' or "
+                "'conversation', not both.",
+            )
         if self.metadata is not None:
             if len(self.metadata) > 16:
                 raise _ParamError("metadata", "metadata may have at most 16 keys")
@@ -611,8 +637,6 @@ INCLUDABLE = frozenset(
 
 #: request fields stepline refuses with a 400 rather than ignore, and why
 REFUSED_FIELDS = {
-    "conversation": "the Conversations API is not available on this server yet; "
-    "continue with previous_response_id or resend the history",
     "prompt": "no prompt templates are configured on this server",
 }
 

@@ -34,7 +34,7 @@ from stepline.engine.loop import Engine
 from stepline.errors import ConfigError, RequestError, StoreError
 from stepline.masking import register_settings_secrets
 from stepline.protocol.sealing import Sealer, parse_key
-from stepline.server import health, metrics, passthrough, websocket
+from stepline.server import conversations, health, metrics, passthrough, websocket
 from stepline.server.auth import KeyRing
 from stepline.server.compact import router as compact_router
 from stepline.server.console import install_console
@@ -245,6 +245,7 @@ def create_app(
     app.include_router(router)
     app.include_router(compact_router)
     app.include_router(websocket.router)
+    app.include_router(conversations.router)
     app.include_router(passthrough.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

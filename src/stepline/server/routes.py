@@ -8,7 +8,8 @@ A client that goes away cancels only its own reader, never the loop.
 
 Every route runs for an authenticated caller (``caller_of``): a response
 belongs to the key that created it, and any other key is told it does not
-exist (404), whichever route it uses, ``previous_response_id`` included.
+exist (404), whichever route it uses, ``previous_response_id`` included;
+so is a conversation (``server/conversations.py``) named by ``conversation``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from stepline.protocol.request import (
 )
 from stepline.protocol.validate import conversation_problem
 from stepline.server.auth import Caller, caller_of
+from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
 from stepline.server.logs import response_id_var
 from stepline.server.runner import Runner
@@ -156,7 +158,10 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     )
     _check_hosted(settings, prepared.dropped)
     conversation = await load_conversation(
-        engine.store, request.stored_previous_id, context_for=prepared.context_for
+        engine.store,
+        request.stored_previous_id,
+        context_for=prepared.context_for,
+        request=request,
     )
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
@@ -250,7 +255,7 @@ async def accept_response(
     if history_inline:
         data["stepline:history_inline"] = True
     data = await _resolve_references(runner, data, caller)
-    parsed = parse_request(data)
+    parsed = await pin_conversation(runner.engine.store, parse_request(data), caller)
     notices = await _validate(runner, parsed, caller)
     notices = dataclasses.replace(notices, ignored_fields=ignored)
     if ignored or notices.dropped_tools:
