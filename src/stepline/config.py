@@ -79,6 +79,7 @@ __all__ = [
     "TargetConfig",
     "TimeoutsConfig",
     "ToolConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "load_settings",
     "parse_duration",
@@ -411,6 +412,21 @@ class ProtocolConfig(_Strict):
         return tuple(key for key in (part.strip() for part in from_env.split(",")) if key)
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces; a field left unset falls back to its standard ``OTEL_*`` variable."""
+
+    #: export traces; unset: on once ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``)
+    #: is set or ``OTEL_TRACES_EXPORTER`` names an exporter, off with ``OTEL_SDK_DISABLED``
+    enabled: bool | None = None
+    #: the OTLP/HTTP collector's base URL (``/v1/traces`` is appended)
+    endpoint: str | None = None
+    #: the ``service.name`` of the spans; unset: ``OTEL_SERVICE_NAME``, else ``stepline``
+    service_name: str | None = None
+    #: record prompts, completions, tool arguments and results on the spans; unset:
+    #: ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``
+    capture_content: bool | None = None
+
+
 class Settings(_Strict):
     """Everything stepline needs to run, validated."""
 
@@ -428,6 +444,7 @@ class Settings(_Strict):
     #: server URLs a request may name in an ``{"type": "mcp"}`` tool (``*`` ends a prefix)
     mcp_allowed_urls: tuple[str, ...] = ()
     protocol: ProtocolConfig = ProtocolConfig()
+    tracing: TracingConfig = TracingConfig()
     demo: bool = False
     #: responses are deleted this long after they were created (``"30d"``, ``"12h"``,
     #: seconds), unless their key sets its own; unset or ``"off"``: never

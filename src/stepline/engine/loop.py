@@ -194,6 +194,8 @@ class Engine:
     observer: LoopObserver = field(default_factory=NullObserver)
     #: the server tools a caller (API key id) may use; None means no restriction
     key_tools: Callable[[str | None], frozenset[str] | None] = lambda key_id: None
+    #: headers the requests a step sends carry (its trace context), by step id
+    step_headers: Callable[[str], Mapping[str, str]] = lambda step_id: {}
     #: set when the process drains: running steps finish, no new step starts
     draining: bool = False
     #: receives the typed events of every run, in order (the library's taps)
@@ -508,6 +510,7 @@ class ScopeLoop:
         if self.engine.tap is not None:
             sink = _TappedText(sink, self.engine.tap, step_id=step.id, scope=self.scope)
         accumulator = ChatStreamAccumulator(sink)
+        self.engine.observer.model_call_started(step, target=self.target, payload=payload)
         try:
             clock = asyncio.get_running_loop().time
             next_yield = 0.0
@@ -554,6 +557,7 @@ class ScopeLoop:
                 "call_items": items_sink.call_items,
                 "usage": turn.usage,
                 "finish_reason": turn.finish_reason,
+                "model": turn.model,
             },
         )
         self._model_call_done(done)
@@ -655,6 +659,7 @@ class ScopeLoop:
     async def _run_tool_call(self, step: Step) -> Step | None:
         step = await self.engine.store.start_step(step.id)
         assert step.call_id is not None
+        self.engine.observer.tool_call_started(step)
         self._tap(
             StepStarted(step_id=step.id, kind="tool_call", scope=self.scope, attempt=step.attempt)
         )
@@ -806,7 +811,12 @@ class ScopeLoop:
         else:
             assert tool.run is not None
             output = await tool.run(
-                arguments, ToolCallContext(step_id=step.id, http=self.engine.http)
+                arguments,
+                ToolCallContext(
+                    step_id=step.id,
+                    http=self.engine.http,
+                    headers=self.engine.step_headers(step.id),
+                ),
             )
         if tool.limits_output:
             return output

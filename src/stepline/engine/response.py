@@ -124,6 +124,7 @@ async def run_response(
     transcript: list[dict[str, Any]] = []
     if engine.tap is not None:
         engine.tap(RunStarted(response_id=record.id, resumed=not fresh))
+    engine.observer.response_started(record, resumed=not fresh)
     try:
         if log is not None and log.first_seq > 0:
             finished = await _already_finished(store, record.id, log.first_seq - 1)

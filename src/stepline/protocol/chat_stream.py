@@ -57,6 +57,8 @@ class AssistantTurn:
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str
     usage: dict[str, int]
+    #: the model the upstream says answered (read from its usage chunk), if it said
+    model: str | None = None
 
     def message(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
@@ -97,11 +99,14 @@ class ChatStreamAccumulator:
         self._calls: dict[int, _PendingCall] = {}
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
+        self._model: str | None = None
 
     def feed(self, chunk: dict[str, Any]) -> None:
         usage = chunk.get("usage")
         if usage:
+            # the usage chunk comes once, last: read the model there, not per chunk
             self._usage = usage
+            self._model = chunk.get("model") or None
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta")
             if delta:
@@ -174,6 +179,7 @@ class ChatStreamAccumulator:
             tool_calls=tuple(calls),
             finish_reason=self._finish_reason,
             usage=_usage(self._usage),
+            model=self._model if isinstance(self._model, str) else None,
         )
 
 

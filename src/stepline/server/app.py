@@ -18,6 +18,7 @@ client, and ``/metrics``, ``/healthz`` and ``/readyz`` serve operators.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp
 
 from stepline.config import Settings
 from stepline.engine.loop import Engine
+from stepline.engine.observer import LoopObserver, Observers
 from stepline.errors import ConfigError, RequestError, StoreError
 from stepline.masking import register_settings_secrets
 from stepline.protocol.sealing import Sealer, parse_key
@@ -43,6 +45,7 @@ from stepline.server.limits import KeyLimits
 from stepline.server.metrics import Metrics
 from stepline.server.routes import router
 from stepline.server.runner import Runner
+from stepline.server.tracing import Tracing, tracing_options
 from stepline.store.base import StepStore
 from stepline.store.sql import SqlStore, normalize_database_url, open_store
 from stepline.tools.mcp_tools import McpTools
@@ -176,6 +179,7 @@ def create_app(
     register_settings_secrets(settings)
     sealer = sealer_of(settings)
     app_metrics = Metrics(settings)
+    trace_options = tracing_options(settings.tracing)
     keys = KeyRing(settings.keys, allow_anonymous=allow_anonymous)
     gateway = Gateway(
         keys=keys,
@@ -192,6 +196,11 @@ def create_app(
         )
         the_chat = chat or ChatClient()
         the_chat.observer = app_metrics
+        tracing = None if trace_options is None else Tracing.start(trace_options, settings)
+        observer: LoopObserver = app_metrics
+        if tracing is not None:
+            observer = Observers(app_metrics, tracing)
+            the_chat.step_headers = tracing.step_headers
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
             follow_redirects=False,
@@ -213,7 +222,8 @@ def create_app(
                 tools=registry,
                 default_tools=tuple(tool.name for tool in python_tools),
                 http=http,
-                observer=app_metrics,
+                observer=observer,
+                step_headers=tracing.step_headers if tracing else lambda step_id: {},
                 key_tools=keys.tools_for,
                 mcp=McpTools(settings.mcp, settings.mcp_allowed_urls),
                 sealer=sealer,
@@ -224,6 +234,8 @@ def create_app(
             await runner.start()
         except BaseException:
             await _close(the_chat if chat is None else None, http, the_store if own_store else None)
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
             raise
         try:
             yield
@@ -232,6 +244,9 @@ def create_app(
             if engine.mcp is not None:
                 await engine.mcp.aclose()
             await _close(the_chat if chat is None else None, http, the_store if own_store else None)
+            if tracing is not None:
+                # the spans still buffered are exported before the process goes
+                await asyncio.to_thread(tracing.shutdown)
 
     app = FastAPI(
         title="stepline",

@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 
 from stepline.config import Settings
+from stepline.engine.observer import NullObserver
 from stepline.engine.steps import Step, StepKind, StepState
 
 __all__ = ["Metrics", "router"]
@@ -59,8 +60,9 @@ def _guarded(method: Callable[_P, None]) -> Callable[_P, None]:
     return run
 
 
-class Metrics:
-    """Every metric stepline exports, and the observers that feed them."""
+class Metrics(NullObserver):
+    """Every metric stepline exports, and the observers that feed them (the loop's
+    start hooks are :class:`NullObserver`'s: a metric is counted when a step ends)."""
 
     def __init__(self, settings: Settings) -> None:
         self._tools = frozenset(settings.tools)

@@ -50,6 +50,7 @@ from stepline.server.gateway import Gateway
 from stepline.server.logs import response_id_var
 from stepline.server.runner import Runner
 from stepline.server.sse import sse_frames
+from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 from stepline.upstream.routing import resolve_target
 
@@ -236,11 +237,13 @@ async def accept_response(
     *,
     reasoning_events: str | None = None,
     history_inline: bool = False,
+    trace_context: dict[str, str] | None = None,
 ) -> Accepted:
     """Validate a create body, store the response and launch its loop: every transport's
     way in (the HTTP route, the WebSocket). ``reasoning_events`` is the request's
     ``Stepline-Reasoning-Events`` choice; ``history_inline`` says the transport put the
-    conversation ``previous_response_id`` names into ``input`` (a WebSocket's memory).
+    conversation ``previous_response_id`` names into ``input`` (a WebSocket's memory);
+    ``trace_context`` is the client's W3C ``traceparent``, stored with the body.
     A client never sets these itself: ``stepline:`` fields it sends are dropped."""
     data = {key: value for key, value in data.items() if not key.startswith("stepline:")}
     if not runner.accepting:
@@ -273,7 +276,9 @@ async def accept_response(
         created_at=now,
         status="queued" if parsed.background else "in_progress",
         model=parsed.model,
-        body=parsed.model_dump(mode="json", by_alias=True, exclude_unset=True),
+        body=_with_trace_context(
+            parsed.model_dump(mode="json", by_alias=True, exclude_unset=True), trace_context
+        ),
         previous_response_id=parsed.previous_response_id,
         store=parsed.store,
         background=parsed.background,
@@ -292,6 +297,16 @@ async def accept_response(
     return Accepted(record=record, request=parsed, task=task, notices=notices)
 
 
+def _with_trace_context(
+    body: dict[str, Any], trace_context: dict[str, str] | None
+) -> dict[str, Any]:
+    """The stored body, with the client's trace context: it rides in the write that
+    creates the response, so a run resumed elsewhere can link to it."""
+    if trace_context is not None:
+        body[TRACE_CONTEXT_FIELD] = trace_context
+    return body
+
+
 @router.post("/responses")
 async def create_response(request: Request) -> Response:
     runner = _runner(request)
@@ -301,6 +316,7 @@ async def create_response(request: Request) -> Response:
         load_body(await request.body()),
         caller_of(request),
         reasoning_events=request.headers.get("stepline-reasoning-events"),
+        trace_context=client_trace_context(request.headers),
     )
     record, parsed = accepted.record, accepted.request
     if parsed.stream:

@@ -42,6 +42,7 @@ from stepline.server.limits import too_large
 from stepline.server.routes import accept_response
 from stepline.server.runner import Runner
 from stepline.server.sse import follow_events
+from stepline.server.tracing import client_trace_context
 
 __all__ = ["CONNECTION_SECONDS", "router"]
 
@@ -144,6 +145,7 @@ class _Connection:
                 self.caller,
                 reasoning_events=self.socket.headers.get("stepline-reasoning-events"),
                 history_inline=bool(base),
+                trace_context=client_trace_context(self.socket.headers),
             )
         except RequestError as exc:
             if exc.status_code == 404 and exc.param == "previous_response_id":

@@ -1,7 +1,8 @@
 """HTTP tools: POST the model's arguments as JSON to a configured URL.
 
 The step id goes out as ``Idempotency-Key`` (and ``X-Stepline-Step-Id``), so
-a tool server can tell a retried call after a crash from a new one. A 2xx
+a tool server can tell a retried call after a crash from a new one; with
+tracing on, the step's ``traceparent`` goes too. A 2xx
 body, JSON or text, is the tool's output; anything else is a
 :class:`~stepline.errors.ToolError`.
 
@@ -20,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -61,12 +63,16 @@ async def call_http_tool(
     arguments: dict[str, Any],
     *,
     step_id: str,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
-    """Call the tool, trying again ``config.retries`` times after a transient failure."""
+    """Call the tool, trying again ``config.retries`` times after a transient failure;
+    ``headers`` (the step's trace context) go with every try, under the configured ones."""
     attempt = 0
     while True:
         try:
-            return await _call_once(client, name, config, arguments, step_id=step_id)
+            return await _call_once(
+                client, name, config, arguments, step_id=step_id, passed_on=headers or {}
+            )
         except ToolError as exc:
             transient = exc.status is None or exc.status >= 500
             if not transient or attempt >= config.retries:
@@ -82,8 +88,10 @@ async def _call_once(
     arguments: dict[str, Any],
     *,
     step_id: str,
+    passed_on: Mapping[str, str],
 ) -> str:
     headers = {
+        **passed_on,
         **config.resolved_headers(),
         "Content-Type": "application/json",
         "Idempotency-Key": step_id,

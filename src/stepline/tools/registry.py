@@ -41,10 +41,12 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class ToolCallContext:
-    """What a running tool may use: its step id (for idempotency) and the shared client."""
+    """What a running tool may use: its step id (for idempotency), the shared client, and
+    the headers its requests pass on (the step's trace context, when tracing is on)."""
 
     step_id: str
     http: httpx.AsyncClient
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 #: runs one call: (validated arguments, context) -> the output the model sees
@@ -154,7 +156,9 @@ class ServerTool:
 
 def _http_run(name: str, config: HttpToolConfig) -> ToolRun:
     async def run(arguments: dict[str, Any], context: ToolCallContext) -> str:
-        return await call_http_tool(context.http, name, config, arguments, step_id=context.step_id)
+        return await call_http_tool(
+            context.http, name, config, arguments, step_id=context.step_id, headers=context.headers
+        )
 
     return run
 

@@ -40,7 +40,7 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Protocol, cast
@@ -108,7 +108,8 @@ class ChatClient:
     replaces the network (tests pass ``httpx.MockTransport``); ``sleep`` is what
     waits between retries, so tests can record the delays instead of waiting.
     ``pool`` holds the targets' health and capacity; ``observer`` gets one
-    report per attempt.
+    report per attempt. ``step_headers`` (set when tracing is on) gives the
+    headers a step's requests carry besides its id: its ``traceparent``.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class ChatClient:
         self._sleep = sleep
         self.pool = pool or TargetPool()
         self.observer: UpstreamObserver = observer or NullUpstreamObserver()
+        self.step_headers: Callable[[str], Mapping[str, str]] | None = None
         self._http = httpx.AsyncClient(
             transport=transport,
             limits=httpx.Limits(
@@ -396,6 +398,8 @@ class ChatClient:
     ) -> httpx.Request:
         body = {**payload, "model": target.upstream_model}
         headers = {"Content-Type": "application/json", "X-Stepline-Step-Id": step_id}
+        if self.step_headers is not None:
+            headers.update(self.step_headers(step_id))
         if target.api_key:
             headers["Authorization"] = f"Bearer {target.api_key}"
         if target.config.stream:
