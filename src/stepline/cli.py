@@ -18,6 +18,7 @@ finds them all before it listens, and before its first log line. ``--debug``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import ipaddress
 import sys
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from stepline.engine.steps import Step
     from stepline.server.auth import StoredKey
     from stepline.store.base import ResponseRecord
+    from stepline.store.retention import PurgeCounts, RetentionPolicy
     from stepline.tools.registry import ServerTool
 
 __all__ = ["app", "main"]
@@ -678,6 +680,151 @@ def show_response(
     )
     _add_steps(tree, steps, None)
     console.print(tree)
+
+
+async def _usage_document(
+    settings: Settings,
+    *,
+    start: str | None,
+    end: str | None,
+    key: str | None,
+    model: str | None,
+    group_by: str | None,
+) -> dict[str, Any]:
+    import time
+
+    from stepline.server.auth import KeyRing
+    from stepline.server.preflight import check_schema
+    from stepline.server.usage import key_ids, key_name, usage_document, usage_query
+    from stepline.store.sql import open_store
+    from stepline.store.usage import read_usage
+
+    await check_schema(settings.database_url)
+    store = await open_store(settings.database_url, migrate=False, pool_size=1)
+    try:
+        keys = KeyRing(settings.keys)
+        await keys.attach(store.engine)  # the stored keys name their rows too
+        query = usage_query(
+            start=start,
+            end=end,
+            key_ids=key_ids(keys, key),
+            model=model,
+            group_by=group_by,
+            now=time.time(),
+        )
+        rows = await read_usage(store, query)
+        return usage_document(query, rows, lambda key_id: key_name(keys, key_id))
+    finally:
+        await store.close()
+
+
+def _latency(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+@app.command()
+def usage(
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    start: Annotated[
+        str | None, typer.Option(help="From this UTC date (YYYY-MM-DD) or unix time.")
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(help="Until this unix time, or through this UTC date [default: now]."),
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Only this API key (its name or id).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    group_by: Annotated[
+        str, typer.Option(help="Comma-separated: day, key, model; empty for one total.")
+    ] = "day,key,model",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The JSON of GET /v1/usage instead of a table.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Requests, errors, tokens and latency per day, key and model (the last 30 days by
+    default), read from the database."""
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
+        document = asyncio.run(
+            _usage_document(settings, start=start, end=end, key=key, model=model, group_by=group_by)
+        )
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(document).decode() + "\n")
+        return
+    groups = document["group_by"]
+    table = Table()
+    for name in groups:
+        table.add_column(name, no_wrap=True)
+    for name in ("requests", "errors", "input tokens", "output tokens", "p50", "p95"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in document["data"]:
+        shown = {"day": row.get("day"), "key": row.get("key") or row.get("key_id")}
+        shown["model"] = row.get("model")
+        table.add_row(
+            *(escape(str(shown[name] or "-")) for name in groups),
+            str(row["requests"]),
+            str(row["errors"]),
+            str(row["input_tokens"]),
+            str(row["output_tokens"]),
+            _latency(row["latency_ms"]["p50"]),
+            _latency(row["latency_ms"]["p95"]),
+        )
+    _print_table(table)
+
+
+async def _collect_garbage(
+    database_url: str, policy: RetentionPolicy, *, dry_run: bool
+) -> PurgeCounts:
+    import time
+
+    from stepline.server.preflight import check_schema
+    from stepline.store.retention import expired_counts, purge
+    from stepline.store.sql import open_store
+
+    await check_schema(database_url)
+    store = await open_store(database_url, migrate=False, pool_size=1)
+    try:
+        now = time.time()
+        if dry_run:
+            return await expired_counts(store, policy, now=now)
+        deleted = await purge(store, policy, now=now)
+        left = await expired_counts(store, policy, now=now)
+        return dataclasses.replace(deleted, kept=left.kept)
+    finally:
+        await store.close()
+
+
+@app.command()
+def gc(
+    config: ConfigOption = None,
+    database: DatabaseOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Delete the responses past their retention once, as a running server does on its
+    interval (--dry-run counts them)."""
+    from stepline.server.retention import retention_policy
+
+    with _one_line_errors(debug):
+        settings = _settings(config, database)
+        policy = retention_policy(settings)
+        if not policy.enabled:
+            console.print(
+                "retention is off (set retention in the config, or per key): nothing to delete"
+            )
+            return
+        counts = asyncio.run(_collect_garbage(settings.database_url, policy, dry_run=dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} {counts.responses} responses ({counts.steps} steps, {counts.events} events, "
+        f"{counts.items} items); kept {counts.kept} past their age that newer responses continue"
+    )
 
 
 def main() -> None:

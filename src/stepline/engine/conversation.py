@@ -65,7 +65,9 @@ async def previous_chain_records(store: StepStore, previous_id: str | None) -> l
         record = await store.get_response(current)
         if record is None or not record.store:
             raise NotFound(
-                f"Previous response with id '{current}' not found.", param="previous_response_id"
+                f"Previous response with id '{current}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
             )
         records.append(record)
         if len(records) > _MAX_CHAIN:

@@ -43,8 +43,10 @@ from stepline.server.console import install_console
 from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
 from stepline.server.metrics import Metrics
+from stepline.server.retention import retention_worker
 from stepline.server.routes import router
 from stepline.server.runner import Runner
+from stepline.server.usage import router as usage_router
 from stepline.server.tracing import Tracing, tracing_options
 from stepline.store.base import StepStore
 from stepline.store.sql import SqlStore, normalize_database_url, open_store
@@ -232,6 +234,8 @@ def create_app(
             app.state.runner = runner
             app.state.chat = the_chat
             await runner.start()
+            retention = retention_worker(settings, the_store)
+            app.state.retention = retention
         except BaseException:
             await _close(the_chat if chat is None else None, http, the_store if own_store else None)
             if tracing is not None:
@@ -240,6 +244,8 @@ def create_app(
         try:
             yield
         finally:
+            if retention is not None:
+                await retention.stop()
             await runner.stop(grace=shutdown_grace)
             if engine.mcp is not None:
                 await engine.mcp.aclose()
@@ -264,6 +270,7 @@ def create_app(
     app.include_router(passthrough.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(usage_router)
     install_console(app)
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)

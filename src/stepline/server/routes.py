@@ -140,6 +140,7 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             raise NotFound(
                 f"Previous response with id '{request.previous_response_id}' not found.",
                 param="previous_response_id",
+                code="previous_response_not_found",
             )
     for index, tool in enumerate(request.tools):
         if isinstance(tool, FunctionTool) and tool.name in server_tools:
