@@ -22,6 +22,8 @@ Invariants:
   ``websocket_connection_limit_reached`` and is closed.
 * ``generate: false`` (Codex's warm-up) answers with a completed response
   that has no output and calls no model; it can be continued like any other.
+* The handshake's ``traceparent`` parents the trace of every response the
+  connection creates (:mod:`stepline.server.tracing`).
 """
 
 from __future__ import annotations
