@@ -17,6 +17,7 @@ string only.
         │   └── UpstreamTimeout    connect / first_byte / chunk / total
         ├── ToolError              a tool failed (timeout, non-2xx, bad args)
         └── StoreError             the durable store failed; aborts the loop
+            └── LeaseLost          another process took the response over
 
 ``RequestError.to_envelope()`` renders the OpenAI error envelope that every
 HTTP error of stepline uses.
@@ -29,6 +30,7 @@ from typing import Any, Literal
 __all__ = [
     "ConfigError",
     "InvalidRequest",
+    "LeaseLost",
     "NotFound",
     "RequestError",
     "RunError",
@@ -174,3 +176,11 @@ class ToolError(RunError):
 
 class StoreError(RunError):
     """The durable store failed; the loop stops and the lease lets it resume later."""
+
+
+class LeaseLost(StoreError):
+    """Another process holds this response's lease now: its writes here were refused.
+
+    The loop stops here and leaves the response to its new owner; nothing this
+    process did after the takeover reached the store.
+    """

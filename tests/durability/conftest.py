@@ -273,6 +273,15 @@ class ServerProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): alive, holding its leases, renewing none."""
+        assert self.proc is not None and self.running
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def terminate(self) -> None:
         assert self.proc is not None and self.running
         os.kill(self.proc.pid, signal.SIGTERM)

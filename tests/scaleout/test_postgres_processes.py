@@ -207,3 +207,74 @@ async def test_loops_continue_after_the_database_connections_are_cut(
         assert events[-1]["type"] == "response.completed"
         text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
         assert text == TEXT
+
+
+async def _read_stream(server: ServerProcess, response_id: str) -> list[dict[str, Any]]:
+    """Every event of a response read through ``server``, to its ``[DONE]``."""
+    events: list[dict[str, Any]] = []
+    async with (
+        client_for(server, timeout=60) as client,
+        client.stream("GET", f"/v1/responses/{response_id}", params={"stream": "true"}) as reply,
+    ):
+        async for event in sse_events(reply):
+            if event == "[DONE]":
+                return events
+            assert isinstance(event, dict)
+            events.append(event)
+    raise AssertionError(f"the stream of {response_id} ended without [DONE]")
+
+
+def _check_whole(events: list[dict[str, Any]]) -> None:
+    """One response's whole stream: contiguous, one terminal event, last; the text once."""
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    terminal = [event["type"] for event in events if event["type"] in TERMINAL_EVENTS]
+    assert terminal == ["response.completed"]
+    assert events[-1]["type"] == "response.completed"
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == TEXT
+
+
+@pytest.mark.timeout(120)
+async def test_a_process_frozen_past_its_lease_writes_nothing_after_the_takeover(
+    harness: Harness, postgres_url: str
+) -> None:
+    """A process too slow to renew (frozen with SIGSTOP mid-stream) loses its responses
+    to another; once it runs again its loops stop without a row in their logs, and what
+    it serves (a stream it relayed, a plain reply it owed) is what the new owner did."""
+    harness.script("slow", [{"content": TEXT, "token_delay": 0.05}])
+    frozen, other = [await harness.server(database_url=postgres_url) for _ in range(2)]
+    body = {"model": "slow", "input": "go"}
+    async with client_for(frozen, timeout=60) as client:
+        plain = asyncio.create_task(client.post("/v1/responses", json=body))
+        relayed: list[dict[str, Any]] = []
+        async with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as reply:
+            events = sse_events(reply)
+            async for event in events:
+                assert isinstance(event, dict)
+                relayed.append(event)
+                if event["type"] == "response.output_text.delta":
+                    frozen.pause()  # mid-stream, while it holds the lease
+                    break
+            try:
+                taken_over = await _read_stream(other, relayed[0]["response"]["id"])
+            finally:
+                frozen.resume()
+            async for event in events:
+                if event == "[DONE]":
+                    break
+                assert isinstance(event, dict)
+                relayed.append(event)
+        answered = await plain
+
+    _check_whole(taken_over)
+    assert relayed == taken_over
+    assert answered.status_code == 200
+    answer = answered.json()
+    assert answer["status"] == "completed"
+    # the plain reply is the end its new owner stored and streamed
+    plain_events = await _read_stream(other, answer["id"])
+    _check_whole(plain_events)
+    assert plain_events[-1]["response"] == answer
+    # what the frozen process did once it ran again reached no log
+    assert await _read_stream(other, relayed[0]["response"]["id"]) == taken_over
+    assert await _read_stream(frozen, answer["id"]) == plain_events

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-# ``tests/_backends.py`` is shared with the other suites; make it importable
-# however pytest was started (a no-op once ``tests`` is on the path).
-_TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-
-from _backends import SQL_KINDS, backend_params, store_backend  # noqa: E402
-from stepline.store import SqlStore, StepStore  # noqa: E402
+from stepline.store import SqlStore, StepStore
+from tests._backends import SQL_KINDS, backend_params, store_backend
 
 
 @pytest.fixture(params=backend_params())

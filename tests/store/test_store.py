@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 import stepline.store
-from _backends import SQL_KINDS, backend_params, database_url
+import stepline.store.hot
 from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
 from stepline.store import (
@@ -25,8 +25,10 @@ from stepline.store import (
     normalize_database_url,
     open_store,
 )
+from stepline.store.base import ResponseEnd, StepEnd
 from stepline.store.schema import VERSION_TABLE, metadata
 from stepline.store.sql import current_revision, head_revision, migrate
+from tests._backends import SQL_KINDS, backend_params, database_url
 
 SUB_SCOPE = "step_parent_tool_call"
 
@@ -480,6 +482,45 @@ def event(
     )
 
 
+async def test_append_events_with_an_owner_writes_only_the_responses_it_holds(
+    store: StepStore,
+) -> None:
+    await store.create_response(make_record("resp_1", owner="worker-a", lease_expires_at=100.0))
+    await store.create_response(make_record("resp_2", owner="worker-a", lease_expires_at=100.0))
+    ours, lost = await started(store, "resp_1"), await started(store, "resp_2")
+    # worker-a stopped renewing; worker-b takes resp_2 over
+    await store.renew_leases("worker-a", ["resp_1"], expires_at=2e9)
+    assert await store.claim_expired("worker-b", now=200.0, expires_at=2e9, limit=10) == ["resp_2"]
+
+    appended = await store.append_events(
+        [event("resp_1", 0, step_id=ours.id), event("resp_2", 0, step_id=lost.id)],
+        ends=[
+            StepEnd(response_id="resp_1", step_id=ours.id, state=StepState.COMPLETED),
+            StepEnd(response_id="resp_2", step_id=lost.id, state=StepState.COMPLETED),
+            ResponseEnd(response_id="resp_2", status="completed", result={}, completed_at=1.0),
+        ],
+        owner="worker-a",
+    )
+
+    assert appended.fenced == {"resp_2"}
+    finished, refused, unfinished = appended.ends
+    assert isinstance(finished, Step) and finished.state is StepState.COMPLETED
+    assert (refused, unfinished) == (None, False)
+    assert await store.read_events("resp_1", after=-1, limit=10) == [
+        event("resp_1", 0, step_id=ours.id)
+    ]
+    assert await store.read_events("resp_2", after=-1, limit=10) == []
+    [still] = await store.load_steps("resp_2")
+    assert still.state is StepState.PROCESSING
+    taken = await store.get_response("resp_2")
+    assert taken is not None and (taken.status, taken.owner) == ("in_progress", "worker-b")
+    # the new owner writes; without an owner nothing is fenced
+    assert (await store.append_events([event("resp_2", 0)], owner="worker-b")).fenced == set()
+    assert (await store.append_events([event("resp_1", 1)])).fenced == set()
+    assert await store.last_event_seq("resp_2") == 0
+    assert await store.last_event_seq("resp_1") == 1
+
+
 async def test_append_events_keeps_the_first_row_of_a_key(store: StepStore) -> None:
     await store.append_events(
         [
@@ -650,27 +691,26 @@ async def test_concurrent_claimers_never_take_the_same_response(store: StepStore
 # -- SQL only --------------------------------------------------------------------
 
 
-async def test_a_started_write_finishes_when_its_caller_is_cancelled(sql_store: SqlStore) -> None:
+async def test_a_started_write_finishes_when_its_caller_is_cancelled(
+    sql_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await sql_store.create_response(make_record())
     step = await started(sql_store)
     caller: asyncio.Task[Step | None] | None = None
+    finish = stepline.store.hot.finish_step
 
-    def cancel_the_caller_mid_statement(
-        connection: sa.Connection, cursor: Any, statement: str, *_: Any
-    ) -> None:
-        if caller is not None and statement.startswith("UPDATE steps"):
-            caller.cancel()
+    async def cancel_the_caller_mid_write(*args: Any, **kwargs: Any) -> Step | None:
+        assert caller is not None
+        caller.cancel()
+        await asyncio.sleep(0)  # let the cancellation reach the caller mid-write
+        return await finish(*args, **kwargs)
 
-    sync_engine = sql_store.engine.sync_engine
-    sa.event.listen(sync_engine, "before_cursor_execute", cancel_the_caller_mid_statement)
-    try:
-        caller = asyncio.create_task(
-            sql_store.finish_step(step.id, state=StepState.COMPLETED, response={"output": "ok"})
-        )
-        with pytest.raises(asyncio.CancelledError):
-            await caller
-    finally:
-        sa.event.remove(sync_engine, "before_cursor_execute", cancel_the_caller_mid_statement)
+    monkeypatch.setattr(stepline.store.hot, "finish_step", cancel_the_caller_mid_write)
+    caller = asyncio.create_task(
+        sql_store.finish_step(step.id, state=StepState.COMPLETED, response={"output": "ok"})
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await caller
 
     [stored] = await sql_store.load_steps("resp_1")
     assert (stored.state, stored.response) == (StepState.COMPLETED, {"output": "ok"})

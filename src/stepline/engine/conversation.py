@@ -10,6 +10,12 @@ The previous response may have ended holding tool calls for approval
 ``mcp_approval_response`` items, which :func:`approvals` checks and turns
 into the calls to run first and the refusals to show the model.
 
+A process keeps the conversations it read lately (:class:`HistoryCache`), so
+a continuation of a response read here before reads only that one earlier
+response (its record and chain) and, in one query, that every response the
+conversation was read from is still stored: the cost of a turn does not grow
+with the conversation's length.
+
 With ``conversation`` instead, the model sees the conversation's items (those
 it held when the response was accepted, so a resumed run sees the same), read
 as the request's own input is, and then the new input; the response's input
@@ -19,7 +25,8 @@ shapes them), in the transaction that stores its end.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +48,12 @@ from stepline.protocol.request import (
     ResponseRequest,
     parse_request,
 )
-from stepline.store.base import ResponseRecord, StepStore
+from stepline.store.base import TERMINAL_STATUSES, ResponseRecord, StepStore
 
 __all__ = [
     "Conversation",
     "HeldCall",
+    "HistoryCache",
     "approvals",
     "conversation_items",
     "load_conversation",
@@ -97,6 +105,41 @@ class Conversation:
     held: dict[str, HeldCall]
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Read:
+    """A conversation as read up to one response, and the records it was read from."""
+
+    conversation: Conversation
+    records: tuple[str, ...]
+
+
+class HistoryCache:
+    """The conversations of recent responses, by (response id, how items read).
+
+    Only the conversation up to a *terminal* response is kept: its records and
+    chains no longer change. An entry is used only after the store confirms
+    every record it was read from is still there, so a deleted response is
+    never read from memory. Least recently used entries go first; nobody
+    mutates a cached list (readers copy what they extend).
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, Hashable], _Read] = OrderedDict()
+
+    def get(self, response_id: str, reading: Hashable) -> _Read | None:
+        found = self._entries.get((response_id, reading))
+        if found is not None:
+            self._entries.move_to_end((response_id, reading))
+        return found
+
+    def put(self, response_id: str, reading: Hashable, read: _Read) -> None:
+        self._entries[(response_id, reading)] = read
+        self._entries.move_to_end((response_id, reading))
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
 def _held_calls(chain: list[Step]) -> dict[str, HeldCall]:
     model_calls = [s for s in chain if s.kind is StepKind.MODEL_CALL and s.response is not None]
     if not model_calls:
@@ -128,36 +171,91 @@ async def load_conversation(
     *,
     context_for: Callable[[ResponseRequest], InputContext] | None = None,
     request: ResponseRequest | None = None,
+    cache: HistoryCache | None = None,
+    reading: Hashable = None,
 ) -> Conversation:
     """Chat messages of every response before this one, oldest first, and the held calls.
 
     ``context_for`` says how an earlier request's input items read for this
-    response's upstream (its client tools, the sealer of ``encrypted_content``).
-    When ``request`` (the response being run) names a ``conversation``, its
-    items are the history instead."""
+    response's upstream (its client tools, the sealer of ``encrypted_content``);
+    ``reading`` names that way of reading, for ``cache``. When ``request``
+    (the response being run) names a ``conversation``, its items are the
+    history instead."""
     if request is not None and request.conversation is not None:
         context = (
             context_for(request) if context_for else InputContext(tools=ClientTools.of(request))
         )
         return Conversation(history=await _conversation_history(store, request, context), held={})
-    messages: list[dict[str, Any]] = []
-    held: dict[str, HeldCall] = {}
-    for record in await previous_chain_records(store, previous_id):
-        request = parse_request(record.body)
-        chain = await store.load_chain(record.id, scope=None)
-        approved = {
-            item.approval_request_id: held[item.approval_request_id].call_id
-            for item in request.input
-            if isinstance(item, McpApprovalResponseItem) and item.approval_request_id in held
-        }
-        context = (
-            context_for(request) if context_for else InputContext(tools=ClientTools.of(request))
-        )
-        messages.extend(input_messages(request.input, approved, context))
-        messages.extend(leading_tool_messages(chain))
-        messages.extend(chain_messages(chain))
-        held = _held_calls(chain)
-    return Conversation(history=messages, held=held)
+    if previous_id is None:
+        return Conversation(history=[], held={})
+    if cache is not None:
+        read = await _cached(store, cache, previous_id, reading, context_for)
+        if read is not None:
+            return read.conversation
+    records = await previous_chain_records(store, previous_id)
+    read = _Read(conversation=Conversation(history=[], held={}), records=())
+    for record in records:
+        read = await _extended(store, read, record, context_for)
+    if cache is not None and records[-1].status in TERMINAL_STATUSES:
+        cache.put(previous_id, reading, read)
+    return read.conversation
+
+
+async def _cached(
+    store: StepStore,
+    cache: HistoryCache,
+    previous_id: str,
+    reading: Hashable,
+    context_for: Callable[[ResponseRequest], InputContext] | None,
+) -> _Read | None:
+    """The conversation up to ``previous_id`` from the cache, or from the cached one
+    before it and ``previous_id``'s own record; None if neither is cached (or valid)."""
+    found = cache.get(previous_id, reading)
+    if found is not None:
+        return found if await store.stored_ids(found.records) == set(found.records) else None
+    record = await store.get_response(previous_id)
+    if (
+        record is None
+        or not record.store
+        or record.status not in TERMINAL_STATUSES
+        or record.body.get(HISTORY_INLINE)
+        or record.previous_response_id is None
+    ):
+        return None
+    before = cache.get(record.previous_response_id, reading)
+    if before is None or await store.stored_ids(before.records) != set(before.records):
+        return None
+    read = await _extended(store, before, record, context_for)
+    cache.put(previous_id, reading, read)
+    return read
+
+
+async def _extended(
+    store: StepStore,
+    read: _Read,
+    record: ResponseRecord,
+    context_for: Callable[[ResponseRequest], InputContext] | None,
+) -> _Read:
+    """``read`` followed by ``record``'s input and output."""
+    held = read.conversation.held
+    request = parse_request(record.body)
+    chain = await store.load_chain(record.id, scope=None)
+    approved = {
+        item.approval_request_id: held[item.approval_request_id].call_id
+        for item in request.input
+        if isinstance(item, McpApprovalResponseItem) and item.approval_request_id in held
+    }
+    context = context_for(request) if context_for else InputContext(tools=ClientTools.of(request))
+    messages = [
+        *read.conversation.history,
+        *input_messages(request.input, approved, context),
+        *leading_tool_messages(chain),
+        *chain_messages(chain),
+    ]
+    return _Read(
+        conversation=Conversation(history=messages, held=_held_calls(chain)),
+        records=(*read.records, record.id),
+    )
 
 
 def approvals(request: ResponseRequest, conversation: Conversation) -> list[ApprovedCall]:

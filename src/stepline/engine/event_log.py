@@ -17,6 +17,10 @@ Invariants:
 * :meth:`EventLog.commit` stores a step's or the response's end together
   with the events that announce it, in one transaction: a reader can never
   see an announcement whose outcome a crash could still lose.
+* A writer with an ``owner`` writes only for the responses whose lease it
+  holds (the store fences each transaction): the log of a response another
+  process took over fails with :class:`~stepline.errors.LeaseLost`, and no
+  row of it after the takeover is ever stored or shown.
 * Only a storage failure (:class:`~stepline.errors.StoreError`: the
   database is down or busy) is retried; any other failure of a write fails
   the writes that waited on it and closes their logs with that error, so no
@@ -30,7 +34,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from stepline.errors import StoreError
+from stepline.errors import LeaseLost, StoreError
 from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd, StepStore
 
 __all__ = ["EventLog", "EventLogFailed", "EventWriter"]
@@ -53,6 +57,10 @@ class _Unit:
 
 
 logger = logging.getLogger(__name__)
+
+
+def _lease_lost(response_id: str) -> LeaseLost:
+    return LeaseLost(f"response {response_id} is run by another process now")
 
 
 class EventLog:
@@ -116,6 +124,8 @@ class EventLog:
             await self._changed.wait()
 
     def _raise_failure(self) -> None:
+        if isinstance(self.failure, LeaseLost):
+            raise self.failure  # a storage outcome: the loop stops, its new owner goes on
         if self.failure is not None:
             raise EventLogFailed(f"events of {self.response_id} not stored") from self.failure
 
@@ -142,8 +152,11 @@ class EventLog:
 class EventWriter:
     """Commits pending events of every response in batches, one transaction each."""
 
-    def __init__(self, store: StepStore, *, retry_delay: float = 0.2) -> None:
+    def __init__(
+        self, store: StepStore, *, owner: str | None = None, retry_delay: float = 0.2
+    ) -> None:
         self._store = store
+        self._owner = owner
         self._pending: list[tuple[EventLog, EventRow] | _Unit] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -178,20 +191,25 @@ class EventWriter:
         rows: list[EventRow] = []
         units: list[_Unit] = []
         newest: dict[EventLog, int] = {}
+        touched: set[EventLog] = set()
         for entry in batch:
             if isinstance(entry, _Unit):
                 units.append(entry)
+                touched.add(entry.log)
                 rows.extend(entry.rows)
                 if entry.rows:
                     newest[entry.log] = entry.rows[-1].seq
             else:
                 log, row = entry
+                touched.add(log)
                 rows.append(row)
                 newest[log] = row.seq
         delay = self._retry_delay
         while True:
             try:
-                results = await self._store.append_events(rows, ends=[u.end for u in units])
+                appended = await self._store.append_events(
+                    rows, ends=[u.end for u in units], owner=self._owner
+                )
                 break
             except StoreError:
                 # The database is down or busy: keep the events and try again;
@@ -201,16 +219,25 @@ class EventWriter:
                 delay = min(delay * 2, 5.0)
             except Exception as exc:
                 logger.exception("writing %d events failed for good", len(rows))
-                for log in newest:
+                for log in touched:
                     log.fail(exc)
                 for unit in units:
                     if not unit.done.done():
                         unit.done.set_exception(exc)
                 return
-        for log, seq in newest.items():
-            log.made_durable(seq)
-        for unit, result in zip(units, results, strict=True):
-            if not unit.done.done():
+        for log in touched:
+            if log.response_id not in appended.fenced:
+                if log in newest:
+                    log.made_durable(newest[log])
+            elif log.failure is None:
+                logger.warning("response %s is run by another process now", log.response_id)
+                log.fail(_lease_lost(log.response_id))
+        for unit, result in zip(units, appended.ends, strict=True):
+            if unit.done.done():
+                continue
+            if unit.log.response_id in appended.fenced:
+                unit.done.set_exception(_lease_lost(unit.log.response_id))
+            else:
                 unit.done.set_result(result)
 
     async def aclose(self) -> None:

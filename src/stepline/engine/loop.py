@@ -40,6 +40,7 @@ from stepline.engine.compaction import (
     is_context_overflow,
     summarise,
 )
+from stepline.engine.conversation import HistoryCache
 from stepline.engine.observer import LoopObserver, NullObserver
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.run_events import (
@@ -206,6 +207,8 @@ class Engine:
     default_tools: tuple[str, ...] = ()
     #: seals and opens the ``encrypted_content`` clients carry between turns
     sealer: Sealer = field(default_factory=Sealer.ephemeral)
+    #: conversations read lately, so a continuation reads only its last turn
+    history: HistoryCache = field(default_factory=HistoryCache)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,7 +397,13 @@ class ScopeLoop:
         if self.events is not None and self.events.commits:
             # the end is stored in one transaction with the events held since hold():
             # a client is told of an outcome exactly when the store has it
-            end = StepEnd(step_id=step.id, state=state, response=response, error=error)
+            end = StepEnd(
+                response_id=self.response_id,
+                step_id=step.id,
+                state=state,
+                response=response,
+                error=error,
+            )
             # a write that started completes even if the loop is cancelled meanwhile
             result = await asyncio.shield(self.events.commit(end))
             assert result is None or isinstance(result, Step)

@@ -8,7 +8,7 @@ computed twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from stepline.config import Settings
@@ -31,6 +31,8 @@ class Prepared:
     options: ItemOptions
     #: reads an earlier request's items for this response's upstream
     context_for: Callable[[ResponseRequest], InputContext]
+    #: names that way of reading (the key of the history cache)
+    reading: Hashable
     #: hosted tools the config plays: the name the model calls -> the server tool
     hosted: dict[str, str]
     #: hosted tools the request offered that nothing plays (left out of the model's view)
@@ -88,6 +90,7 @@ def prepare(
         context=context,
         options=options,
         context_for=context_for,
+        reading=(native, file_parts),
         hosted=hosted,
         dropped=dropped,
     )

@@ -99,8 +99,12 @@ async def run_response(
     stops: tuple[StopPolicy, ...] = (),
     tools: Sequence[str] | None = None,
     fresh: bool = False,
+    request: ResponseRequest | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a stored response to its terminal state; return the response object.
+
+    ``request`` is the record's body as the route that accepted it parsed it
+    (so a fresh run does not parse it again); left out, the body is parsed.
 
     ``stops`` are checked after every top-level step; the first that fires
     ends the response ``incomplete`` with its name as the reason. ``tools``
@@ -109,7 +113,8 @@ async def run_response(
     for it yet but its record.
     """
     store = engine.store
-    request = parse_request(record.body)
+    if request is None:
+        request = parse_request(record.body)
     events = (
         ResponseEvents(
             record.id,
@@ -163,6 +168,8 @@ async def run_response(
                 request.stored_previous_id,
                 context_for=prepared.context_for,
                 request=request,
+                cache=engine.history,
+                reading=prepared.reading,
             )
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
             transcript = base_messages(request, conversation.history, held, prepared.context)

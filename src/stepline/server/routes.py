@@ -164,6 +164,8 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
         request.stored_previous_id,
         context_for=prepared.context_for,
         request=request,
+        cache=engine.history,
+        reading=prepared.reading,
     )
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
@@ -290,7 +292,7 @@ async def accept_response(
     try:
         await runner.engine.store.create_response(record)
         response_id_var.set(record.id)  # the loop's task inherits it, for its log lines
-        task = runner.launch(record)
+        task = runner.launch(record, request=parsed)
     except BaseException:
         release()
         raise

@@ -22,11 +22,16 @@ from typing import Any
 from stepline.engine.event_log import EventLog, EventWriter
 from stepline.engine.loop import Engine, LoopDrained
 from stepline.engine.response import run_response, stored_response
+from stepline.errors import LeaseLost
+from stepline.protocol.request import ResponseRequest
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
 __all__ = ["Runner"]
 
 logger = logging.getLogger(__name__)
+
+#: the longest a response taken over by another process goes unchecked here
+_TAKEOVER_POLL_SECONDS = 1.0
 
 
 class Runner:
@@ -36,11 +41,13 @@ class Runner:
         self.engine = engine
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.lease_seconds = engine.settings.limits.lease_seconds
-        self.writer = EventWriter(engine.store)
+        self.writer = EventWriter(engine.store, owner=self.owner)
         self.logs: dict[str, EventLog] = {}
         self.tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._cancelling: set[str] = set()
+        #: responses whose loop the renewal stopped: another process has them now
+        self._lost: set[str] = set()
         self.accepting = True
 
     def lease_expiry(self) -> float:
@@ -53,42 +60,82 @@ class Runner:
         )
 
     def launch(
-        self, record: ResponseRecord, *, resume_from: int | None = None
+        self,
+        record: ResponseRecord,
+        *,
+        resume_from: int | None = None,
+        request: ResponseRequest | None = None,
     ) -> asyncio.Task[dict[str, Any]]:
         """Run a stored response's loop in this process (its lease is already ours).
 
         ``resume_from`` is the next event sequence of a response resumed here;
-        None means the response was just created.
+        None means the response was just created, and ``request`` is its body
+        as the route parsed it.
         """
         log = EventLog(record.id, self.writer, first_seq=resume_from or 0)
         self.logs[record.id] = log
         task = asyncio.get_running_loop().create_task(
-            self._run(record, log, fresh=resume_from is None),
+            self._run(record, log, fresh=resume_from is None, request=request),
             name=f"stepline-response-{record.id}",
         )
         self.tasks[record.id] = task
         return task
 
-    async def _run(self, record: ResponseRecord, log: EventLog, *, fresh: bool) -> dict[str, Any]:
+    async def _run(
+        self,
+        record: ResponseRecord,
+        log: EventLog,
+        *,
+        fresh: bool,
+        request: ResponseRequest | None,
+    ) -> dict[str, Any]:
         store = self.engine.store
         try:
-            return await run_response(self.engine, record, log, fresh=fresh)
+            return await run_response(self.engine, record, log, fresh=fresh, request=request)
+        except LeaseLost:
+            # another process took the response over (this one was too slow to renew):
+            # it goes on there; whoever waits here gets what it finishes with
+            return await self._taken_over(record, log)
         except LoopDrained:
             # stopped between steps: the next process to claim it goes on from here
             await store.release_lease(record.id, self.owner)
             current = await store.get_response(record.id)
             return await stored_response(store, current or record)
         except asyncio.CancelledError:
-            # stopped here (shutdown, lease lost): never leave our lease behind; a
-            # cancelled response keeps it until its cancellation is stored, so no
-            # other claimer picks it up in between
+            if record.id in self._lost:
+                # stopped by the renewal that found the lease gone: as above
+                self._lost.discard(record.id)
+                this = asyncio.current_task()
+                if this is not None:
+                    this.uncancel()
+                return await self._taken_over(record, log)
+            # stopped here (shutdown): never leave our lease behind; a cancelled
+            # response keeps it until its cancellation is stored, so no other
+            # claimer picks it up in between
             if record.id not in self._cancelling:
                 await asyncio.shield(store.release_lease(record.id, self.owner))
             raise
         finally:
             log.close()
-            self.logs.pop(record.id, None)
-            self.tasks.pop(record.id, None)
+            self._forget(record.id, log)
+
+    def _forget(self, response_id: str, log: EventLog) -> None:
+        """Drop a loop's entries, unless a later run of the response (claimed back
+        here meanwhile) has replaced them."""
+        if self.logs.get(response_id) is log:
+            del self.logs[response_id]
+            self.tasks.pop(response_id, None)
+
+    async def _taken_over(self, record: ResponseRecord, log: EventLog) -> dict[str, Any]:
+        """The result of a response another process runs now, once it has one."""
+        self._forget(record.id, log)
+        store = self.engine.store
+        with store.watch_events(record.id) as watch:
+            while True:
+                current = await store.get_response(record.id)
+                if current is None or current.status in TERMINAL_STATUSES:
+                    return await stored_response(store, current or record)
+                await watch.wait(_TAKEOVER_POLL_SECONDS)
 
     async def claim_expired(self) -> list[str]:
         """Take over responses whose owner stopped renewing, and resume them here."""
@@ -130,6 +177,7 @@ class Runner:
             task = self.tasks.get(response_id)
             if response_id not in held and task is not None:
                 logger.warning("lease of %s lost; stopping its loop here", response_id)
+                self._lost.add(response_id)
                 task.cancel()
 
     async def stop_loop(self, response_id: str) -> None:

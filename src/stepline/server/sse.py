@@ -3,8 +3,9 @@
 The same reader serves a live stream, a resumed stream (``starting_after``)
 and a replay of a finished response: older events come from the store, then
 the in-memory log of a loop running in this process is followed live. A
-response running in another process is followed through the store, woken by
-the store's event notifications (LISTEN/NOTIFY on PostgreSQL).
+response running in another process (or taken over by one while it was
+followed here) is followed through the store, woken by the store's event
+notifications (LISTEN/NOTIFY on PostgreSQL).
 
 Each event is one SSE block (``event:`` equal to the JSON ``type``, then one
 ``data:`` line) written whole; events that are ready together are written
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from stepline.errors import LeaseLost
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, event_type
 from stepline.server.runner import Runner
 from stepline.store.base import TERMINAL_STATUSES, EventRow
@@ -51,12 +53,16 @@ async def follow_events(
     with store.watch_events(response_id) as watch:
         while True:
             log = runner.logs.get(response_id)
-            if log is not None:
+            if log is not None and not isinstance(log.failure, LeaseLost):
                 async for rows in _stored(runner, response_id, after, log.first_seq):
                     yield rows
                     after = rows[-1].seq
-                async for rows in log.follow(after):
-                    yield rows
+                try:
+                    async for rows in log.follow(after):
+                        yield rows
+                        after = rows[-1].seq
+                except LeaseLost:
+                    continue  # another process runs it now: follow it through the store
                 return
             rows = await store.read_events(response_id, after=after, limit=_PAGE)
             if rows:

@@ -18,6 +18,10 @@ Invariants every implementation keeps:
 * ``append_events`` with ``ends`` commits the rows and those step and
   response ends in one transaction: an event that announces an outcome is
   never durable without it (what a client was told is what the store says).
+* ``append_events`` with an ``owner`` is fenced by the lease: the rows and
+  ends of a response that ``owner`` does not hold (another process claimed
+  it) are not stored, in the same transaction that stores the others, so a
+  process that lost a response can never write into its new owner's log.
 * A lease is held by one owner until it expires; ``claim_expired`` hands each
   expired lease to exactly one caller.
 * Times are POSIX seconds (float).
@@ -45,6 +49,7 @@ if TYPE_CHECKING:  # listing.py builds on this module's types
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "Appended",
     "ConversationItem",
     "ConversationRecord",
     "EndResult",
@@ -124,6 +129,7 @@ def new_steps(
 class StepEnd:
     """A step's terminal state, stored with the events that announce it."""
 
+    response_id: str
     step_id: str
     state: StepState
     response: dict[str, Any] | None = None
@@ -149,6 +155,16 @@ class ResponseEnd:
 #: what ``append_events`` returns per end: the finished step (None when it was no
 #: longer processing), or whether the response was finished (False: already terminal)
 EndResult = Step | bool | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Appended:
+    """What one ``append_events`` stored: each end's result, in order, and the
+    responses it refused because the writer no longer holds their lease (their
+    ends' results are None or False, as for an end that came too late)."""
+
+    ends: list[EndResult]
+    fenced: frozenset[str] = frozenset()
 
 
 class StepStore(Protocol):
@@ -228,10 +244,18 @@ class StepStore(Protocol):
         ...
 
     async def append_events(
-        self, rows: Sequence[EventRow], *, ends: Sequence[StepEnd | ResponseEnd] = ()
-    ) -> list[EndResult]:
-        """Persist rows (of any responses) and ``ends`` in one transaction; return
-        each end's result in order (see :data:`EndResult`)."""
+        self,
+        rows: Sequence[EventRow],
+        *,
+        ends: Sequence[StepEnd | ResponseEnd] = (),
+        owner: str | None = None,
+    ) -> Appended:
+        """Persist rows (of any responses) and ``ends`` in one transaction; with an
+        ``owner``, only those of the responses it holds the lease of."""
+        ...
+
+    async def stored_ids(self, response_ids: Sequence[str]) -> set[str]:
+        """Which of these responses exist with ``store`` on (one query)."""
         ...
 
     async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:

@@ -28,6 +28,7 @@ from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
 from stepline.store.base import (
     TERMINAL_STATUSES,
+    Appended,
     ConversationItem,
     ConversationRecord,
     EndResult,
@@ -284,11 +285,25 @@ class MemoryStore:
     # -- events --
 
     async def append_events(
-        self, rows: Sequence[EventRow], *, ends: Sequence[StepEnd | ResponseEnd] = ()
-    ) -> list[EndResult]:
+        self,
+        rows: Sequence[EventRow],
+        *,
+        ends: Sequence[StepEnd | ResponseEnd] = (),
+        owner: str | None = None,
+    ) -> Appended:
+        fenced: frozenset[str] = frozenset()
+        if owner is not None:
+            touched = {row.response_id for row in rows} | {end.response_id for end in ends}
+            fenced = frozenset(
+                response_id
+                for response_id in touched
+                if (record := self._responses.get(response_id)) is None or record.owner != owner
+            )
         results: list[EndResult] = []
         for end in ends:
-            if isinstance(end, StepEnd):
+            if end.response_id in fenced:
+                results.append(None if isinstance(end, StepEnd) else False)
+            elif isinstance(end, StepEnd):
                 results.append(
                     await self.finish_step(
                         end.step_id, state=end.state, response=end.response, error=end.error
@@ -305,10 +320,18 @@ class MemoryStore:
                 if finished and end.conversation_id is not None:
                     self._append_conversation(end.conversation_id, end.conversation_items)
                 results.append(finished)
-        for row in rows:
+        written = [row for row in rows if row.response_id not in fenced]
+        for row in written:
             self._events.setdefault(row.response_id, _EventLog()).add(row)
-        self._notifier.notify({row.response_id for row in rows})
-        return results
+        self._notifier.notify({row.response_id for row in written})
+        return Appended(ends=results, fenced=fenced)
+
+    async def stored_ids(self, response_ids: Sequence[str]) -> set[str]:
+        return {
+            response_id
+            for response_id in response_ids
+            if (record := self._responses.get(response_id)) is not None and record.store
+        }
 
     def watch_events(self, response_id: str) -> EventWatch:
         return self._notifier.watch(response_id)

@@ -1,24 +1,22 @@
-"""SqlStore: the StepStore on SQLite (aiosqlite) or PostgreSQL (asyncpg).
+"""SqlStore: the StepStore on SQLite or PostgreSQL.
 
-The store speaks SQLAlchemy Core (no ORM) through prebuilt statements. Each
-call is one short unit of work: a call that needs a single statement runs it
-in autocommit, one round trip; a call that needs several (``record_steps``,
-``delete_response``, the ``append_events`` batch) runs them in one
-transaction.
+The statements a running response needs on every step (creating it, its
+steps, its event log, its end, its lease) run on the drivers themselves,
+``sqlite3`` and ``asyncpg`` (:mod:`stepline.store.hot` over
+:mod:`stepline.store.drivers`). Everything else — the schema, the
+migrations, and the statements off that path (listings, deletes, keys,
+conversations, retention, usage) — speaks SQLAlchemy Core through
+prebuilt statements on an async engine (aiosqlite, asyncpg).
 
 Invariants beyond the :class:`~stepline.store.base.StepStore` contract:
 
-* SQLite runs in WAL mode with ``synchronous=NORMAL``, a 10 s busy timeout
-  and foreign keys on, and every transaction begins ``IMMEDIATE``: a
-  transaction that reads before it writes would otherwise fail with
-  SQLITE_BUSY when two of them try to upgrade their locks at once.
-* ``record_steps`` locks the response row (``FOR UPDATE`` on PostgreSQL, the
-  write lock of the IMMEDIATE transaction on SQLite) before it reads the last
-  sequence, so concurrent calls queue instead of colliding.
-* ``claim_expired`` is one ``UPDATE`` over a ``FOR UPDATE SKIP LOCKED``
-  subquery, so two claimers never take the same response.
-* On SQLite, the writes of one process queue on an asyncio lock, so they
-  never meet SQLite's busy handler (which sleeps in growing steps).
+* SQLite runs in WAL mode with ``synchronous=NORMAL`` and foreign keys on,
+  and every write transaction begins ``IMMEDIATE``: a transaction that reads
+  before it writes would otherwise fail with SQLITE_BUSY when two of them
+  try to upgrade their locks at once.
+* On SQLite, the writes of one process — the drivers' and SQLAlchemy's —
+  queue on one asyncio lock, so they never meet SQLite's busy handler (which
+  sleeps in growing steps) or each other's open transaction.
 * A write that has started is not abandoned when its caller is cancelled: it
   runs in its own task, the caller waits for it and then sees the
   cancellation. Driver connections are never left mid-statement.
@@ -30,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,27 +38,26 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from stepline.engine.steps import NewStep, Step, StepKind, StepState
+from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import ConfigError, StoreError
-from stepline.store import conversations, listing
+from stepline.store import conversations, hot, listing
 from stepline.store.base import (
     TERMINAL_STATUSES,
+    Appended,
     ConversationItem,
     ConversationRecord,
-    EndResult,
     EventRow,
     ResponseEnd,
     ResponseRecord,
     StepEnd,
-    new_steps,
 )
+from stepline.store.drivers import Driver, PostgresDriver, SqliteDriver
 from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
-from stepline.store.notify import CHANNEL, EventNotifier, EventWatch, PgListener
-from stepline.store.schema import VERSION_TABLE, JsonText, events, items, responses, steps
+from stepline.store.notify import EventNotifier, EventWatch, PgListener
+from stepline.store.schema import VERSION_TABLE, events, items, responses, steps
 
 __all__ = [
     "SqlStore",
@@ -75,6 +73,9 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+#: the driver arguments each engine was made with (see ``create_store_engine``)
+_CONNECT_ARGS: weakref.WeakKeyDictionary[sa.Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: PostgreSQL advisory lock held while migrating ("Stepline" as 8 ASCII bytes),
@@ -138,6 +139,8 @@ def create_store_engine(
     )
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    # the hot path's own asyncpg pool connects the same way
+    _CONNECT_ARGS[engine.sync_engine] = dict(connect_args or {})
     return engine
 
 
@@ -251,29 +254,11 @@ async def open_store(url: str, *, migrate: bool = True, pool_size: int = 10) -> 
 #
 # Built once: SQLAlchemy caches their compiled form, so a call only binds values.
 
-_GET_RESPONSE = sa.select(responses).where(responses.c.id == sa.bindparam("p_id"))
 _LIST_RESPONSES = (
     sa.select(responses)
     .order_by(responses.c.created_at.desc(), responses.c.id.desc())
     .limit(sa.bindparam("p_limit"))
 )
-_SET_STATUS = (
-    sa.update(responses)
-    .where(responses.c.id == sa.bindparam("p_id"), responses.c.status.not_in(_TERMINAL))
-    .values(status=sa.bindparam("p_status"))
-)
-_FINISH_RESPONSE = (
-    sa.update(responses)
-    .where(responses.c.id == sa.bindparam("p_id"), responses.c.status.not_in(_TERMINAL))
-    .values(
-        status=sa.bindparam("p_status"),
-        result=sa.bindparam("p_result", type_=JsonText()),
-        completed_at=sa.bindparam("p_completed_at", type_=sa.Double()),
-        owner=None,
-        lease_expires_at=None,
-    )
-)
-_INSERT_ITEM = sa.insert(items)
 _FIND_ITEMS = (
     sa.select(items.c.id, items.c.data)
     .join(responses, responses.c.id == items.c.response_id)
@@ -283,83 +268,11 @@ _FIND_ITEMS = (
     )
     .order_by(responses.c.created_at, items.c.position)
 )
-
-
-async def _finish_response_in(connection: AsyncConnection, end: ResponseEnd) -> bool:
-    """Finish a live response and keep its items, on an open connection."""
-    if end.status not in TERMINAL_STATUSES:
-        raise ValueError(f"{end.status!r} is not a terminal status")
-    params = {
-        "p_id": end.response_id,
-        "p_status": end.status,
-        "p_result": end.result,
-        "p_completed_at": end.completed_at,
-    }
-    finished = (await connection.execute(_FINISH_RESPONSE, params)).rowcount == 1
-    rows = [
-        {"response_id": end.response_id, "position": position, "id": item["id"], "data": item}
-        for position, item in enumerate(end.items)
-        if item.get("id")
-    ]
-    if finished and rows:
-        await connection.execute(_INSERT_ITEM, rows)
-    if finished and end.conversation_id is not None:
-        await conversations.append_items(connection, end.conversation_id, end.conversation_items)
-    return bool(finished)
-
-
 _DELETE_ITEMS = sa.delete(items).where(items.c.response_id == sa.bindparam("p_id"))
 _DELETE_EVENTS = sa.delete(events).where(events.c.response_id == sa.bindparam("p_id"))
 _DELETE_STEPS = sa.delete(steps).where(steps.c.response_id == sa.bindparam("p_id"))
 _DELETE_RESPONSE = sa.delete(responses).where(responses.c.id == sa.bindparam("p_id"))
 
-_LOCK_RESPONSE = (
-    sa.select(responses.c.id).where(responses.c.id == sa.bindparam("p_id")).with_for_update()
-)
-_LAST_SEQUENCE = (
-    sa.select(sa.func.max(steps.c.sequence))
-    .where(steps.c.response_id == sa.bindparam("p_id"))
-    .scalar_subquery()
-)
-
-
-def _last_of_scope(scope_clause: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
-    return (
-        sa.select(steps.c.id)
-        .where(steps.c.response_id == sa.bindparam("p_id"), scope_clause)
-        .order_by(steps.c.sequence.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-
-
-_CHAIN_TAIL_TOP = sa.select(_LAST_SEQUENCE, _last_of_scope(steps.c.scope.is_(None)))
-_CHAIN_TAIL_SCOPED = sa.select(
-    _LAST_SEQUENCE, _last_of_scope(steps.c.scope == sa.bindparam("p_scope"))
-)
-_INSERT_STEPS = sa.insert(steps)
-_START_STEP = (
-    sa.update(steps)
-    .where(steps.c.id == sa.bindparam("p_id"), steps.c.state.in_(_LIVE_STEP_STATES))
-    .values(
-        state=StepState.PROCESSING.value,
-        attempt=steps.c.attempt + 1,
-        started_at=sa.bindparam("p_now", type_=sa.Double()),
-    )
-    .returning(*steps.c)
-)
-_STEP_STATE = sa.select(steps.c.state).where(steps.c.id == sa.bindparam("p_id"))
-_FINISH_STEP = (
-    sa.update(steps)
-    .where(steps.c.id == sa.bindparam("p_id"), steps.c.state == StepState.PROCESSING.value)
-    .values(
-        state=sa.bindparam("p_state"),
-        response=sa.bindparam("p_response", type_=JsonText()),
-        error=sa.bindparam("p_error", type_=JsonText()),
-        finished_at=sa.bindparam("p_now", type_=sa.Double()),
-    )
-    .returning(*steps.c)
-)
 _CANCEL_STEPS = (
     sa.update(steps)
     .where(
@@ -371,72 +284,6 @@ _CANCEL_STEPS = (
         finished_at=sa.bindparam("p_now", type_=sa.Double()),
     )
 )
-_LOAD_STEPS = (
-    sa.select(steps).where(steps.c.response_id == sa.bindparam("p_id")).order_by(steps.c.sequence)
-)
-_LOAD_CHAIN_TOP = _LOAD_STEPS.where(steps.c.scope.is_(None))
-_LOAD_CHAIN_SCOPED = _LOAD_STEPS.where(steps.c.scope == sa.bindparam("p_scope"))
-
-_READ_EVENTS = (
-    sa.select(events)
-    .where(events.c.response_id == sa.bindparam("p_id"), events.c.seq > sa.bindparam("p_after"))
-    .order_by(events.c.seq)
-    .limit(sa.bindparam("p_limit"))
-)
-_STEP_EVENTS = (
-    sa.select(events)
-    .where(events.c.response_id == sa.bindparam("p_id"), events.c.step_id == sa.bindparam("p_step"))
-    .order_by(events.c.seq)
-)
-_NOTIFY = sa.text(f"SELECT pg_notify('{CHANNEL}', id) FROM unnest(CAST(:p_ids AS text[])) AS id")
-_LAST_EVENT_SEQ = sa.select(sa.func.max(events.c.seq)).where(
-    events.c.response_id == sa.bindparam("p_id")
-)
-
-_RENEW_LEASES = (
-    sa.update(responses)
-    .where(
-        responses.c.owner == sa.bindparam("p_owner"),
-        responses.c.id.in_(sa.bindparam("p_ids", expanding=True)),
-        responses.c.status.not_in(_TERMINAL),
-    )
-    .values(lease_expires_at=sa.bindparam("p_expires_at", type_=sa.Double()))
-    .returning(responses.c.id)
-)
-_RELEASE_LEASE = (
-    sa.update(responses)
-    .where(responses.c.id == sa.bindparam("p_id"), responses.c.owner == sa.bindparam("p_owner"))
-    .values(owner=None, lease_expires_at=None)
-)
-_CLAIMABLE = (
-    sa.select(responses.c.id)
-    .where(
-        responses.c.status.not_in(_TERMINAL),
-        sa.or_(
-            responses.c.lease_expires_at.is_(None),
-            responses.c.lease_expires_at < sa.bindparam("p_now", type_=sa.Double()),
-        ),
-    )
-    .order_by(responses.c.created_at, responses.c.id)
-    .limit(sa.bindparam("p_limit"))
-    # PostgreSQL only; SQLite renders nothing and relies on its single writer.
-    .with_for_update(skip_locked=True)
-)
-_CLAIM_EXPIRED = (
-    sa.update(responses)
-    .where(responses.c.id.in_(_CLAIMABLE))
-    .values(
-        owner=sa.bindparam("p_owner"),
-        lease_expires_at=sa.bindparam("p_expires_at", type_=sa.Double()),
-    )
-    .returning(responses.c.id)
-)
-
-
-def _insert_events(dialect: str) -> sa.Insert:
-    # Both dialects spell "keep the first row of a key" the same way.
-    insert = sqlite.insert(events) if dialect == "sqlite" else postgresql.insert(events)
-    return insert.on_conflict_do_nothing(index_elements=[events.c.response_id, events.c.seq])
 
 
 # -- rows ---------------------------------------------------------------------
@@ -458,46 +305,6 @@ def _record_from_row(row: sa.Row[Any]) -> ResponseRecord:
         completed_at=row.completed_at,
         key_id=row.key_id,
     )
-
-
-def _step_from_row(row: sa.Row[Any]) -> Step:
-    return Step(
-        id=row.id,
-        response_id=row.response_id,
-        scope=row.scope,
-        previous_step_id=row.previous_step_id,
-        sequence=row.sequence,
-        kind=StepKind(row.kind),
-        state=StepState(row.state),
-        request=row.request,
-        response=row.response,
-        error=row.error,
-        call_id=row.call_id,
-        attempt=row.attempt,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-    )
-
-
-def _step_values(step: Step) -> dict[str, Any]:
-    return {
-        "id": step.id,
-        "response_id": step.response_id,
-        "scope": step.scope,
-        "previous_step_id": step.previous_step_id,
-        "sequence": step.sequence,
-        "kind": step.kind.value,
-        "state": step.state.value,
-        "request": step.request,
-        "response": step.response,
-        "error": step.error,
-        "call_id": step.call_id,
-        "attempt": step.attempt,
-        "created_at": step.created_at,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-    }
 
 
 def _describe(exc: BaseException) -> str:
@@ -522,12 +329,13 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._autocommit = _autocommit_engine(engine)
-        self._insert_events = _insert_events(engine.dialect.name)
         self._writes: set[asyncio.Task[Any]] = set()
         self._postgres = engine.dialect.name == "postgresql"
         self._sqlite_writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._notifier = EventNotifier()
         self._listener: PgListener | None = None
+        self._driver: Driver | None = None
+        self._opening = asyncio.Lock()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -540,33 +348,10 @@ class SqlStore:
     # -- responses --
 
     async def create_response(self, record: ResponseRecord) -> None:
-        values = {
-            "id": record.id,
-            "created_at": record.created_at,
-            "status": record.status,
-            "model": record.model,
-            "body": record.body,
-            "previous_response_id": record.previous_response_id,
-            "store": record.store,
-            "background": record.background,
-            "owner": record.owner,
-            "lease_expires_at": record.lease_expires_at,
-            "result": record.result,
-            "completed_at": record.completed_at,
-            "key_id": record.key_id,
-        }
-
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(sa.insert(responses), values)
-
-        await self._write(work)
+        await self._guard(hot.create_response(await self._hot(), record))
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
-        async def work(connection: AsyncConnection) -> ResponseRecord | None:
-            row = (await connection.execute(_GET_RESPONSE, {"p_id": response_id})).first()
-            return None if row is None else _record_from_row(row)
-
-        return await self._read(work)
+        return await hot.get_response(await self._hot(), response_id)
 
     async def list_responses(self, *, limit: int = 20) -> list[ResponseRecord]:
         async def work(connection: AsyncConnection) -> list[ResponseRecord]:
@@ -578,11 +363,7 @@ class SqlStore:
     async def set_status(self, response_id: str, status: str) -> None:
         if status in TERMINAL_STATUSES:
             raise ValueError(f"{status!r} is terminal: use finish_response")
-
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(_SET_STATUS, {"p_id": response_id, "p_status": status})
-
-        await self._write(work)
+        await self._guard(hot.set_status(await self._hot(), response_id, status))
 
     async def finish_response(
         self,
@@ -600,11 +381,13 @@ class SqlStore:
             completed_at=completed_at,
             items=items,
         )
+        driver = await self._hot()
 
-        async def work(connection: AsyncConnection) -> bool:
-            return await _finish_response_in(connection, end)
+        async def work() -> bool:
+            async with driver.transaction() as tx:
+                return await hot.finish_response(tx, end)
 
-        return await self._write(work, transaction=bool(items))
+        return await self._guard(work())
 
     async def find_items(
         self, item_ids: Sequence[str], *, key_id: str | None
@@ -637,39 +420,13 @@ class SqlStore:
     ) -> list[Step]:
         if not steps:
             return []
-        params = {"p_id": response_id, "p_scope": scope}
-        chain_tail = _CHAIN_TAIL_TOP if scope is None else _CHAIN_TAIL_SCOPED
-
-        async def work(connection: AsyncConnection) -> list[Step]:
-            locked = await connection.execute(_LOCK_RESPONSE, params)
-            if locked.first() is None:
-                raise StoreError(f"cannot record steps: no response {response_id!r}")
-            last_sequence, previous_step_id = (await connection.execute(chain_tail, params)).one()
-            recorded = new_steps(
-                response_id,
-                scope=scope,
-                previous_step_id=previous_step_id,
-                last_sequence=last_sequence or 0,
-                steps=steps,
-                start=start,
-            )
-            await connection.execute(_INSERT_STEPS, [_step_values(step) for step in recorded])
-            return recorded
-
-        return await self._write(work, transaction=True)
+        recorded = hot.record_steps(
+            await self._hot(), response_id, scope=scope, steps=steps, start=start
+        )
+        return await self._guard(recorded)
 
     async def start_step(self, step_id: str) -> Step:
-        async def work(connection: AsyncConnection) -> Step:
-            result = await connection.execute(_START_STEP, {"p_id": step_id, "p_now": time.time()})
-            row = result.first()
-            if row is not None:
-                return _step_from_row(row)
-            state = (await connection.execute(_STEP_STATE, {"p_id": step_id})).scalar()
-            if state is None:
-                raise StoreError(f"cannot start step {step_id!r}: no such step", step_id=step_id)
-            raise StoreError(f"cannot start step {step_id!r}: it is {state}", step_id=step_id)
-
-        return await self._write(work)
+        return await self._guard(hot.start_step(await self._hot(), step_id))
 
     async def finish_step(
         self,
@@ -681,19 +438,15 @@ class SqlStore:
     ) -> Step | None:
         if not state.terminal:
             raise ValueError(f"finish_step needs a terminal state, not {state.value!r}")
-        params = {
-            "p_id": step_id,
-            "p_state": state.value,
-            "p_response": response,
-            "p_error": error,
-            "p_now": time.time(),
-        }
+        driver = await self._hot()
 
-        async def work(connection: AsyncConnection) -> Step | None:
-            row = (await connection.execute(_FINISH_STEP, params)).first()
-            return None if row is None else _step_from_row(row)
+        async def work() -> Step | None:
+            async with driver.transaction() as tx:
+                return await hot.finish_step(
+                    tx, step_id, state=state, response=response, error=error, now=time.time()
+                )
 
-        return await self._write(work)
+        return await self._guard(work())
 
     async def cancel_steps(self, response_id: str) -> int:
         params = {"p_id": response_id, "p_now": time.time()}
@@ -704,68 +457,29 @@ class SqlStore:
         return await self._write(work)
 
     async def load_chain(self, response_id: str, *, scope: str | None) -> list[Step]:
-        statement = _LOAD_CHAIN_TOP if scope is None else _LOAD_CHAIN_SCOPED
-        params = {"p_id": response_id, "p_scope": scope}
-
-        async def work(connection: AsyncConnection) -> list[Step]:
-            return [_step_from_row(row) for row in await connection.execute(statement, params)]
-
-        return await self._read(work)
+        return await hot.load_chain(await self._hot(), response_id, scope=scope)
 
     async def load_steps(self, response_id: str) -> list[Step]:
-        async def work(connection: AsyncConnection) -> list[Step]:
-            result = await connection.execute(_LOAD_STEPS, {"p_id": response_id})
-            return [_step_from_row(row) for row in result]
-
-        return await self._read(work)
+        return await hot.load_steps(await self._hot(), response_id)
 
     # -- events --
 
     async def append_events(
-        self, rows: Sequence[EventRow], *, ends: Sequence[StepEnd | ResponseEnd] = ()
-    ) -> list[EndResult]:
+        self,
+        rows: Sequence[EventRow],
+        *,
+        ends: Sequence[StepEnd | ResponseEnd] = (),
+        owner: str | None = None,
+    ) -> Appended:
         if not rows and not ends:
-            return []
-        values = [
-            {
-                "response_id": row.response_id,
-                "seq": row.seq,
-                "step_id": row.step_id,
-                "data": row.data,
-            }
-            for row in rows
-        ]
-        now = time.time()
-        response_ids = sorted({row.response_id for row in rows})
-
-        async def work(connection: AsyncConnection) -> list[EndResult]:
-            results: list[EndResult] = []
-            for end in ends:
-                if isinstance(end, StepEnd):
-                    if not end.state.terminal:
-                        raise ValueError(f"a step end needs a terminal state, not {end.state}")
-                    params = {
-                        "p_id": end.step_id,
-                        "p_state": end.state.value,
-                        "p_response": end.response,
-                        "p_error": end.error,
-                        "p_now": now,
-                    }
-                    row = (await connection.execute(_FINISH_STEP, params)).first()
-                    results.append(None if row is None else _step_from_row(row))
-                else:
-                    results.append(await _finish_response_in(connection, end))
-            if values:
-                await connection.execute(self._insert_events, values)
-            if self._postgres and response_ids:
-                # delivered on commit to every process that LISTENs
-                await connection.execute(_NOTIFY, {"p_ids": response_ids})
-            return results
-
-        results = await self._write(work, transaction=True)
-        if response_ids:
-            self._notifier.notify(response_ids)
-        return results
+            return Appended(ends=[])
+        appended = await self._guard(
+            hot.append_events(await self._hot(), rows, ends=ends, owner=owner)
+        )
+        written = sorted({row.response_id for row in rows} - appended.fenced)
+        if written:
+            self._notifier.notify(written)
+        return appended
 
     async def listening(self) -> None:
         """Wait until this process receives other processes' event notifications.
@@ -784,38 +498,17 @@ class SqlStore:
             self._listener.start()
         return self._notifier.watch(response_id)
 
+    async def stored_ids(self, response_ids: Sequence[str]) -> set[str]:
+        return await hot.stored_ids(await self._hot(), response_ids)
+
     async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:
-        params = {"p_id": response_id, "p_after": after, "p_limit": limit}
-
-        async def work(connection: AsyncConnection) -> list[EventRow]:
-            return [
-                EventRow(
-                    response_id=row.response_id, seq=row.seq, data=row.data, step_id=row.step_id
-                )
-                for row in await connection.execute(_READ_EVENTS, params)
-            ]
-
-        return await self._read(work)
+        return await hot.read_events(await self._hot(), response_id, after=after, limit=limit)
 
     async def step_events(self, response_id: str, step_id: str) -> list[EventRow]:
-        params = {"p_id": response_id, "p_step": step_id}
-
-        async def work(connection: AsyncConnection) -> list[EventRow]:
-            return [
-                EventRow(
-                    response_id=row.response_id, seq=row.seq, data=row.data, step_id=row.step_id
-                )
-                for row in await connection.execute(_STEP_EVENTS, params)
-            ]
-
-        return await self._read(work)
+        return await hot.step_events(await self._hot(), response_id, step_id)
 
     async def last_event_seq(self, response_id: str) -> int:
-        async def work(connection: AsyncConnection) -> int:
-            last = (await connection.execute(_LAST_EVENT_SEQ, {"p_id": response_id})).scalar()
-            return -1 if last is None else int(last)
-
-        return await self._read(work)
+        return await hot.last_event_seq(await self._hot(), response_id)
 
     # -- leases --
 
@@ -824,38 +517,63 @@ class SqlStore:
     ) -> set[str]:
         if not response_ids:
             return set()
-        params = {"p_owner": owner, "p_ids": list(response_ids), "p_expires_at": expires_at}
-
-        async def work(connection: AsyncConnection) -> set[str]:
-            return set((await connection.execute(_RENEW_LEASES, params)).scalars())
-
-        return await self._write(work)
+        renewed = hot.renew_leases(await self._hot(), owner, response_ids, expires_at=expires_at)
+        return await self._guard(renewed)
 
     async def release_lease(self, response_id: str, owner: str) -> None:
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(_RELEASE_LEASE, {"p_id": response_id, "p_owner": owner})
-
-        await self._write(work)
+        await self._guard(hot.release_lease(await self._hot(), response_id, owner))
 
     async def claim_expired(
         self, owner: str, *, now: float, expires_at: float, limit: int
     ) -> list[str]:
-        params = {"p_owner": owner, "p_now": now, "p_expires_at": expires_at, "p_limit": limit}
-
-        async def work(connection: AsyncConnection) -> list[str]:
-            return list((await connection.execute(_CLAIM_EXPIRED, params)).scalars())
-
-        return await self._write(work)
+        claimed = hot.claim_expired(
+            await self._hot(), owner, now=now, expires_at=expires_at, limit=limit
+        )
+        return await self._guard(claimed)
 
     async def close(self) -> None:
-        """Wait for writes still running, then close every pooled connection."""
+        """Wait for writes still running, then close every connection."""
         if self._writes:
             await asyncio.wait(self._writes)
         if self._listener is not None:
             await self._listener.aclose()
+        if self._driver is not None:
+            await self._driver.close()
         await self._engine.dispose()
 
     # -- machinery --
+
+    async def _hot(self) -> Driver:
+        """The driver for the hot path's statements (opened on first use)."""
+        if self._driver is None:
+            async with self._opening:
+                if self._driver is None:
+                    self._driver = await self._open_driver()
+        return self._driver
+
+    async def _open_driver(self) -> Driver:
+        url = self._engine.url
+        if self._sqlite_writer is not None:
+            assert url.database is not None  # normalize_database_url refuses :memory:
+            return SqliteDriver(url.database, self._sqlite_writer)
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        pool = self._engine.pool
+        size = pool.size() if isinstance(pool, sa.pool.QueuePool) else 10
+        connect_args = _CONNECT_ARGS.get(self._engine.sync_engine, {})
+        return await PostgresDriver.connect(dsn, size=size, connect_args=connect_args)
+
+    async def _guard(self, write: Awaitable[_T]) -> _T:
+        """Await a write in a task of its own: a write that has started is not
+        abandoned when its caller is cancelled (the caller waits, then sees it)."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                await asyncio.wait([task])
+            raise
 
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         try:
@@ -919,20 +637,6 @@ class SqlStore:
         """Run ``work`` in one transaction, queued with the store's own writes (on
         SQLite, behind this process's writers; never abandoned once started)."""
         return await self._write(work, transaction=True)
-
-    # -- the console's reads (store/listing.py) --
-
-    async def list_summaries(self, query: ResponseQuery) -> ResponsePage:
-        async def work(connection: AsyncConnection) -> ResponsePage:
-            return await listing.list_summaries(connection, query)
-
-        return await self._read(work)
-
-    async def response_tree(self, response_id: str) -> ResponseTree | None:
-        async def work(connection: AsyncConnection) -> ResponseTree | None:
-            return await listing.load_tree(connection, response_id)
-
-        return await self._read(work)
 
     # -- conversations (the statements are in ``store/conversations.py``) --
 
@@ -1006,3 +710,17 @@ class SqlStore:
             return await conversations.delete_item(connection, conversation_id, item_id)
 
         return await self._write(work)
+
+    # -- the console's reads (store/listing.py) --
+
+    async def list_summaries(self, query: ResponseQuery) -> ResponsePage:
+        async def work(connection: AsyncConnection) -> ResponsePage:
+            return await listing.list_summaries(connection, query)
+
+        return await self._read(work)
+
+    async def response_tree(self, response_id: str) -> ResponseTree | None:
+        async def work(connection: AsyncConnection) -> ResponseTree | None:
+            return await listing.load_tree(connection, response_id)
+
+        return await self._read(work)

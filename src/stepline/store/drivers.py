@@ -1,0 +1,278 @@
+"""The database drivers themselves, for the statements of the store's hot path.
+
+SQLAlchemy's async layer costs 0.4-0.5 ms per statement (a hop to the
+driver's thread or a greenlet switch, then back); the drivers take 10-40 µs.
+The statements a running response needs on every step (see
+:mod:`stepline.store.hot`) therefore go straight to ``sqlite3`` or
+``asyncpg`` through a :class:`Driver`; SQLAlchemy and Alembic keep the
+schema, the migrations and every statement off that path.
+
+A statement is written once, with PostgreSQL's ``$1`` placeholders; the
+SQLite driver reads them as SQLite's ``?1``. Lists are bound through
+:meth:`Driver.in_list` and :meth:`Driver.list_arg` (``= ANY($1)`` on
+PostgreSQL, ``json_each`` on SQLite).
+
+Invariants:
+
+* SQLite: one connection, used on the event loop itself (no thread). A
+  statement runs to its end without yielding, so a transaction — ``BEGIN
+  IMMEDIATE`` to ``COMMIT`` with nothing awaited between — never interleaves
+  with another coroutine's statements. Writers queue on the store's writer
+  lock (shared with the store's SQLAlchemy writes in this process); a lock
+  held by another process is waited for by sleeping, never by blocking the
+  loop (the connection's busy timeout is zero).
+* PostgreSQL: an asyncpg pool of its own. Statements are prepared once per
+  connection (asyncpg's cache); a connection goes back to the pool without
+  the reset query, since only these statements use it and none leaves
+  session state behind.
+* Every database failure surfaces as :class:`~stepline.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+
+from stepline.errors import StoreError
+
+__all__ = ["Driver", "PostgresDriver", "Rows", "SqliteDriver", "Tx"]
+
+#: what a statement returns: its rows, each indexable by column position
+Rows = list[Sequence[Any]]
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+#: how long a write waits for another process's SQLite write lock
+_SQLITE_BUSY_SECONDS = 10.0
+
+
+class Tx(Protocol):
+    """The statements of one transaction, and the SQL dialect they are in."""
+
+    postgres: bool
+
+    async def fetch(self, sql: str, *args: Any) -> Rows: ...
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None: ...
+
+    def in_list(self, placeholder: str) -> str:
+        """SQL that tests a column against the list bound at ``placeholder``."""
+        ...
+
+    def list_arg(self, values: Sequence[str]) -> Any:
+        """``values`` as the driver binds a list."""
+        ...
+
+
+class Driver(Tx, Protocol):
+    """A database connection (or pool) for the hot statements."""
+
+    async def write(self, sql: str, *args: Any) -> Rows:
+        """One statement that writes, on its own (autocommit)."""
+        ...
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """Statements that commit together, or not at all."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# -- SQLite -------------------------------------------------------------------
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class SqliteDriver:
+    """``sqlite3`` on the event loop's thread, for a WAL database file."""
+
+    postgres = False
+
+    def __init__(self, path: str, writer_lock: asyncio.Lock) -> None:
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            for pragma in (
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=NORMAL",
+                "PRAGMA foreign_keys=ON",
+            ):
+                self._db.execute(pragma)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store open failed: {type(exc).__name__}: {exc}") from exc
+        self._lock = writer_lock
+        self._sql: dict[str, str] = {}
+
+    def _translated(self, sql: str) -> str:
+        found = self._sql.get(sql)
+        if found is None:
+            found = self._sql[sql] = _PLACEHOLDER.sub(r"?\1", sql)
+        return found
+
+    async def _run(self, sql: str, args: Sequence[Any], *, many: bool = False) -> Rows:
+        """Run one statement, sleeping (not blocking) while another process writes."""
+        statement = self._translated(sql)
+        delay, deadline = 0.0005, time.monotonic() + _SQLITE_BUSY_SECONDS
+        while True:
+            try:
+                if many:
+                    self._db.executemany(statement, args)
+                    return []
+                return self._db.execute(statement, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"store statement failed: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StoreError(f"store statement failed: {type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def fetch(self, sql: str, *args: Any) -> Rows:
+        return await self._run(sql, args)
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        await self._run(sql, args, many=True)
+
+    async def write(self, sql: str, *args: Any) -> Rows:
+        async with self._lock:
+            return await self._run(sql, args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            await self._run("BEGIN IMMEDIATE", ())
+            try:
+                yield _SqliteTx(self)
+            except BaseException:
+                self._db.rollback()
+                raise
+            try:
+                self._db.commit()
+            except sqlite3.Error as exc:
+                self._db.rollback()
+                raise StoreError(f"store commit failed: {type(exc).__name__}: {exc}") from exc
+
+    def in_list(self, placeholder: str) -> str:
+        return f"IN (SELECT value FROM json_each({placeholder}))"
+
+    def list_arg(self, values: Sequence[str]) -> Any:
+        return orjson.dumps(list(values)).decode()
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+class _SqliteTx:
+    """A transaction's statements: the driver's, without the writer lock it holds."""
+
+    postgres = False
+
+    def __init__(self, driver: SqliteDriver) -> None:
+        self._driver = driver
+        self.in_list = driver.in_list
+        self.list_arg = driver.list_arg
+
+    async def fetch(self, sql: str, *args: Any) -> Rows:
+        return await self._driver.fetch(sql, *args)
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        await self._driver.executemany(sql, args)
+
+
+# -- PostgreSQL ---------------------------------------------------------------
+
+
+_PG_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def _pg_in_list(placeholder: str) -> str:
+    return f"= ANY({placeholder}::text[])"
+
+
+async def _keep_as_is(connection: asyncpg.Connection) -> None:
+    """The pool's reset, skipped: nothing on these connections sets session state."""
+
+
+class PostgresDriver:
+    """An asyncpg pool for the hot statements."""
+
+    postgres = True
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, size: int, connect_args: Mapping[str, Any] | None = None
+    ) -> PostgresDriver:
+        """A pool of up to ``size`` connections; ``connect_args`` go to asyncpg."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=size, reset=_keep_as_is, **dict(connect_args or {})
+            )
+        except _PG_FAILURES as exc:
+            raise StoreError(f"store open failed: {type(exc).__name__}: {exc}") from exc
+        return cls(pool)
+
+    async def fetch(self, sql: str, *args: Any) -> Rows:
+        try:
+            async with self._pool.acquire() as connection:
+                return list(await connection.fetch(sql, *args))
+        except _PG_FAILURES as exc:
+            raise StoreError(f"store statement failed: {type(exc).__name__}: {exc}") from exc
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        try:
+            async with self._pool.acquire() as connection:
+                await connection.executemany(sql, args)
+        except _PG_FAILURES as exc:
+            raise StoreError(f"store statement failed: {type(exc).__name__}: {exc}") from exc
+
+    async def write(self, sql: str, *args: Any) -> Rows:
+        return await self.fetch(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                yield _PgTx(connection)
+        except _PG_FAILURES as exc:
+            raise StoreError(f"store transaction failed: {type(exc).__name__}: {exc}") from exc
+
+    def in_list(self, placeholder: str) -> str:
+        return _pg_in_list(placeholder)
+
+    def list_arg(self, values: Sequence[str]) -> Any:
+        return list(values)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class _PgTx:
+    postgres = True
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    def in_list(self, placeholder: str) -> str:
+        return _pg_in_list(placeholder)
+
+    def list_arg(self, values: Sequence[str]) -> Any:
+        return list(values)
+
+    async def fetch(self, sql: str, *args: Any) -> Rows:
+        return list(await self._connection.fetch(sql, *args))
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        await self._connection.executemany(sql, args)

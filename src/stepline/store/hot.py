@@ -1,0 +1,510 @@
+"""The statements a running response needs on every step, on the drivers.
+
+Creating a response, recording, starting and finishing its steps, its event
+log, its end and its lease: each is a function here over a
+:class:`~stepline.store.drivers.Driver` (or one of its transactions), which
+:class:`~stepline.store.sql.SqlStore` calls. The SQL names the tables and
+columns of :mod:`stepline.store.schema` (which the migrations create); JSON
+columns hold orjson text, exactly as :class:`~stepline.store.schema.JsonText`
+writes them, so rows written here and through SQLAlchemy read the same.
+
+Invariants (the :class:`~stepline.store.base.StepStore` contract, and):
+
+* ``record_steps`` locks the response row (``FOR UPDATE`` on PostgreSQL, the
+  write lock of ``BEGIN IMMEDIATE`` on SQLite) before it reads the chain's
+  tail, so concurrent calls queue instead of colliding.
+* ``append_events`` with an ``owner`` reads the leases it needs in the
+  transaction that writes (``FOR SHARE``, in id order, as the renewal locks
+  them, so the two never deadlock): a claim by another process waits for
+  the write, and reads every row of it.
+* ``claim_expired`` is one ``UPDATE`` over a ``FOR UPDATE SKIP LOCKED``
+  subquery, so two claimers never take the same response.
+* A response's end appends its conversation's items in the same
+  transaction, at positions reserved by one ``UPDATE ... RETURNING`` of the
+  conversation's ``next_position``: two appends never interleave.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from stepline.engine.steps import NewStep, Step, StepKind, StepState
+from stepline.errors import StoreError
+from stepline.store.base import (
+    TERMINAL_STATUSES,
+    Appended,
+    ConversationItem,
+    EndResult,
+    EventRow,
+    ResponseEnd,
+    ResponseRecord,
+    StepEnd,
+    new_steps,
+    unique_item_ids,
+)
+from stepline.store.drivers import Driver, Rows, Tx
+from stepline.store.notify import CHANNEL
+
+__all__ = [
+    "append_conversation_items",
+    "append_events",
+    "claim_expired",
+    "create_response",
+    "finish_response",
+    "finish_step",
+    "get_response",
+    "last_event_seq",
+    "load_chain",
+    "load_steps",
+    "read_events",
+    "record_steps",
+    "release_lease",
+    "renew_leases",
+    "set_status",
+    "start_step",
+    "step_events",
+    "stored_ids",
+]
+
+_RESPONSE_COLUMNS = (
+    "id, created_at, status, model, body, previous_response_id, store, background,"
+    " owner, lease_expires_at, result, completed_at, key_id"
+)
+_STEP_COLUMNS = (
+    "id, response_id, scope, previous_step_id, sequence, kind, state, request, response,"
+    " error, call_id, attempt, created_at, started_at, finished_at"
+)
+_NOT_TERMINAL = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)))
+_LIVE_STEP = f"state IN ('{StepState.PENDING.value}', '{StepState.PROCESSING.value}')"
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _load(text: str | bytes | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _record(row: Sequence[Any]) -> ResponseRecord:
+    return ResponseRecord(
+        id=row[0],
+        created_at=row[1],
+        status=row[2],
+        model=row[3],
+        body=_load(row[4]),
+        previous_response_id=row[5],
+        store=bool(row[6]),
+        background=bool(row[7]),
+        owner=row[8],
+        lease_expires_at=row[9],
+        result=_load(row[10]),
+        completed_at=row[11],
+        key_id=row[12],
+    )
+
+
+def _step(row: Sequence[Any]) -> Step:
+    return Step(
+        id=row[0],
+        response_id=row[1],
+        scope=row[2],
+        previous_step_id=row[3],
+        sequence=row[4],
+        kind=StepKind(row[5]),
+        state=StepState(row[6]),
+        request=_load(row[7]),
+        response=_load(row[8]),
+        error=_load(row[9]),
+        call_id=row[10],
+        attempt=row[11],
+        created_at=row[12],
+        started_at=row[13],
+        finished_at=row[14],
+    )
+
+
+def _event(row: Sequence[Any]) -> EventRow:
+    return EventRow(response_id=row[0], seq=row[1], step_id=row[2], data=bytes(row[3]))
+
+
+def _for(driver: Tx, lock: str) -> str:
+    """A row lock clause (PostgreSQL; SQLite's transactions hold the write lock)."""
+    return f" FOR {lock}" if driver.postgres else ""
+
+
+# -- responses ------------------------------------------------------------------
+
+
+async def create_response(driver: Driver, record: ResponseRecord) -> None:
+    await driver.write(
+        f"INSERT INTO responses ({_RESPONSE_COLUMNS})"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        record.id,
+        record.created_at,
+        record.status,
+        record.model,
+        _dump(record.body),
+        record.previous_response_id,
+        record.store,
+        record.background,
+        record.owner,
+        record.lease_expires_at,
+        _dump(record.result),
+        record.completed_at,
+        record.key_id,
+    )
+
+
+async def get_response(driver: Driver, response_id: str) -> ResponseRecord | None:
+    rows = await driver.fetch(
+        f"SELECT {_RESPONSE_COLUMNS} FROM responses WHERE id = $1", response_id
+    )
+    return _record(rows[0]) if rows else None
+
+
+async def stored_ids(driver: Driver, response_ids: Sequence[str]) -> set[str]:
+    if not response_ids:
+        return set()
+    rows = await driver.fetch(
+        f"SELECT id FROM responses WHERE id {driver.in_list('$1')} AND store",
+        driver.list_arg(response_ids),
+    )
+    return {row[0] for row in rows}
+
+
+async def set_status(driver: Driver, response_id: str, status: str) -> None:
+    await driver.write(
+        f"UPDATE responses SET status = $2 WHERE id = $1 AND {_NOT_TERMINAL}", response_id, status
+    )
+
+
+async def finish_response(tx: Tx, end: ResponseEnd) -> bool:
+    """Finish a live response, keep its items and extend its conversation (in ``tx``)."""
+    if end.status not in TERMINAL_STATUSES:
+        raise ValueError(f"{end.status!r} is not a terminal status")
+    finished = await tx.fetch(
+        "UPDATE responses SET status = $2, result = $3, completed_at = $4, owner = NULL,"
+        f" lease_expires_at = NULL WHERE id = $1 AND {_NOT_TERMINAL} RETURNING id",
+        end.response_id,
+        end.status,
+        _dump(end.result),
+        end.completed_at,
+    )
+    if not finished:
+        return False
+    kept = [
+        (end.response_id, position, item["id"], _dump(item))
+        for position, item in enumerate(end.items)
+        if item.get("id")
+    ]
+    if kept:
+        await tx.executemany(
+            "INSERT INTO items (response_id, position, id, data) VALUES ($1, $2, $3, $4)", kept
+        )
+    if end.conversation_id is not None:
+        await append_conversation_items(tx, end.conversation_id, end.conversation_items)
+    return True
+
+
+async def append_conversation_items(
+    tx: Tx, conversation_id: str, items: Sequence[dict[str, Any]]
+) -> list[ConversationItem] | None:
+    """Append ``items`` contiguously at the conversation's end (in ``tx``); None if
+    there is no such conversation."""
+    reserved = await tx.fetch(
+        "UPDATE conversations SET next_position = next_position + $2 WHERE id = $1"
+        " RETURNING next_position",
+        conversation_id,
+        len(items),
+    )
+    if not reserved:
+        return None
+    if not items:
+        return []
+    wanted = [str(item["id"]) for item in items if item.get("id")]
+    taken: set[str] = set()
+    if wanted:
+        rows = await tx.fetch(
+            "SELECT id FROM conversation_items WHERE conversation_id = $1"
+            f" AND id {tx.in_list('$2')}",
+            conversation_id,
+            tx.list_arg(wanted),
+        )
+        taken = {row[0] for row in rows}
+    start = int(reserved[0][0]) - len(items)
+    stored = [
+        ConversationItem(position=start + offset, id=item["id"], data=item)
+        for offset, item in enumerate(unique_item_ids(items, taken))
+    ]
+    await tx.executemany(
+        "INSERT INTO conversation_items (conversation_id, position, id, data)"
+        " VALUES ($1, $2, $3, $4)",
+        [(conversation_id, item.position, item.id, _dump(item.data)) for item in stored],
+    )
+    return stored
+
+
+# -- steps ----------------------------------------------------------------------
+
+
+async def record_steps(
+    driver: Driver,
+    response_id: str,
+    *,
+    scope: str | None,
+    steps: Sequence[NewStep],
+    start: bool,
+) -> list[Step]:
+    last_of_scope = "scope IS NULL" if scope is None else "scope = $2"
+    args: tuple[Any, ...] = (response_id,) if scope is None else (response_id, scope)
+    async with driver.transaction() as tx:
+        locked = await tx.fetch(
+            "SELECT id FROM responses WHERE id = $1" + _for(driver, "UPDATE"), response_id
+        )
+        if not locked:
+            raise StoreError(f"cannot record steps: no response {response_id!r}")
+        [(last_sequence, previous_step_id)] = await tx.fetch(
+            "SELECT (SELECT max(sequence) FROM steps WHERE response_id = $1),"
+            f" (SELECT id FROM steps WHERE response_id = $1 AND {last_of_scope}"
+            " ORDER BY sequence DESC LIMIT 1)",
+            *args,
+        )
+        recorded = new_steps(
+            response_id,
+            scope=scope,
+            previous_step_id=previous_step_id,
+            last_sequence=last_sequence or 0,
+            steps=steps,
+            start=start,
+        )
+        await tx.executemany(
+            f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
+            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            [
+                (
+                    step.id,
+                    step.response_id,
+                    step.scope,
+                    step.previous_step_id,
+                    step.sequence,
+                    step.kind.value,
+                    step.state.value,
+                    _dump(step.request),
+                    _dump(step.response),
+                    _dump(step.error),
+                    step.call_id,
+                    step.attempt,
+                    step.created_at,
+                    step.started_at,
+                    step.finished_at,
+                )
+                for step in recorded
+            ],
+        )
+    return recorded
+
+
+async def start_step(driver: Driver, step_id: str) -> Step:
+    rows = await driver.write(
+        f"UPDATE steps SET state = '{StepState.PROCESSING.value}', attempt = attempt + 1,"
+        f" started_at = $2 WHERE id = $1 AND {_LIVE_STEP} RETURNING {_STEP_COLUMNS}",
+        step_id,
+        time.time(),
+    )
+    if rows:
+        return _step(rows[0])
+    state = await driver.fetch("SELECT state FROM steps WHERE id = $1", step_id)
+    if not state:
+        raise StoreError(f"cannot start step {step_id!r}: no such step", step_id=step_id)
+    raise StoreError(f"cannot start step {step_id!r}: it is {state[0][0]}", step_id=step_id)
+
+
+_FINISH_STEP = (
+    "UPDATE steps SET state = $2, response = $3, error = $4, finished_at = $5"
+    f" WHERE id = $1 AND state = '{StepState.PROCESSING.value}' RETURNING {_STEP_COLUMNS}"
+)
+
+
+async def finish_step(
+    tx: Tx,
+    step_id: str,
+    *,
+    state: StepState,
+    response: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    now: float,
+) -> Step | None:
+    """Finish a processing step (in ``tx``, or alone on a driver's ``write``)."""
+    if not state.terminal:
+        raise ValueError(f"a step end needs a terminal state, not {state.value!r}")
+    rows = await tx.fetch(_FINISH_STEP, step_id, state.value, _dump(response), _dump(error), now)
+    return _step(rows[0]) if rows else None
+
+
+async def load_chain(driver: Driver, response_id: str, *, scope: str | None) -> list[Step]:
+    if scope is None:
+        rows = await driver.fetch(
+            f"SELECT {_STEP_COLUMNS} FROM steps WHERE response_id = $1 AND scope IS NULL"
+            " ORDER BY sequence",
+            response_id,
+        )
+    else:
+        rows = await driver.fetch(
+            f"SELECT {_STEP_COLUMNS} FROM steps WHERE response_id = $1 AND scope = $2"
+            " ORDER BY sequence",
+            response_id,
+            scope,
+        )
+    return [_step(row) for row in rows]
+
+
+async def load_steps(driver: Driver, response_id: str) -> list[Step]:
+    rows = await driver.fetch(
+        f"SELECT {_STEP_COLUMNS} FROM steps WHERE response_id = $1 ORDER BY sequence", response_id
+    )
+    return [_step(row) for row in rows]
+
+
+# -- events ---------------------------------------------------------------------
+
+
+async def append_events(
+    driver: Driver,
+    rows: Sequence[EventRow],
+    *,
+    ends: Sequence[StepEnd | ResponseEnd],
+    owner: str | None,
+) -> Appended:
+    """Rows and ends in one transaction; with ``owner``, only its responses' (see
+    :class:`~stepline.store.base.Appended`)."""
+    now = time.time()
+    with_rows = sorted({row.response_id for row in rows})
+    touched = sorted({*with_rows, *(end.response_id for end in ends)})
+    async with driver.transaction() as tx:
+        fenced: frozenset[str] = frozenset()
+        if owner is not None:
+            held = await tx.fetch(
+                f"SELECT id FROM responses WHERE id {driver.in_list('$1')} AND owner = $2"
+                " ORDER BY id" + _for(driver, "SHARE"),
+                driver.list_arg(touched),
+                owner,
+            )
+            fenced = frozenset(touched) - {row[0] for row in held}
+        results: list[EndResult] = []
+        for end in ends:
+            if end.response_id in fenced:
+                results.append(None if isinstance(end, StepEnd) else False)
+            elif isinstance(end, StepEnd):
+                results.append(
+                    await finish_step(
+                        tx,
+                        end.step_id,
+                        state=end.state,
+                        response=end.response,
+                        error=end.error,
+                        now=now,
+                    )
+                )
+            else:
+                results.append(await finish_response(tx, end))
+        kept = [row for row in rows if row.response_id not in fenced]
+        written = [response_id for response_id in with_rows if response_id not in fenced]
+        if kept and driver.postgres:
+            await tx.fetch(
+                "INSERT INTO events (response_id, seq, step_id, data)"
+                " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])"
+                " ON CONFLICT (response_id, seq) DO NOTHING",
+                [row.response_id for row in kept],
+                [row.seq for row in kept],
+                [row.step_id for row in kept],
+                [row.data for row in kept],
+            )
+        elif kept:
+            await tx.executemany(
+                "INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (response_id, seq) DO NOTHING",
+                [(row.response_id, row.seq, row.step_id, row.data) for row in kept],
+            )
+        if written and driver.postgres:
+            # delivered on commit to every process that LISTENs
+            await tx.fetch(
+                f"SELECT pg_notify('{CHANNEL}', id) FROM unnest($1::text[]) AS id", written
+            )
+    return Appended(ends=results, fenced=fenced)
+
+
+_EVENT_COLUMNS = "response_id, seq, step_id, data"
+
+
+async def read_events(
+    driver: Driver, response_id: str, *, after: int, limit: int
+) -> list[EventRow]:
+    rows: Rows = await driver.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE response_id = $1 AND seq > $2"
+        " ORDER BY seq LIMIT $3",
+        response_id,
+        after,
+        limit,
+    )
+    return [_event(row) for row in rows]
+
+
+async def step_events(driver: Driver, response_id: str, step_id: str) -> list[EventRow]:
+    rows = await driver.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE response_id = $1 AND step_id = $2 ORDER BY seq",
+        response_id,
+        step_id,
+    )
+    return [_event(row) for row in rows]
+
+
+async def last_event_seq(driver: Driver, response_id: str) -> int:
+    [(last,)] = await driver.fetch(
+        "SELECT max(seq) FROM events WHERE response_id = $1", response_id
+    )
+    return -1 if last is None else int(last)
+
+
+# -- leases ---------------------------------------------------------------------
+
+
+async def renew_leases(
+    driver: Driver, owner: str, response_ids: Sequence[str], *, expires_at: float
+) -> set[str]:
+    rows = await driver.write(
+        "UPDATE responses SET lease_expires_at = $3 WHERE id IN (SELECT id FROM responses"
+        f" WHERE owner = $1 AND id {driver.in_list('$2')} AND {_NOT_TERMINAL}"
+        " ORDER BY id" + _for(driver, "UPDATE") + ") RETURNING id",
+        owner,
+        driver.list_arg(response_ids),
+        expires_at,
+    )
+    return {row[0] for row in rows}
+
+
+async def release_lease(driver: Driver, response_id: str, owner: str) -> None:
+    await driver.write(
+        "UPDATE responses SET owner = NULL, lease_expires_at = NULL WHERE id = $1 AND owner = $2",
+        response_id,
+        owner,
+    )
+
+
+async def claim_expired(
+    driver: Driver, owner: str, *, now: float, expires_at: float, limit: int
+) -> list[str]:
+    rows = await driver.write(
+        "UPDATE responses SET owner = $1, lease_expires_at = $3 WHERE id IN (SELECT id FROM"
+        f" responses WHERE {_NOT_TERMINAL} AND (lease_expires_at IS NULL OR lease_expires_at < $2)"
+        " ORDER BY created_at, id LIMIT $4" + _for(driver, "UPDATE SKIP LOCKED") + ") RETURNING id",
+        owner,
+        now,
+        expires_at,
+        limit,
+    )
+    return [row[0] for row in rows]
