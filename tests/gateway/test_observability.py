@@ -96,12 +96,30 @@ async def test_metrics_count_a_known_run(gateway_factory: GatewayFactory) -> Non
     assert _value(samples, requests, method="POST", route="/v1/responses", status="400") == 1
 
 
+#: methods HTTP knows and no stepline route answers
+_UNROUTED_METHODS = (
+    "PROPFIND",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "PURGE",
+    "SEARCH",
+    "LINK",
+)
+
+
 async def test_no_request_grows_the_http_metric_labels(gateway_factory: GatewayFactory) -> None:
-    """Made-up methods and paths, without a key, on a server with keys: a bounded series."""
+    """Unrouted methods and made-up paths, without a key, on a server with keys: a
+    bounded series. (The HTTP parser answers a method it does not know with a 400
+    before any route or metric sees it.)"""
     gw = await gateway_factory(keys={"alice": {}})
     for number in range(25):
+        method = _UNROUTED_METHODS[number % len(_UNROUTED_METHODS)]
         for path in ("/v1/responses", f"/v1/nothing-{number}", f"/elsewhere/{number}"):
-            reply = await gw.http.request(f"BREW{number}", path)
+            reply = await gw.http.request(method, path)
             assert reply.status_code in (401, 404, 405), reply.text
     await gw.http.get("/v1/models", headers=gw.auth("alice"))
     gw.app.state.metrics.http_request("GET", "unmatched", 1234)  # an upstream's odd status

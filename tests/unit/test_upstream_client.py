@@ -756,3 +756,26 @@ def test_api_key_is_resolved_once_per_upstream(monkeypatch: pytest.MonkeyPatch) 
 
 def test_public_surface() -> None:
     assert stepline.upstream.__all__ == ["ChatClient", "UpstreamTarget", "resolve_target"]
+
+
+async def test_model_calls_reuse_one_connection() -> None:
+    """The stream is read to its end after ``[DONE]``, so its connection goes back to
+    the pool: back-to-back model calls open one TCP connection, not one each."""
+    peers: list[tuple[str, int]] = []
+
+    async def answer(request: Request) -> Response:
+        assert request.client is not None
+        peers.append((request.client.host, request.client.port))
+
+        async def body() -> AsyncIterator[bytes]:
+            for event in events(*CHUNKS):
+                yield event
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async with serve(answer) as url, ChatClient() as client:
+        for _ in range(3):
+            assert await collect(client, make_target(url)) == CHUNKS
+    assert len(peers) == 3
+    assert len(set(peers)) == 1, peers

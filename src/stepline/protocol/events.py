@@ -9,7 +9,9 @@ Invariants:
 * ``output_index`` is a position in :class:`OutputList`: items are numbered
   in the order they are added, with no gaps, across every step.
 * Each event is encoded to JSON exactly once, with ``type`` as its first key
-  (an SSE reader takes the event name from the bytes without decoding them).
+  (an SSE reader takes the event name from the bytes without decoding them),
+  into bytes of exactly its size: orjson's own result keeps a 4 KB buffer,
+  which a response's in-memory log would hold for every event.
 * The events of one model call are made by
   :mod:`stepline.protocol.model_events`.
 """
@@ -95,7 +97,7 @@ class ResponseEvents:
     def emit(self, type_: str, fields: dict[str, Any], *, step_id: str | None = None) -> int:
         seq = self.next_seq
         self.next_seq = seq + 1
-        data = orjson.dumps({"type": type_, "sequence_number": seq, **fields})
+        data = memoryview(orjson.dumps({"type": type_, "sequence_number": seq, **fields})).tobytes()
         row = EventRow(response_id=self.response_id, seq=seq, data=data, step_id=step_id)
         if self._held is not None:
             self._held.append(row)

@@ -20,11 +20,16 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from stepline.config import McpSourceConfig
 from stepline.errors import InvalidRequest, ToolError
 from stepline.protocol.request import McpTool, ResponseRequest
-from stepline.tools.mcp import McpSource, McpSourceConfig
 from stepline.tools.registry import ServerTool
+
+if TYPE_CHECKING:
+    # the MCP SDK is imported only once an MCP server is used (it is a large import)
+    from stepline.tools.mcp import McpSource
 
 __all__ = ["McpListing", "McpTools", "url_allowed"]
 
@@ -49,13 +54,19 @@ class McpListing:
     error: str | None = None
 
 
+def _source(label: str, config: McpSourceConfig) -> McpSource:
+    from stepline.tools.mcp import McpSource
+
+    return McpSource(label, config)
+
+
 class McpTools:
     """Configured MCP sources, and a pool of request-level ones."""
 
     def __init__(
         self, configured: Mapping[str, McpSourceConfig], allowed_urls: Sequence[str] = ()
     ) -> None:
-        self._configured = {label: McpSource(label, config) for label, config in configured.items()}
+        self._configured = {label: _source(label, config) for label, config in configured.items()}
         self._allowed_urls = tuple(allowed_urls)
         self._pool: OrderedDict[tuple[object, ...], McpSource] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
@@ -115,7 +126,7 @@ class McpTools:
             config = McpSourceConfig(
                 url=tool.server_url, headers=tool.headers or {}, allowed_tools=tool.allowed_names()
             )
-            source = self._pool[key] = McpSource(tool.server_label, config)
+            source = self._pool[key] = _source(tool.server_label, config)
             while len(self._pool) > _POOL_SIZE:
                 _, evicted = self._pool.popitem(last=False)
                 closing = asyncio.get_running_loop().create_task(evicted.aclose())

@@ -233,7 +233,12 @@ class ChatClient:
                     yield chunk
                 if parser.failure is not None:
                     raise parser.failure
-                if block is None or parser.done:
+                if block is None:
+                    break
+                if parser.done:
+                    # read on to the body's end, so the connection goes back to the
+                    # pool for the next model call instead of being closed
+                    await _drain(reads, loop.time() + _DRAIN_SECONDS)
                     break
                 if chunks:
                     phase = "chunk"
@@ -533,6 +538,18 @@ class ForwardedReply:
         with contextlib.suppress(httpx.HTTPError):
             await self._opened.response.aclose()
         self._client._finished(self._opened, outcome)
+
+
+#: the longest the rest of a body after ``[DONE]`` is read for the connection's sake
+_DRAIN_SECONDS = 1.0
+
+
+async def _drain(reads: AsyncGenerator[bytes, None], deadline: float) -> None:
+    """Read what is left of a body (normally nothing but its terminator)."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            async for _ in reads:
+                pass
 
 
 class _Watchdog:
