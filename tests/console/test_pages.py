@@ -83,6 +83,14 @@ async def test_the_list_filters_and_pages_every_keys_responses(
         assert await page.locator("#newest").count() == 1
         seen.append(await _row_ids(page))
     assert seen == [newest_first[0:3], newest_first[3:6], newest_first[6:7]]
+    # the pages of a filtered list keep its filter
+    await page.goto(f"{url}/console?key=alice&limit=2")
+    alices = await _row_ids(page)
+    while await page.locator("#older").count():
+        await page.click("#older")
+        await page.wait_for_load_state()
+        alices += await _row_ids(page)
+    assert alices == [i for i in newest_first if i in _ids(created, key="alice")]
 
     # every row says what the API said
     await page.goto(f"{url}/console")

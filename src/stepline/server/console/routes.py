@@ -1,7 +1,7 @@
 """The console's routes: ``/console`` pages, its live event stream and its static files.
 
 Every page reads the store once (one query: the list, a response's tree, the
-record a live view starts from) and renders HTML on the server; the only
+record a live view starts from, the usage per day) and renders HTML on the server; the only
 script is the live view's follower of the event stream. The routes sit
 outside ``/v1``, so the gateway leaves their authentication to
 :mod:`~stepline.server.console.access`.
@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -37,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from stepline.errors import InvalidRequest, NotFound, RequestError
 from stepline.server.auth import Caller, KeyRing
-from stepline.server.console import pages
+from stepline.server.console import charts, pages
 from stepline.server.console.access import (
     clear_session,
     console_caller,
@@ -52,6 +53,8 @@ from stepline.server.runner import Runner
 from stepline.server.sse import sse_frames
 from stepline.store.base import StepStore
 from stepline.store.listing import Cursor, ResponseQuery
+from stepline.store.sql import SqlStore
+from stepline.store.usage import UsageQuery, read_usage
 
 __all__ = ["install_console", "router"]
 
@@ -379,14 +382,20 @@ async def response_events(
 
 
 @router.get("/usage")
-async def usage(request: Request) -> Response:
+async def usage(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 14) -> Response:
     caller = await _admit(request)
     if isinstance(caller, Response):
         return caller
-    content = pages.message_page(
-        "Usage",
-        "Usage charts (tokens, requests, errors and latency per key, model and day) "
-        "appear here once this server serves GET /v1/usage.",
-        kind="info",
-    )
+    store = _store(request)
+    if not isinstance(store, SqlStore):
+        content = pages.message_page(
+            "Usage", "Usage is read from a SQL store; this server keeps responses in memory."
+        )
+        return _html("Usage", content, page="usage", frame=_frame(request, caller))
+    now = time.time()
+    last = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+    first = last - datetime.timedelta(days=days - 1)
+    start = datetime.datetime.combine(first, datetime.time(), datetime.UTC).timestamp()
+    rows = await read_usage(store, UsageQuery(start=start, end=now, group_by=("day",)))
+    content = charts.usage_page(rows, first=first, last=last, days=days)
     return _html("Usage", content, page="usage", frame=_frame(request, caller))
