@@ -19,9 +19,12 @@ Invariants (the :class:`~stepline.store.base.StepStore` contract, and):
   the write, and reads every row of it.
 * ``claim_expired`` is one ``UPDATE`` over a ``FOR UPDATE SKIP LOCKED``
   subquery, so two claimers never take the same response.
-* A response's end appends its conversation's items in the same
-  transaction, at positions reserved by one ``UPDATE ... RETURNING`` of the
-  conversation's ``next_position``: two appends never interleave.
+* A conversation's items are appended (by a client, or by a response's end
+  in the transaction that stores it) at positions reserved by one ``UPDATE
+  ... RETURNING`` of the conversation's ``next_position``: that holds the
+  conversation's row (PostgreSQL) or the write lock (SQLite) until commit,
+  so two appends take one contiguous run each and never interleave. An id
+  the conversation already holds is replaced (``unique_item_ids``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from stepline.store.base import (
     TERMINAL_STATUSES,
     Appended,
     ConversationItem,
+    ConversationRecord,
     EndResult,
     EventRow,
     ResponseEnd,
@@ -53,6 +57,7 @@ __all__ = [
     "append_conversation_items",
     "append_events",
     "claim_expired",
+    "create_conversation",
     "create_response",
     "finish_response",
     "finish_step",
@@ -209,6 +214,23 @@ async def finish_response(tx: Tx, end: ResponseEnd) -> bool:
     if end.conversation_id is not None:
         await append_conversation_items(tx, end.conversation_id, end.conversation_items)
     return True
+
+
+async def create_conversation(
+    driver: Driver, record: ConversationRecord, items: Sequence[dict[str, Any]]
+) -> list[ConversationItem]:
+    """Store a new conversation with its first items, in one transaction."""
+    async with driver.transaction() as tx:
+        await tx.fetch(
+            "INSERT INTO conversations (id, created_at, metadata, key_id, next_position)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            record.id,
+            record.created_at,
+            _dump(record.metadata),
+            record.key_id,
+            record.next_position,
+        )
+        return await append_conversation_items(tx, record.id, items) or []
 
 
 async def append_conversation_items(

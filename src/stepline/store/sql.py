@@ -643,10 +643,7 @@ class SqlStore:
     async def create_conversation(
         self, record: ConversationRecord, items: Sequence[dict[str, Any]] = ()
     ) -> list[ConversationItem]:
-        async def work(connection: AsyncConnection) -> list[ConversationItem]:
-            return await conversations.create_conversation(connection, record, items)
-
-        return await self._write(work, transaction=True)
+        return await self._guard(hot.create_conversation(await self._hot(), record, items))
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         async def work(connection: AsyncConnection) -> ConversationRecord | None:
@@ -671,10 +668,13 @@ class SqlStore:
     async def append_conversation_items(
         self, conversation_id: str, items: Sequence[dict[str, Any]]
     ) -> list[ConversationItem] | None:
-        async def work(connection: AsyncConnection) -> list[ConversationItem] | None:
-            return await conversations.append_items(connection, conversation_id, items)
+        driver = await self._hot()
 
-        return await self._write(work, transaction=True)
+        async def work() -> list[ConversationItem] | None:
+            async with driver.transaction() as tx:
+                return await hot.append_conversation_items(tx, conversation_id, items)
+
+        return await self._guard(work())
 
     async def list_conversation_items(
         self,
