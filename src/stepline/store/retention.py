@@ -121,10 +121,13 @@ def _expired(policy: RetentionPolicy, now: float, table: sa.FromClause) -> sa.Co
 def _leaves(clause: sa.ColumnElement[bool], limit: int) -> sa.Select[Any]:
     """Terminal responses matching ``clause`` that no response continues, oldest first."""
     child = responses.alias("child")
+    # ``status || ''`` keeps the planner off the status index: SQLite would take it and
+    # sort every finished response; by ``created_at`` a batch reads the oldest and stops
+    status = responses.c.status.concat("")
     return (
         sa.select(responses.c.id)
         .where(
-            responses.c.status.in_(_TERMINAL),
+            status.in_(_TERMINAL),
             clause,
             ~sa.exists().where(child.c.previous_response_id == responses.c.id),
         )

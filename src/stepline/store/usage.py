@@ -91,9 +91,9 @@ def _day(created_at: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[in
     return sa.cast(created_at / _DAY_SECONDS, sa.Integer)  # SQLite's cast truncates
 
 
-def _usage_of_model_calls(dialect: str) -> sa.Subquery:
-    """Each step with its end and, for a completed model call, its ``usage`` object
-    (parsed once per step)."""
+def _usage_of_model_calls(window: sa.CTE, dialect: str) -> sa.Subquery:
+    """Each step of the window's responses (found by the steps' response index) with
+    its end and, for a completed model call, its ``usage`` object (parsed once)."""
     # what ``protocol.assemble.sum_usage`` counts: every completed step but a tool call's
     is_call = sa.and_(steps.c.kind != StepKind.TOOL_CALL.value, steps.c.response.is_not(None))
     usage: sa.ColumnElement[Any]
@@ -101,8 +101,10 @@ def _usage_of_model_calls(dialect: str) -> sa.Subquery:
         usage = sa.case((is_call, sa.cast(steps.c.response, JSONB)["usage"]))
     else:
         usage = sa.case((is_call, sa.func.json_extract(steps.c.response, "$.usage")))
-    return sa.select(steps.c.response_id, steps.c.finished_at, usage.label("usage")).subquery(
-        "step_usage"
+    return (
+        sa.select(steps.c.response_id, steps.c.finished_at, usage.label("usage"))
+        .where(steps.c.response_id.in_(sa.select(window.c.id)))
+        .subquery("step_usage")
     )
 
 
@@ -135,7 +137,7 @@ def _statement(query: UsageQuery, dialect: str) -> sa.Select[Any]:
         .where(*conditions)
         .cte("usage_window")
     )
-    step_usage = _usage_of_model_calls(dialect)
+    step_usage = _usage_of_model_calls(window, dialect)
     per_response = (
         sa.select(
             step_usage.c.response_id,
@@ -145,7 +147,6 @@ def _statement(query: UsageQuery, dialect: str) -> sa.Select[Any]:
                 for name in _TOKENS
             ),
         )
-        .join(window, window.c.id == step_usage.c.response_id)
         .group_by(step_usage.c.response_id)
         .subquery("per_response")
     )
