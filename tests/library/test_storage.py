@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from stepline.agent import Agent, FunctionTool, RunEvent, ToolCallStarted, collect, tool
 from stepline.errors import ConfigError
+from stepline.protocol.request import parse_request
 from stepline.scripted import ScriptedModel
 from stepline.store import StepStore
 from tests._backends import SQL_KINDS, backend_params, store_backend
@@ -206,3 +208,39 @@ async def test_sub_agent_steps_are_stored_in_the_calling_steps_scope(store: Step
         ("model_call", None, None),
     ]
     assert (delegation.response or {}).get("output") == "Page 1 is processed."
+
+
+async def test_a_run_whose_previous_response_went_away_fails_as_the_requests_fault(
+    store: StepStore,
+) -> None:
+    """A run that continues a response deleted after it was accepted (a retention
+    sweep, a DELETE) fails with ``invalid_prompt`` naming it, not an internal error."""
+    model = scripted(plain=[turn("Done.")])
+    agent = Agent(model=model_of(model, "plain"), store=store)
+    first = await agent.run("Do it.")
+    [stored] = await store.list_responses()
+    body = parse_request(
+        {**stored.body, "previous_response_id": "resp_gone", "input": "And then?"}
+    ).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    await store.create_response(
+        dataclasses.replace(
+            stored,
+            id="resp_after",
+            body=body,
+            previous_response_id="resp_gone",
+            status="in_progress",
+            result=None,
+            completed_at=None,
+        )
+    )
+
+    result = await collect(agent.resume("resp_after"))
+
+    assert first.status == "completed"
+    assert result.status == "failed"
+    assert result.response["error"] == {
+        "code": "invalid_prompt",
+        "type": "invalid_request",
+        "message": "Previous response with id 'resp_gone' not found.",
+    }
+    assert len(model.requests("plain")) == 1  # the failed run asked the model nothing

@@ -38,7 +38,7 @@ from stepline.engine.policies import ApprovedCall, LoopPolicy, StopPolicy
 from stepline.engine.prepare import prepare
 from stepline.engine.run_events import RunCompleted, RunError, RunStarted
 from stepline.engine.steps import Step, StepKind
-from stepline.errors import StoreError
+from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
@@ -211,6 +211,14 @@ async def run_response(
             outcome = await loop.run()
     except (StoreError, LoopDrained):
         raise
+    except NotFound as exc:
+        # what the request names went away after it was accepted (a retention sweep
+        # or a DELETE took the response it continues): the request's fault, said so
+        outcome = Outcome(
+            status="failed",
+            stop_reason="error",
+            error={"code": "invalid_prompt", "type": "invalid_request", "message": exc.message},
+        )
     except Exception as exc:
         logger.exception("response %s failed unexpectedly", record.id)
         outcome = Outcome(
