@@ -43,6 +43,7 @@ from stepline.server.console import install_console
 from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
 from stepline.server.metrics import Metrics
+from stepline.server.openapi import install_openapi
 from stepline.server.retention import retention_worker
 from stepline.server.routes import router
 from stepline.server.runner import Runner
@@ -272,6 +273,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(usage_router)
     install_console(app)
+    install_openapi(app)
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
     return app

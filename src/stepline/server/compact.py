@@ -45,6 +45,7 @@ from stepline.protocol.request import (
 )
 from stepline.server.auth import Caller, caller_of
 from stepline.server.gateway import Gateway
+from stepline.server.openapi import errors, response_body
 from stepline.server.runner import Runner
 from stepline.tools.registry import ServerTool
 from stepline.upstream.routing import UpstreamTarget, resolve_target
@@ -156,7 +157,11 @@ def _usage(usage: dict[str, int]) -> dict[str, Any]:
     }
 
 
-@router.post("/responses/compact")
+@router.post(
+    "/responses/compact",
+    responses=errors(400, 401, 403, 404, 413, 429, 502, 503),
+    openapi_extra=response_body(_COMPACT_FIELDS),
+)
 async def compact(request: Request) -> Response:
     runner: Runner = request.app.state.runner
     gateway: Gateway = request.app.state.gateway
@@ -212,7 +217,11 @@ async def _offered_tools(runner: Runner, read: _Read, caller: Caller) -> dict[st
     return tools
 
 
-@router.post("/responses/input_tokens")
+@router.post(
+    "/responses/input_tokens",
+    responses=errors(400, 401, 403, 404, 413, 429, 502, 503),
+    openapi_extra=response_body(_COUNT_FIELDS),
+)
 async def count_input_tokens(request: Request) -> Response:
     runner: Runner = request.app.state.runner
     caller = caller_of(request)

@@ -28,6 +28,14 @@ from stepline.engine.conversation import conversation_items
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.request import INCLUDABLE, ResponseRequest, load_body, new_id, parse_request
 from stepline.server.auth import Caller, caller_of
+from stepline.server.openapi import (
+    AddConversationItemsBody,
+    CreateConversationBody,
+    UpdateConversationBody,
+    errors,
+    include_parameter,
+    json_body,
+)
 from stepline.server.runner import Runner
 from stepline.store.base import ConversationItem, ConversationRecord, StepStore
 
@@ -143,7 +151,11 @@ def _include(request: Request) -> list[str]:
     return values
 
 
-@router.post("/conversations")
+@router.post(
+    "/conversations",
+    responses=errors(400, 401, 413, 429, 503),
+    openapi_extra=json_body(CreateConversationBody),
+)
 async def create_conversation(request: Request) -> Response:
     body = load_body(await request.body())
     metadata = _metadata(body.get("metadata"))
@@ -159,13 +171,17 @@ async def create_conversation(request: Request) -> Response:
     return _JSON(_conversation(record))
 
 
-@router.get("/conversations/{conversation_id}")
+@router.get("/conversations/{conversation_id}", responses=errors(401, 404, 429, 503))
 async def get_conversation(request: Request, conversation_id: str) -> Response:
     record = await _owned(_store(request), conversation_id, caller_of(request))
     return _JSON(_conversation(record))
 
 
-@router.post("/conversations/{conversation_id}")
+@router.post(
+    "/conversations/{conversation_id}",
+    responses=errors(400, 401, 404, 413, 429, 503),
+    openapi_extra=json_body(UpdateConversationBody),
+)
 async def update_conversation(request: Request, conversation_id: str) -> Response:
     store = _store(request)
     await _owned(store, conversation_id, caller_of(request))
@@ -180,7 +196,7 @@ async def update_conversation(request: Request, conversation_id: str) -> Respons
     return _JSON(_conversation(updated))
 
 
-@router.delete("/conversations/{conversation_id}")
+@router.delete("/conversations/{conversation_id}", responses=errors(401, 404, 429, 503))
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
     store = _store(request)
     await _owned(store, conversation_id, caller_of(request))
@@ -188,7 +204,11 @@ async def delete_conversation(request: Request, conversation_id: str) -> Respons
     return _JSON({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 
-@router.post("/conversations/{conversation_id}/items")
+@router.post(
+    "/conversations/{conversation_id}/items",
+    responses=errors(400, 401, 404, 413, 429, 503),
+    openapi_extra={**json_body(AddConversationItemsBody), **include_parameter()},
+)
 async def add_items(request: Request, conversation_id: str) -> Response:
     store = _store(request)
     await _owned(store, conversation_id, caller_of(request))
@@ -204,7 +224,11 @@ async def add_items(request: Request, conversation_id: str) -> Response:
     return _JSON(_page(added))
 
 
-@router.get("/conversations/{conversation_id}/items")
+@router.get(
+    "/conversations/{conversation_id}/items",
+    responses=errors(400, 401, 404, 429, 503),
+    openapi_extra=include_parameter(),
+)
 async def list_items(
     request: Request,
     conversation_id: str,
@@ -232,7 +256,11 @@ async def list_items(
     return _JSON(_page(found[:limit], has_more=len(found) > limit))
 
 
-@router.get("/conversations/{conversation_id}/items/{item_id}")
+@router.get(
+    "/conversations/{conversation_id}/items/{item_id}",
+    responses=errors(400, 401, 404, 429, 503),
+    openapi_extra=include_parameter(),
+)
 async def get_item(request: Request, conversation_id: str, item_id: str) -> Response:
     store = _store(request)
     await _owned(store, conversation_id, caller_of(request))
@@ -243,7 +271,9 @@ async def get_item(request: Request, conversation_id: str, item_id: str) -> Resp
     return _JSON(item.data)
 
 
-@router.delete("/conversations/{conversation_id}/items/{item_id}")
+@router.delete(
+    "/conversations/{conversation_id}/items/{item_id}", responses=errors(401, 404, 429, 503)
+)
 async def delete_item(request: Request, conversation_id: str, item_id: str) -> Response:
     store = _store(request)
     record = await _owned(store, conversation_id, caller_of(request))

@@ -26,6 +26,7 @@ from stepline.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from stepline.server.auth import caller_of
 from stepline.server.gateway import Gateway
 from stepline.server.logs import request_id_var
+from stepline.server.openapi import ChatCompletionBody, errors, json_body
 from stepline.upstream.client import ChatClient, ForwardedReply
 from stepline.upstream.routing import resolve_target
 
@@ -95,7 +96,11 @@ def _failure(exc: UpstreamError) -> Response:
     )
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    responses=errors(400, 401, 403, 413, 429, 502, 504),
+    openapi_extra=json_body(ChatCompletionBody),
+)
 async def chat_completions(request: Request) -> Response:
     caller = caller_of(request)
     gateway: Gateway = request.app.state.gateway

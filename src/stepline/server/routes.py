@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -48,6 +49,7 @@ from stepline.server.auth import Caller, caller_of
 from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
 from stepline.server.logs import response_id_var
+from stepline.server.openapi import errors, response_body, streamed
 from stepline.server.runner import Runner
 from stepline.server.sse import sse_frames
 from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
@@ -188,8 +190,17 @@ class _Notices:
         if self.dropped_tools:
             headers["Stepline-Dropped-Tools"] = ", ".join(self.dropped_tools)
         if self.ignored_fields:
-            headers["Stepline-Ignored-Fields"] = ", ".join(self.ignored_fields)
+            headers["Stepline-Ignored-Fields"] = ", ".join(map(_header_name, self.ignored_fields))
         return headers
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
+
+
+def _header_name(name: str) -> str:
+    """A client's field name as a header may carry it: plain, or as a JSON string in
+    ASCII (a name may hold any character, and a header only printable ASCII)."""
+    return name if _PLAIN_NAME.fullmatch(name) else json.dumps(name)
 
 
 def _check_hosted(settings: Settings, dropped: list[str]) -> None:
@@ -310,7 +321,11 @@ def _with_trace_context(
     return body
 
 
-@router.post("/responses")
+@router.post(
+    "/responses",
+    responses=streamed() | errors(400, 401, 403, 404, 413, 429, 503),
+    openapi_extra=response_body(),
+)
 async def create_response(request: Request) -> Response:
     runner = _runner(request)
     accepted = await accept_response(
@@ -362,7 +377,7 @@ def _sequence(value: str, param: str) -> int:
     return number
 
 
-@router.get("/responses/{response_id}")
+@router.get("/responses/{response_id}", responses=streamed() | errors(400, 401, 404, 429, 503))
 async def get_response(
     request: Request,
     response_id: str,
@@ -380,7 +395,7 @@ async def get_response(
     return JSON(await stored_response(runner.engine.store, record))
 
 
-@router.delete("/responses/{response_id}")
+@router.delete("/responses/{response_id}", responses=errors(401, 404, 429, 503))
 async def delete_response(request: Request, response_id: str) -> Response:
     runner = _runner(request)
     record = await _record(runner, response_id, caller_of(request))
@@ -390,7 +405,7 @@ async def delete_response(request: Request, response_id: str) -> Response:
     return JSON({"id": record.id, "object": "response.deleted", "deleted": True})
 
 
-@router.post("/responses/{response_id}/cancel")
+@router.post("/responses/{response_id}/cancel", responses=errors(400, 401, 404, 429, 503))
 async def cancel_response(request: Request, response_id: str) -> Response:
     runner = _runner(request)
     caller = caller_of(request)
@@ -423,7 +438,7 @@ def _input_item(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-@router.get("/responses/{response_id}/input_items")
+@router.get("/responses/{response_id}/input_items", responses=errors(400, 401, 404, 429, 503))
 async def list_input_items(
     request: Request,
     response_id: str,
@@ -452,7 +467,7 @@ async def list_input_items(
     )
 
 
-@router.get("/models")
+@router.get("/models", responses=errors(401, 429))
 async def list_models(request: Request) -> Response:
     settings = _runner(request).engine.settings
     caller = caller_of(request)

@@ -45,6 +45,7 @@ from fastapi.responses import Response
 
 from stepline.errors import InvalidRequest
 from stepline.server.auth import KeyRing, require_admin
+from stepline.server.openapi import errors
 from stepline.store.sql import SqlStore
 from stepline.store.usage import GROUPS, Group, UsageQuery, UsageRow, read_usage
 
@@ -180,7 +181,7 @@ def usage_document(
     }
 
 
-@router.get("/usage")
+@router.get("/usage", responses=errors(400, 401, 403, 429, 501, 503))
 async def get_usage(
     request: Request,
     start: str | None = None,
