@@ -284,7 +284,7 @@ async def test_http_only_fields_and_bad_messages_are_refused_and_the_connection_
 
     async with connect(_ws_url(stack.url)) as socket:
         refused = [
-            *await _turn(socket, model="hello", input="x", stream=True),
+            *await _turn(socket, model="hello", input="x", stream=False),
             *await _turn(socket, model="hello", input="x", stream_options={"include_usage": True}),
             *await _turn(socket, model="hello", input="x", background=False),
         ]

@@ -16,6 +16,9 @@ Invariants:
   works on this connection; a ``store: false`` continuation of an id it does
   not remember fails with ``previous_response_not_found``; a failed
   continuation forgets the id it named.
+* ``stream``, ``stream_options`` and ``background`` belong to HTTP and are
+  refused, except ``stream: true``, which only says what a WebSocket does anyway
+  (the Agents SDK sends it on every ``response.create``).
 * Errors are ``{"type": "error", "status", "error": {"type", "code",
   "message", "param"}}``; the connection stays open after one.
 * A connection lasts at most :data:`CONNECTION_SECONDS`; then it gets
@@ -217,6 +220,9 @@ def _create_message(text: str) -> dict[str, Any]:
             code="invalid_type",
             param="type",
         )
+    if data.get("stream") is True:
+        # a WebSocket always streams: the Agents SDK says so explicitly, and that is no conflict
+        del data["stream"]
     for name in _HTTP_ONLY:
         if name in data:
             raise _TurnError(
