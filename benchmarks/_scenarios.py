@@ -18,13 +18,14 @@ from typing import Any
 
 import orjson
 
+from benchmarks._litellm import litellm
 from benchmarks._report import Row, Target, percentile
 from benchmarks._services import http_json
 from benchmarks._stack import Options, Results, Stack, log, run_load
 
 __all__ = ["SCENARIOS", "run_scenario"]
 
-SCENARIOS = ("single", "loop", "stream", "throughput", "memory")
+SCENARIOS = ("single", "loop", "stream", "throughput", "memory", "litellm")
 
 # the targets of the performance issue (#15), on SQLite, durable storage on
 STEP_P50 = Target(
@@ -434,6 +435,7 @@ _RUNNERS: dict[str, Callable[[Options, Results], None]] = {
     "stream": stream,
     "throughput": throughput,
     "memory": memory,
+    "litellm": litellm,
 }
 
 
