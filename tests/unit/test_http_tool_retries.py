@@ -1,4 +1,5 @@
-"""HTTP tools are tried again only when their config says so, with the same idempotency key."""
+"""HTTP tools are tried again only when their config says so, with the same idempotency key,
+after a backoff with full jitter."""
 
 from __future__ import annotations
 
@@ -38,11 +39,22 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def _call(client: httpx.AsyncClient, flaky: Flaky, retries: int) -> str:
+async def _call(
+    client: httpx.AsyncClient, flaky: Flaky, retries: int, sleeps: list[float] | None = None
+) -> str:
+    """Call the flaky tool; each backoff is recorded in ``sleeps`` (when given) instead
+    of waited out."""
+
+    async def record(delay: float) -> None:
+        assert sleeps is not None
+        sleeps.append(delay)
+
     app = Starlette(routes=[Route("/tool", flaky.handle, methods=["POST"])])
     async with serve_app(app) as url:
         config = HttpToolConfig(url=f"{url}/tool", retries=retries)
-        return await call_http_tool(client, "flaky", config, {}, step_id="step_1")
+        if sleeps is None:
+            return await call_http_tool(client, "flaky", config, {}, step_id="step_1")
+        return await call_http_tool(client, "flaky", config, {}, step_id="step_1", sleep=record)
 
 
 async def test_a_5xx_is_tried_again_as_often_as_configured(client: httpx.AsyncClient) -> None:
@@ -74,3 +86,29 @@ async def test_retries_give_up_with_the_last_error(client: httpx.AsyncClient) ->
     with pytest.raises(ToolError, match="answered HTTP 502"):
         await _call(client, flaky, retries=2)
     assert len(flaky.keys) == 3
+
+
+async def test_backoffs_grow_within_their_bounds(client: httpx.AsyncClient) -> None:
+    sleeps: list[float] = []
+
+    assert await _call(client, Flaky(failures=3, status=503), retries=3, sleeps=sleeps) == "done"
+    assert len(sleeps) == 3
+    for slept, bound in zip(sleeps, (0.1, 0.2, 0.4), strict=True):
+        assert 0 <= slept <= bound
+
+
+async def test_calls_that_failed_together_wait_different_jittered_times(
+    client: httpx.AsyncClient,
+) -> None:
+    """Full jitter: a tool server that failed many calls at once (a restart) does not get
+    them all back at the same moment."""
+    sleeps: list[float] = []
+
+    for _ in range(40):
+        assert await _call(client, Flaky(failures=1, status=502), retries=1, sleeps=sleeps)
+    assert len(sleeps) == 40
+    assert all(0 <= slept <= 0.1 for slept in sleeps)
+    assert len(set(sleeps)) == len(sleeps)
+    # spread over the whole range (each bound fails by chance with p = 0.75**40, ~1e-5)
+    assert min(sleeps) < 0.025
+    assert max(sleeps) > 0.075

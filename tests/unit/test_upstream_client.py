@@ -395,6 +395,25 @@ async def test_server_errors_retry_with_jittered_backoff_then_succeed() -> None:
     assert len({r.content for r in recorder.requests}) == 1
 
 
+async def test_clients_that_failed_together_wait_different_jittered_times() -> None:
+    """Full jitter: each wait is drawn from [0, the exponential bound], so clients an
+    overloaded upstream turned away at the same moment do not all come back together."""
+    waits: list[float] = []
+    for _ in range(40):
+        recorder = Recorder(
+            error_response(503, "overloaded"), sse_response(sse(chunk("ok", finish="stop")))
+        )
+        async with recorder.client() as client:
+            assert await collect(client, make_target()) == [chunk("ok", finish="stop")]
+        waits.extend(recorder.sleeps)
+    assert len(waits) == 40
+    assert all(0 <= wait <= 0.2 for wait in waits)
+    assert len(set(waits)) == len(waits)
+    # spread over the whole range (each bound fails by chance with p = 0.75**40, ~1e-5)
+    assert min(waits) < 0.05
+    assert max(waits) > 0.15
+
+
 @pytest.mark.parametrize("status", [408, 409])
 async def test_conflict_and_request_timeout_are_retried(status: int) -> None:
     recorder = Recorder(

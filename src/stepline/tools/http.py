@@ -13,7 +13,8 @@ Invariants:
 * The tool's secret header values (``env:NAME``) never come back: a tool
   that echoes one gets it masked, in its output and in an error alike.
 * A call is tried again only when the tool's ``retries`` says so, after a
-  connection error, a timeout or a 5xx, with the same idempotency key.
+  connection error, a timeout or a 5xx, with the same idempotency key, after a
+  jittered backoff (:func:`_retry_delay`).
 * An output longer than ``max_output_chars`` reaches the model cut, with a
   ``[truncated: N more characters]`` marker saying how much is missing.
 """
@@ -21,7 +22,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -34,7 +36,7 @@ from stepline.masking import is_maskable
 __all__ = ["call_http_tool", "mask_secrets", "truncate_output"]
 
 _MAX_ERROR_BODY = 500
-#: backoff between tries of a tool call: 0.1 s, 0.2 s, 0.4 s ... at most 2 s
+#: bounds of the backoff between tries of a tool call: 0.1 s, 0.2 s, 0.4 s ... at most 2 s
 _RETRY_BASE = 0.1
 _RETRY_CAP = 2.0
 _MASK = "***"
@@ -56,6 +58,13 @@ def mask_secrets(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _retry_delay(attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: drawn at random below the exponential bound
+    (full jitter), so the calls a restarting tool server failed together do not all
+    come back together."""
+    return random.random() * min(_RETRY_BASE * 2.0 ** (attempt - 1), _RETRY_CAP)
+
+
 async def call_http_tool(
     client: httpx.AsyncClient,
     name: str,
@@ -64,9 +73,11 @@ async def call_http_tool(
     *,
     step_id: str,
     headers: Mapping[str, str] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> str:
     """Call the tool, trying again ``config.retries`` times after a transient failure;
-    ``headers`` (the step's trace context) go with every try, under the configured ones."""
+    ``headers`` (the step's trace context) go with every try, under the configured ones.
+    ``sleep`` waits out each backoff (tests record it)."""
     attempt = 0
     while True:
         try:
@@ -78,7 +89,7 @@ async def call_http_tool(
             if not transient or attempt >= config.retries:
                 raise
         attempt += 1
-        await asyncio.sleep(min(_RETRY_BASE * 2 ** (attempt - 1), _RETRY_CAP))
+        await sleep(_retry_delay(attempt))
 
 
 async def _call_once(
