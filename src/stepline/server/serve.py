@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # a port problem is found without importing the app's machine
 
 __all__ = ["bind_socket", "serve"]
 
+#: connections the kernel keeps waiting for the server to accept (uvicorn's default)
+_BACKLOG = 2048
+
 _BIND_PROBLEMS = {
     errno.EADDRINUSE: (
         "port {port} on {host} is in use: stop what listens there or pass another --port"
@@ -104,9 +107,19 @@ def serve(
     on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Serve ``app`` on ``sock`` (from :func:`bind_socket`) until a signal, then drain
-    within ``grace`` seconds. The socket listens only once the app has started; then
-    ``on_listening`` is called (the CLI prints its "stepline on URL" line there)."""
+    within ``grace`` seconds. Once the app has started and accepts connections,
+    ``on_listening`` is called (the CLI prints its "stepline on URL" line there);
+    a connection made while it starts waits in the socket's backlog."""
     host, port = sock.getsockname()[:2]
+    try:
+        # Two processes that bind the same port before either listens both succeed
+        # (SO_REUSEADDR); the second learns of it here. (Listening here, not in
+        # uvicorn: on uvloop a failed listen() there is not reported as such.)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(_BIND_PROBLEMS[errno.EADDRINUSE].format(host=host, port=port)) from exc
     config = uvicorn.Config(
         app,
         host=host,
@@ -116,12 +129,6 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(grace) + 5,
+        backlog=_BACKLOG,
     )
-    try:
-        _DrainingServer(config, app, grace, on_listening).run(sockets=[sock])
-    except OSError as exc:
-        # Two processes that bind the same port before either listens both succeed
-        # (SO_REUSEADDR); the second learns of it here, after its start-up
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        raise ConfigError(_BIND_PROBLEMS[errno.EADDRINUSE].format(host=host, port=port)) from exc
+    _DrainingServer(config, app, grace, on_listening).run(sockets=[sock])
