@@ -260,3 +260,31 @@ def test_codex_with_supports_websockets_runs_a_command_over_the_websocket(
     assert tool_results(second)["call_ws"].strip().endswith("ws-42")
     assert len(second["messages"]) > len(first["messages"])
     assert processes.http_creates() == []
+
+
+async def test_a_stored_continuation_is_stored_as_over_http(
+    processes: Processes, client: openai.AsyncOpenAI
+) -> None:
+    model = processes.script("stored-ws", {"content": "a1"}, {"content": "a2"})
+    url = processes.stepline.url.replace("http://", "ws://", 1) + "/v1/responses"
+
+    finals: list[dict[str, Any]] = []
+    async with connect(url) as socket:
+        for text in ("u1", "u2"):
+            previous = {"previous_response_id": finals[-1]["id"]} if finals else {}
+            body = {"type": "response.create", "model": model, "input": text, **previous}
+            await socket.send(orjson.dumps(body).decode())
+            events: list[dict[str, Any]] = []
+            while not events or events[-1]["type"] not in ("response.completed", "error"):
+                async with asyncio.timeout(RECEIVE_SECONDS):
+                    events.append(orjson.loads(await socket.recv()))
+            finals.append(events[-1]["response"])
+
+    # the second response holds only its own input, not a copy of the first's
+    items = await client.responses.input_items.list(finals[1]["id"], order="asc")
+    assert [(item.type, item.content[0].text) for item in items.data] == [("message", "u2")]  # type: ignore[union-attr]
+    assert processes.requests(model)[1]["messages"] == [
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+    ]

@@ -11,11 +11,13 @@ Invariants:
 
 * One response in flight per connection; ``response.create`` messages are
   processed one after another, in order, never multiplexed.
-* The connection remembers its latest response (its whole conversation as
-  items), so a ``store: false`` continuation with ``previous_response_id``
-  works on this connection; a ``store: false`` continuation of an id it does
-  not remember fails with ``previous_response_not_found``; a failed
-  continuation forgets the id it named.
+* The connection remembers its latest response, one with ``store: false``
+  with its whole conversation as items, so its continuation with
+  ``previous_response_id`` works on this connection (a stored one continues
+  from the store, as over HTTP, where the history cache serves it); a
+  ``store: false`` continuation of an id it does not remember fails with
+  ``previous_response_not_found``; a failed continuation forgets the id it
+  named.
 * ``stream``, ``stream_options`` and ``background`` belong to HTTP and are
   refused, except ``stream: true``, which only says what a WebSocket does anyway
   (the Agents SDK sends it on every ``response.create``).
@@ -98,9 +100,9 @@ class _Connection:
     runner: Runner
     gateway: Gateway
     caller: Any
-    #: the latest response's id and its conversation as input items
+    #: the latest response's id and, unless the store has it, its conversation as input items
     latest_id: str | None = None
-    latest_items: list[dict[str, Any]] = field(default_factory=list)
+    latest_items: list[dict[str, Any]] | None = field(default_factory=list)
 
     async def send(self, event: dict[str, Any]) -> None:
         await self.socket.send_text(orjson.dumps(event).decode())
@@ -126,14 +128,15 @@ class _Connection:
         """Run one turn; False when its response failed."""
         generate = data.pop("generate", True)
         previous = data.get("previous_response_id")
-        base: list[dict[str, Any]] = []
-        if previous is not None and previous == self.latest_id:
-            base = self.latest_items
+        remembered = previous is not None and previous == self.latest_id
+        # a stored response continues from the store, as over HTTP (its history is cached)
+        base = self.latest_items if remembered else None
+        if base is not None:
             new_input = parse_request({**data, "previous_response_id": None}).model_dump(
                 mode="json", by_alias=True, exclude_unset=True
             )["input"]
             data = {**data, "input": [*base, *new_input]}
-        elif previous is not None and data.get("store") is False:
+        elif previous is not None and not remembered and data.get("store") is False:
             raise _TurnError(
                 f"Previous response with id '{previous}' not found.",
                 code="previous_response_not_found",
@@ -149,7 +152,7 @@ class _Connection:
                 data,
                 self.caller,
                 reasoning_events=self.socket.headers.get("stepline-reasoning-events"),
-                history_inline=bool(base),
+                history_inline=base is not None,
                 trace_context=client_trace_context(self.socket.headers),
             )
         except RequestError as exc:
@@ -171,7 +174,7 @@ class _Connection:
             return False
         items = accepted.request.model_dump(mode="json", by_alias=True, exclude_unset=True)["input"]
         self.latest_id = terminal["id"]
-        self.latest_items = [*items, *terminal["output"]]
+        self.latest_items = None if terminal["store"] else [*items, *terminal["output"]]
         return True
 
     async def _warm_up(self, data: dict[str, Any]) -> None:
