@@ -14,6 +14,8 @@ The modules are private machinery:
 * ``_stack``: one scenario's processes, stepline's config, the scripts, and
   running the load generator while reading every process's CPU time;
 * ``_scenarios``: the scenarios and the rows they add to the table;
+* ``_websocket`` and ``_websocket_client``: the 20-call client tool loop over
+  a WebSocket against HTTP, and its client process;
 * ``_memory_stepline``: stepline on its in-memory store (``--store memory``);
 * ``_report``: percentiles, the table and the targets;
 * ``_profile``: self time per function from py-spy's collapsed stacks.

@@ -22,10 +22,11 @@ from benchmarks._litellm import litellm
 from benchmarks._report import Row, Target, percentile
 from benchmarks._services import http_json
 from benchmarks._stack import Options, Results, Stack, log, run_load
+from benchmarks._websocket import websocket
 
 __all__ = ["SCENARIOS", "run_scenario"]
 
-SCENARIOS = ("single", "loop", "stream", "throughput", "memory", "litellm")
+SCENARIOS = ("single", "loop", "stream", "throughput", "memory", "litellm", "websocket")
 
 # the targets of the performance issue (#15), on SQLite, durable storage on
 STEP_P50 = Target(
@@ -436,6 +437,7 @@ _RUNNERS: dict[str, Callable[[Options, Results], None]] = {
     "throughput": throughput,
     "memory": memory,
     "litellm": litellm,
+    "websocket": websocket,
 }
 
 
