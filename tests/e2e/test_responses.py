@@ -16,6 +16,7 @@ EVENTS = TypeAdapter(ResponseStreamEvent)
 
 WEATHER = {"name": "weather", "arguments": {"city": "Paris"}}
 STOCK = {"name": "stock", "arguments": {"symbol": "ACME"}}
+TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
 SECRET_TOOL = {
     "type": "function",
     "name": "get_secret",
@@ -493,32 +494,76 @@ async def test_max_tool_calls_ends_incomplete(stack: Stack) -> None:
     assert stack.tools.calls == {}
 
 
+def _untimed(value: Any) -> Any:
+    """``value`` without its timestamps (``created_at``, ``completed_at``)."""
+    if isinstance(value, dict):
+        return {
+            key: _untimed(item)
+            for key, item in value.items()
+            if key not in ("created_at", "completed_at")
+        }
+    if isinstance(value, list):
+        return [_untimed(item) for item in value]
+    return value
+
+
 async def test_disconnected_client_does_not_stop_the_loop(stack: Stack) -> None:
+    """The client leaves while the final text streams: the loop goes on in the same
+    process, in the same run. A loop cancelled by the disconnect would still end (this
+    process claims its released lease a few seconds later and resumes it), but only by
+    asking the model again for the text it was streaming."""
+    words = [f"w{i}" for i in range(50)]
     stack.script(
-        "long",
-        [
-            {"tool_calls": [WEATHER]},
-            {"content": " ".join(f"w{i}" for i in range(50)), "token_delay": 0.01},
-        ],
+        "long", [{"tool_calls": [WEATHER]}, {"content": " ".join(words), "token_delay": 0.01}]
     )
 
+    seen: list[dict[str, Any]] = []
     async with stack.http.stream(
         "POST", "/v1/responses", json={"model": "long", "input": "go", "stream": True}
     ) as reply:
-        lines = reply.aiter_lines()
-        first = [await anext(lines) for _ in range(2)]
-    response_id = orjson.loads(first[1][len("data: ") :])["response"]["id"]
+        async for line in reply.aiter_lines():
+            if line.startswith("data: "):
+                seen.append(orjson.loads(line[len("data: ") :]))
+                if seen[-1]["type"] == "response.output_text.delta":
+                    break  # gone, mid final text
+    response_id = seen[0]["response"]["id"]
 
-    # follow the stored log from the start until the loop ends without any client
-    async with stack.http.stream(
-        "GET", f"/v1/responses/{response_id}", params={"stream": "true"}
-    ) as replay:
-        events = await read_sse(replay)
-    assert events[-1]["type"] == "response.completed"
+    # follow the stored log from the start until the loop ends without any client,
+    # resuming as a client would if a stream ended before [DONE]
+    events: list[dict[str, Any]] = []
+    for _ in range(5):
+        after = events[-1]["sequence_number"] if events else -1
+        async with stack.http.stream(
+            "GET",
+            f"/v1/responses/{response_id}",
+            params={"stream": "true", "starting_after": after},
+        ) as replay:
+            blocks = [block for block in (await replay.aread()).decode().split("\n\n") if block]
+        done = bool(blocks) and blocks[-1] == "data: [DONE]"
+        events += [
+            orjson.loads(block.split("data: ", 1)[1]) for block in blocks[: -1 if done else None]
+        ]
+        if done:
+            break
+    assert events[: len(seen)] == seen
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    kinds = [event["type"] for event in events]
+    assert [kind for kind in kinds if kind in TERMINAL] == ["response.completed"]
+    assert kinds[-1] == "response.completed"
+    deltas = [event["delta"] for event in events if event["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == " ".join(words)  # streamed once, never restarted
+    # one run: the model was asked once per turn, the tool called once
+    assert len(stack.model.requests("long")) == 2
+    assert stack.tools.calls == {"weather": 1}
+    # and the log is, event for event, what a client that stayed gets
+    async with stack.http.stream(
+        "POST", "/v1/responses", json={"model": "long", "input": "go", "stream": True}
+    ) as reply:
+        stayed = await read_sse(reply)
+    assert _untimed(normalise_ids(events)) == _untimed(normalise_ids(stayed))
     final = await stack.client.responses.retrieve(response_id)
     assert final.status == "completed"
-    assert final.output_text == " ".join(f"w{i}" for i in range(50))
+    assert final.output_text == " ".join(words)
 
 
 async def test_replay_with_starting_after_returns_the_same_events(stack: Stack) -> None:
