@@ -9,9 +9,13 @@ string only.
     StepLineError
     ├── UsageError                 you called it wrong; never retried
     │   ├── ConfigError            the config file or environment is invalid
-    │   └── RequestError           an API request is invalid (HTTP 4xx)
+    │   └── RequestError           an API request is refused (HTTP 4xx, 503)
     │       ├── InvalidRequest     400, names the bad ``param``
-    │       └── NotFound           404, names the missing id
+    │       ├── Unauthorized       401, no key or an unknown one
+    │       ├── Forbidden          403, the key may not do this
+    │       ├── NotFound           404, names the missing id
+    │       ├── RateLimited        429, with ``Retry-After``
+    │       └── Unavailable        503, the server is draining
     └── RunError                   it failed while a response ran
         ├── UpstreamError          the model upstream failed (status, body)
         │   └── UpstreamTimeout    connect / first_byte / chunk / total
@@ -25,18 +29,23 @@ HTTP error of stepline uses.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 __all__ = [
     "ConfigError",
+    "Forbidden",
     "InvalidRequest",
     "LeaseLost",
     "NotFound",
+    "RateLimited",
     "RequestError",
     "RunError",
     "StepLineError",
     "StoreError",
     "ToolError",
+    "Unauthorized",
+    "Unavailable",
     "UpstreamError",
     "UpstreamTimeout",
     "UsageError",
@@ -96,11 +105,52 @@ class InvalidRequest(RequestError):
     """HTTP 400: the body or a parameter is invalid; ``param`` names it."""
 
 
+class Unauthorized(RequestError):
+    """HTTP 401: no API key, or one stepline does not know."""
+
+    status_code = 401
+
+    def __init__(self, message: str, *, code: str = "invalid_api_key") -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(RequestError):
+    """HTTP 403: the caller's key may not use this model, tool or endpoint."""
+
+    status_code = 403
+
+
 class NotFound(RequestError):
     """HTTP 404: the named object does not exist (or is not the caller's)."""
 
     status_code = 404
     error_type = "not_found"
+
+
+class RateLimited(RequestError):
+    """HTTP 429, with ``Retry-After`` in whole seconds (and ``retry-after-ms``)."""
+
+    status_code = 429
+    error_type = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            message,
+            code="rate_limit_exceeded",
+            headers={
+                "Retry-After": str(seconds),
+                "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
+            },
+        )
+        self.retry_after = retry_after
+
+
+class Unavailable(RequestError):
+    """HTTP 503: the server cannot take the request now (it is shutting down)."""
+
+    status_code = 503
+    error_type = "server_error"
 
 
 class RunError(StepLineError):

@@ -47,7 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.config import KeyConfig
-from stepline.errors import RequestError
+from stepline.errors import Forbidden, Unauthorized
 from stepline.protocol.request import ResponseRequest, allowed_tool_names
 from stepline.store.schema import JsonText
 
@@ -161,11 +161,10 @@ class Caller:
 
     def check_model(self, model: str, *, param: str = "model") -> None:
         if not self.may_use_model(model):
-            raise RequestError(
+            raise Forbidden(
                 f"This API key may not use the model '{model}'.",
                 param=param,
                 code="model_not_allowed",
-                status_code=403,
             )
 
     def check_tools(self, request: ResponseRequest, server_tools: Iterable[str]) -> None:
@@ -176,11 +175,10 @@ class Caller:
             return
         forbidden = sorted(named & (set(server_tools) - allowed))
         if forbidden:
-            raise RequestError(
+            raise Forbidden(
                 f"This API key may not use the server tool '{forbidden[0]}'.",
                 param="tool_choice",
                 code="tool_not_allowed",
-                status_code=403,
             )
 
 
@@ -211,20 +209,14 @@ def require_admin(request: Request) -> Caller:
     client = request.client
     if caller.key is None and client is not None and client.host in _LOOPBACK:
         return caller
-    raise RequestError(
+    raise Forbidden(
         "This endpoint needs an admin API key (admin = true in its [keys.NAME]).",
         code="admin_key_required",
-        status_code=403,
     )
 
 
-def _unauthorized(message: str) -> RequestError:
-    return RequestError(
-        message,
-        code="invalid_api_key",
-        status_code=401,
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+def _unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message)
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -33,7 +33,7 @@ from stepline.engine.compaction import (
 from stepline.engine.conversation import load_conversation, previous_chain_records
 from stepline.engine.loop import base_messages
 from stepline.engine.prepare import Prepared, prepare
-from stepline.errors import InvalidRequest, NotFound, RequestError, UpstreamError
+from stepline.errors import InvalidRequest, NotFound, RequestError, Unavailable, UpstreamError
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, user_message_items
 from stepline.protocol.request import (
@@ -101,7 +101,7 @@ def _body(data: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
 async def _read(runner: Runner, caller: Caller, body: dict[str, Any]) -> _Read:
     """Validate ``body`` and rebuild its conversation; 4xx for what the caller got wrong."""
     if not runner.accepting:
-        raise InvalidRequest("server is shutting down", status_code=503, error_type="server_error")
+        raise Unavailable("server is shutting down")
     request = parse_request(body)
     engine = runner.engine
     settings = engine.settings

@@ -14,7 +14,6 @@ limited.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,29 +21,10 @@ from dataclasses import dataclass
 from starlette.types import Message, Receive
 
 from stepline.config import RateConfig
-from stepline.errors import RequestError
+from stepline.errors import RateLimited, RequestError
 from stepline.server.auth import Caller
 
 __all__ = ["KeyLimits", "RateLimited", "TokenBucket", "cap_body", "too_large"]
-
-
-class RateLimited(RequestError):
-    """HTTP 429, with ``Retry-After`` in whole seconds (and ``retry-after-ms``)."""
-
-    status_code = 429
-    error_type = "too_many_requests"
-
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        seconds = max(1, math.ceil(retry_after))
-        super().__init__(
-            message,
-            code="rate_limit_exceeded",
-            headers={
-                "Retry-After": str(seconds),
-                "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
-            },
-        )
-        self.retry_after = retry_after
 
 
 @dataclass

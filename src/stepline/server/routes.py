@@ -34,7 +34,7 @@ from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
 from stepline.engine.prepare import prepare
 from stepline.engine.response import snapshot, stored_response
-from stepline.errors import InvalidRequest, NotFound
+from stepline.errors import InvalidRequest, NotFound, Unavailable
 from stepline.protocol.request import (
     FunctionTool,
     ResponseRequest,
@@ -261,7 +261,7 @@ async def accept_response(
     A client never sets these itself: ``stepline:`` fields it sends are dropped."""
     data = {key: value for key, value in data.items() if not key.startswith("stepline:")}
     if not runner.accepting:
-        raise InvalidRequest("server is shutting down", status_code=503, error_type="server_error")
+        raise Unavailable("server is shutting down")
     ignored = unknown_fields(data)
     if ignored and runner.engine.settings.protocol.unknown_fields == "reject":
         raise InvalidRequest(

@@ -25,7 +25,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.responses import Response
 
-from stepline.errors import RequestError
+from stepline.errors import Forbidden, Unauthorized
 from stepline.server.auth import CALLER_SCOPE_KEY, Caller, KeyRing, require_admin
 from stepline.server.gateway import Gateway
 
@@ -70,20 +70,18 @@ async def sign_in_caller(request: Request, token: str) -> Caller:
     """The admin key ``token`` names, or a RequestError saying why it cannot sign in."""
     keys = keys_of(request)
     if not keys.enabled:
-        raise RequestError(
+        raise Forbidden(
             "This server has no API keys: the console opens without signing in, "
             "on a loopback address only.",
             code="no_keys",
-            status_code=403,
         )
     if not token or len(token) > MAX_TOKEN_CHARS:
-        raise RequestError("Incorrect API key provided.", code="invalid_api_key", status_code=401)
+        raise Unauthorized("Incorrect API key provided.")
     caller = await keys.authenticate(f"Bearer {token}")
     if not caller.is_admin:
-        raise RequestError(
+        raise Forbidden(
             "This key is not an admin key (admin = true in its [keys.NAME]).",
             code="admin_key_required",
-            status_code=403,
         )
     return caller
 
