@@ -35,7 +35,7 @@ from stepline.engine.loop import (
     wire_error,
 )
 from stepline.engine.policies import ApprovedCall, LoopPolicy, StopPolicy
-from stepline.engine.prepare import prepare
+from stepline.engine.prepare import Prepared, prepare
 from stepline.engine.run_events import RunCompleted, RunError, RunStarted
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import NotFound, StoreError
@@ -49,7 +49,7 @@ from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
 from stepline.upstream.routing import resolve_target
 
-__all__ = ["run_response", "snapshot", "stored_response", "top_level_policy"]
+__all__ = ["offered_tools", "run_response", "snapshot", "stored_response", "top_level_policy"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,17 +151,12 @@ async def run_response(
                 error=wire_error("model_error", f"no upstream for model {request.model!r}"),
             )
         else:
-            route = engine.settings.route_for(request.model)
             allowed = engine.key_tools(record.key_id)
-            offered = (
-                tools
-                if tools is not None
-                else (*(route.tools if route else ()), *engine.default_tools)
-            )
-            tool_names = [name for name in offered if allowed is None or name in allowed]
-            listings = await _mcp_listings(engine, tool_names, request)
             prepared = prepare(
                 engine.settings, engine.sealer, request, route_target, key_tools=allowed
+            )
+            server_tools, listings = await offered_tools(
+                engine, request, prepared, key_id=record.key_id, tools=tools
             )
             conversation = await load_conversation(
                 store,
@@ -173,14 +168,6 @@ async def run_response(
             )
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
             transcript = base_messages(request, conversation.history, held, prepared.context)
-            server_tools = engine.tools.select(
-                [name for name in tool_names if not (engine.mcp and engine.mcp.is_source(name))]
-            )
-            for listing in listings:
-                server_tools.update(listing.tools)
-            for name, played in prepared.hosted.items():
-                tool = engine.tools.select([played])[played]
-                server_tools[name] = dataclasses.replace(tool, name=name, hosted=name)
             loop = ScopeLoop(
                 engine=engine,
                 response_id=record.id,
@@ -229,14 +216,37 @@ async def run_response(
     return await _finish_response(engine, record, request, outcome, events, transcript)
 
 
-async def _mcp_listings(
-    engine: Engine, tool_names: Sequence[str], request: ResponseRequest
-) -> list[McpListing]:
-    """The MCP servers a response offers: sources its route names, and its own."""
-    if engine.mcp is None:
-        return []
-    labels = [name for name in tool_names if engine.mcp.is_source(name)]
-    return await engine.mcp.listings(labels, request.mcp_tools())
+async def offered_tools(
+    engine: Engine,
+    request: ResponseRequest,
+    prepared: Prepared,
+    *,
+    key_id: str | None,
+    tools: Sequence[str] | None = None,
+) -> tuple[dict[str, ServerTool], list[McpListing]]:
+    """The server tools a response's top level offers its model, by the name the model
+    calls, and the MCP listings among them: its route's (or ``tools``) and the
+    server's defaults that the caller's key may use, the tools of the MCP servers
+    those name and the request's own, and the server tools that play its hosted
+    tools. The run and ``/responses/input_tokens`` both ask here."""
+    route = engine.settings.route_for(request.model)
+    allowed = engine.key_tools(key_id)
+    offered = (
+        tools if tools is not None else (*(route.tools if route else ()), *engine.default_tools)
+    )
+    names = [name for name in offered if allowed is None or name in allowed]
+    mcp = engine.mcp
+    selected = engine.tools.select([name for name in names if not (mcp and mcp.is_source(name))])
+    listings: list[McpListing] = []
+    if mcp is not None:
+        labels = [name for name in names if mcp.is_source(name)]
+        listings = await mcp.listings(labels, request.mcp_tools())
+    for listing in listings:
+        selected.update(listing.tools)
+    for name, played in prepared.hosted.items():
+        tool = engine.tools.select([played])[played]
+        selected[name] = dataclasses.replace(tool, name=name, hosted=name)
+    return selected, listings
 
 
 async def stored_response(

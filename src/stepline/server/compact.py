@@ -16,7 +16,6 @@ caller who owns it, and neither stores anything.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from stepline.engine.compaction import (
 from stepline.engine.conversation import load_conversation, previous_chain_records
 from stepline.engine.loop import base_messages
 from stepline.engine.prepare import Prepared, prepare
+from stepline.engine.response import offered_tools
 from stepline.errors import InvalidRequest, NotFound, RequestError, Unavailable, UpstreamError
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, user_message_items
@@ -199,21 +199,10 @@ async def compact(request: Request) -> Response:
 
 async def _offered_tools(runner: Runner, read: _Read, caller: Caller) -> dict[str, ServerTool]:
     """The server tools the first model call of this request would be offered."""
-    engine = runner.engine
-    route = engine.settings.route_for(read.request.model)
-    allowed = engine.key_tools(caller.key_id)
-    offered = (*(route.tools if route else ()), *engine.default_tools)
-    names = [name for name in offered if allowed is None or name in allowed]
-    mcp = engine.mcp
-    tools = engine.tools.select([name for name in names if not (mcp and mcp.is_source(name))])
+    mcp = runner.engine.mcp
     if mcp is not None:
         mcp.check_request(read.request)
-        labels = [name for name in names if mcp.is_source(name)]
-        for listing in await mcp.listings(labels, read.request.mcp_tools()):
-            tools.update(listing.tools)
-    for name, played in read.prepared.hosted.items():
-        tool = engine.tools.select([played])[played]
-        tools[name] = dataclasses.replace(tool, name=name, hosted=name)
+    tools, _ = await offered_tools(runner.engine, read.request, read.prepared, key_id=caller.key_id)
     return tools
 
 
