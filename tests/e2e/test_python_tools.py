@@ -60,6 +60,16 @@ async def test_serve_loads_python_tools_and_a_response_calls_one(tmp_path: Path)
                     assert process.returncode is None, "stepline serve --tools exited"
                     await asyncio.sleep(0.1)
                 reply = await client.post("/v1/responses", json={"model": "py", "input": "go"})
+                # a client function named like a server tool is refused, whichever way the
+                # server got that tool (a route's config or --tools)
+                clash = await client.post(
+                    "/v1/responses",
+                    json={
+                        "model": "py",
+                        "input": "go",
+                        "tools": [{"type": "function", "name": "add", "parameters": {}}],
+                    },
+                )
         finally:
             process.terminate()
             await asyncio.wait_for(process.wait(), 30)
@@ -72,3 +82,5 @@ async def test_serve_loads_python_tools_and_a_response_calls_one(tmp_path: Path)
     assert calls == [("add", "42"), ("convert_temperature", '{"value":212.0,"scale":"fahrenheit"}')]
     offered = [tool["function"]["name"] for tool in model.requests("py")[0]["tools"]]
     assert offered == ["add", "word_count", "convert_temperature", "describe_number"]
+    assert clash.status_code == 400
+    assert clash.json()["error"]["param"] == "tools[0].name"

@@ -216,6 +216,13 @@ async def run_response(
     return await _finish_response(engine, record, request, outcome, events, transcript)
 
 
+def offered_names(engine: Engine, model: str) -> tuple[str, ...]:
+    """The server tools (and MCP sources) a model is offered before any key's limit:
+    its route's, then the server's defaults (``serve --tools``)."""
+    route = engine.settings.route_for(model)
+    return (*(route.tools if route else ()), *engine.default_tools)
+
+
 async def offered_tools(
     engine: Engine,
     request: ResponseRequest,
@@ -229,11 +236,8 @@ async def offered_tools(
     server's defaults that the caller's key may use, the tools of the MCP servers
     those name and the request's own, and the server tools that play its hosted
     tools. The run and ``/responses/input_tokens`` both ask here."""
-    route = engine.settings.route_for(request.model)
     allowed = engine.key_tools(key_id)
-    offered = (
-        tools if tools is not None else (*(route.tools if route else ()), *engine.default_tools)
-    )
+    offered = tools if tools is not None else offered_names(engine, request.model)
     names = [name for name in offered if allowed is None or name in allowed]
     mcp = engine.mcp
     selected = engine.tools.select([name for name in names if not (mcp and mcp.is_source(name))])

@@ -33,7 +33,7 @@ from stepline.config import Settings
 from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
 from stepline.engine.prepare import prepare
-from stepline.engine.response import snapshot, stored_response
+from stepline.engine.response import offered_names, snapshot, stored_response
 from stepline.errors import InvalidRequest, NotFound, Unavailable
 from stepline.protocol.request import (
     FunctionTool,
@@ -133,8 +133,8 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             f"The model '{request.model}' does not exist.", param="model", code="model_not_found"
         )
     caller.check_model(request.model)
-    route = settings.route_for(request.model)
-    server_tools = set(route.tools) if route else set()
+    # the run offers the same names (engine.response.offered_tools)
+    server_tools = set(offered_names(runner.engine, request.model))
     caller.check_tools(request, server_tools)
     if request.stored_previous_id is not None:
         previous = await runner.engine.store.get_response(request.stored_previous_id)
@@ -172,7 +172,7 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
     transcript = base_messages(request, history, None, prepared.context)
-    problem = conversation_problem(transcript, "lenient")
+    problem = conversation_problem(transcript, settings.limits.validation)
     if problem is not None:
         raise InvalidRequest(problem, param="input")
     return _Notices(dropped_tools=prepared.dropped)
