@@ -409,24 +409,17 @@ async def delete_response(request: Request, response_id: str) -> Response:
 async def cancel_response(request: Request, response_id: str) -> Response:
     runner = _runner(request)
     caller = caller_of(request)
-    store = runner.engine.store
     record = await _record(runner, response_id, caller)
     if not record.background:
         raise InvalidRequest("Only background responses can be cancelled.", param="response_id")
     if record.status in TERMINAL_STATUSES and record.result is not None:
         return JSON(record.result)
-    # stop a loop running here without releasing its lease; one elsewhere stops when
-    # its renewal finds the response cancelled
-    await runner.stop_loop(record.id)
-    await store.cancel_steps(record.id)
-    result = await stored_response(store, record, status="cancelled")
-    if not await store.finish_response(
-        record.id, status="cancelled", result=result, completed_at=None
-    ):
+    cancelled = await runner.cancel(record)
+    if cancelled is None:
         finished = await _record(runner, response_id, caller)
         return JSON(finished.result)
     _gateway(request).metrics.responses.labels("cancelled").inc()
-    return JSON(result)
+    return JSON(cancelled)
 
 
 def _input_item(item: dict[str, Any]) -> dict[str, Any]:

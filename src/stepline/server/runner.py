@@ -196,6 +196,22 @@ class Runner:
         finally:
             self._cancelling.discard(response_id)
 
+    async def cancel(self, record: ResponseRecord) -> dict[str, Any] | None:
+        """Cancel a live response: its loop stops (here, or elsewhere at its next
+        renewal, which finds it cancelled), its live steps are cancelled, and its
+        result is stored as ``cancelled``; that result, or None if it ended first."""
+        store = self.engine.store
+        # a loop running here stops without releasing its lease, so nobody claims
+        # the response between the stop and the cancellation
+        await self.stop_loop(record.id)
+        await store.cancel_steps(record.id)
+        result = await stored_response(store, record, status="cancelled")
+        if not await store.finish_response(
+            record.id, status="cancelled", result=result, completed_at=None
+        ):
+            return None
+        return result
+
     def begin_drain(self, grace: float) -> None:
         """Stop taking work: running steps finish, no new step starts, and loops still
         running after ``grace`` seconds are cancelled (their leases released)."""
