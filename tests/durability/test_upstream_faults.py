@@ -58,11 +58,12 @@ CASES = {
         {"stall_after": 3, "stall": 5.0}, "failed", 1, ("chunk", "timeout", "0.5")
     ),
     "garbage-json": Case({"garbage": True}, "failed", 1, ("invalid JSON", "{not json")),
+    # (a 400 that says the context is too long is context_length_exceeded: test_compaction)
     "400": Case(
-        {"status": 400, "message": "the prompt is too long for this model"},
+        {"status": 400, "message": "tools[0].parameters is not a JSON schema"},
         "failed",
         1,
-        ("the prompt is too long for this model",),
+        ("tools[0].parameters is not a JSON schema",),
     ),
 }
 
