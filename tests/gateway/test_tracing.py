@@ -1,6 +1,6 @@
 """Traces, end to end: a stepline process exporting OTLP/HTTP to a receiver in the test.
 
-The receiver decodes each ``ExportTraceServiceRequest`` (``opentelemetry-proto``);
+The receiver (``tests/_otlp.py``) decodes each ``ExportTraceServiceRequest``;
 the scripted upstream and the HTTP tools record the ``traceparent`` of every
 request they get. Each test runs a real ``stepline serve`` process and checks
 that the exported span tree is the stored chain: one span per step with its
@@ -12,7 +12,6 @@ client's ``traceparent`` continues into the upstream's and the tools' requests.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import sqlite3
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -24,11 +23,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.asyncio.client import connect
 
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
+from tests._otlp import ReceivedSpan, Receiver
 from tests.durability.conftest import ServerProcess, free_port, to_toml
 
 pytestmark = pytest.mark.timeout(90)
@@ -47,107 +42,6 @@ CLIENT_TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 #: the span kinds of the OTLP encoding
 INTERNAL, CLIENT = 1, 3
 STATUS_ERROR = 2
-
-
-# -- the collector --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReceivedSpan:
-    trace_id: str
-    span_id: str
-    parent_span_id: str
-    name: str
-    kind: int
-    start: int
-    end: int
-    attributes: dict[str, Any]
-    links: list[tuple[str, str, dict[str, Any]]]
-    status_code: int
-    service: str
-
-
-def _value(value: AnyValue) -> Any:
-    which = value.WhichOneof("value")
-    if which == "array_value":
-        return [_value(item) for item in value.array_value.values]
-    if which == "kvlist_value":
-        return {pair.key: _value(pair.value) for pair in value.kvlist_value.values}
-    return getattr(value, which) if which else None
-
-
-def _attributes(pairs: Any) -> dict[str, Any]:
-    return {pair.key: _value(pair.value) for pair in pairs}
-
-
-@dataclass
-class Receiver:
-    """An OTLP/HTTP trace receiver: keeps every span it is sent."""
-
-    spans: list[ReceivedSpan] = field(default_factory=list)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def app(self) -> Starlette:
-        async def export(request: Request) -> Response:
-            body = await request.body()
-            if request.headers.get("content-encoding") == "gzip":
-                body = gzip.decompress(body)
-            assert request.headers["content-type"] == "application/x-protobuf"
-            message = ExportTraceServiceRequest.FromString(body)
-            for resource_spans in message.resource_spans:
-                resource = _attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        self.spans.append(
-                            ReceivedSpan(
-                                trace_id=span.trace_id.hex(),
-                                span_id=span.span_id.hex(),
-                                parent_span_id=span.parent_span_id.hex(),
-                                name=span.name,
-                                kind=span.kind,
-                                start=span.start_time_unix_nano,
-                                end=span.end_time_unix_nano,
-                                attributes=_attributes(span.attributes),
-                                links=[
-                                    (
-                                        link.trace_id.hex(),
-                                        link.span_id.hex(),
-                                        _attributes(link.attributes),
-                                    )
-                                    for link in span.links
-                                ],
-                                status_code=span.status.code,
-                                service=str(resource.get("service.name")),
-                            )
-                        )
-            self._changed.set()
-            self._changed = asyncio.Event()
-            return Response(
-                ExportTraceServiceResponse().SerializeToString(),
-                media_type="application/x-protobuf",
-            )
-
-        return Starlette(routes=[Route("/v1/traces", export, methods=["POST"])])
-
-    async def response_span(
-        self, response_id: str, *, resumed: bool = False, within: float = 30.0
-    ) -> ReceivedSpan:
-        """The ended span of a response's run (every span of the run ended before it)."""
-        async with asyncio.timeout(within):
-            while True:
-                for span in self.spans:
-                    attributes = span.attributes
-                    if (
-                        attributes.get("gen_ai.operation.name") == "invoke_agent"
-                        and attributes.get("stepline.response.id") == response_id
-                        and "stepline.step.id" not in attributes
-                        and attributes.get("stepline.response.resumed", False) == resumed
-                    ):
-                        return span
-                await self._changed.wait()
-
-    def trace(self, trace_id: str) -> list[ReceivedSpan]:
-        return [span for span in self.spans if span.trace_id == trace_id]
 
 
 # -- what the upstream and the tools were sent ------------------------------------
