@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from stepline.errors import RequestError
 from stepline.server.auth import (
     KeyRing,
     delete_stored_key,
+    ensure_key_table,
     hash_token,
     list_stored_keys,
     new_token,
@@ -421,3 +423,21 @@ async def test_responses_stored_before_key_ids_stay_with_their_keys(tmp_path: Pa
         assert row.id == reused.key_id
     finally:
         await store.close()
+
+
+async def test_reading_the_stored_keys_takes_no_write_lock_on_sqlite(tmp_path: Path) -> None:
+    """The key reload runs every few seconds: it must not queue behind (or block) a
+    writer, as a BEGIN IMMEDIATE read would."""
+    path = tmp_path / "keys.db"
+    engine = create_store_engine(f"sqlite:///{path}")
+    try:
+        await ensure_key_table(engine)
+        writer = sqlite3.connect(path, isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")  # another process mid-write
+            assert await asyncio.wait_for(list_stored_keys(engine), timeout=5) == []
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+    finally:
+        await engine.dispose()

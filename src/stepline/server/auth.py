@@ -50,6 +50,7 @@ from stepline.config import KeyConfig
 from stepline.errors import Forbidden, Unauthorized
 from stepline.protocol.request import ResponseRequest, allowed_tool_names
 from stepline.store.schema import JsonText
+from stepline.store.sql import autocommit_engine
 
 __all__ = [
     "ANONYMOUS",
@@ -392,7 +393,8 @@ def _config_of(row: Any) -> KeyConfig:
 
 
 async def list_stored_keys(engine: AsyncEngine) -> list[StoredKey]:
-    async with engine.begin() as connection:
+    # one read in autocommit: on SQLite it takes no write lock (the reload runs often)
+    async with autocommit_engine(engine).connect() as connection:
         rows = await connection.execute(sa.select(api_keys).order_by(api_keys.c.name))
         return [
             StoredKey(

@@ -62,6 +62,7 @@ from stepline.store.schema import VERSION_TABLE, events, items, responses, steps
 __all__ = [
     "SqlStore",
     "alembic_config",
+    "autocommit_engine",
     "create_store_engine",
     "current_revision",
     "engine_revision",
@@ -163,7 +164,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     sa.event.listen(engine.sync_engine, "begin", on_begin)
 
 
-def _autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
+def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for statements that each commit alone: on SQLite no ``BEGIN
+    IMMEDIATE`` (a read then takes no write lock), elsewhere ``AUTOCOMMIT``."""
     if engine.dialect.name == "sqlite":
         return engine.execution_options(**{_SQLITE_AUTOCOMMIT: True})
     return engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -328,7 +331,7 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._autocommit = _autocommit_engine(engine)
+        self._autocommit = autocommit_engine(engine)
         self._writes: set[asyncio.Task[Any]] = set()
         self._postgres = engine.dialect.name == "postgresql"
         self._sqlite_writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
