@@ -523,7 +523,9 @@ class ScopeLoop:
         try:
             clock = asyncio.get_running_loop().time
             next_yield = 0.0
-            first_seq = self.events.next_seq if self.events is not None else None
+            # a plain request's client reads only the end: nobody waits for its first events
+            streamed = self.request.stream or self.request.background
+            first_seq = self.events.next_seq if self.events is not None and streamed else None
             async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
                 accumulator.feed(chunk)
                 if first_seq is not None and self.events is not None:
