@@ -1,8 +1,8 @@
 """``python -m benchmarks``: run the scenarios and print the results table.
 
 Options: ``--quick`` (shorter runs), ``--only NAME[,NAME]`` (single, loop,
-stream, throughput, memory, litellm, websocket), ``--postgres URL`` (the server to make a fresh
-database on for the PostgreSQL throughput runs; ``--no-postgres`` skips
+stream, throughput, memory, litellm, websocket, tracing), ``--postgres URL`` (the server
+to make a fresh database on for the PostgreSQL throughput runs; ``--no-postgres`` skips
 them), ``--store memory`` (stepline on its in-memory store: a diagnostic of
 the store's share, not durable), ``--profile DIR`` (py-spy stepline during
 the single, loop, stream and throughput scenarios), ``--json FILE`` (the raw

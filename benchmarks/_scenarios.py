@@ -22,11 +22,12 @@ from benchmarks._litellm import litellm
 from benchmarks._report import Row, Target, percentile
 from benchmarks._services import http_json
 from benchmarks._stack import Options, Results, Stack, log, run_load
+from benchmarks._tracing import tracing
 from benchmarks._websocket import websocket
 
 __all__ = ["SCENARIOS", "run_scenario"]
 
-SCENARIOS = ("single", "loop", "stream", "throughput", "memory", "litellm", "websocket")
+SCENARIOS = ("single", "loop", "stream", "throughput", "memory", "litellm", "websocket", "tracing")
 
 # the targets of the performance issue (#15), on SQLite, durable storage on
 STEP_P50 = Target(
@@ -438,6 +439,7 @@ _RUNNERS: dict[str, Callable[[Options, Results], None]] = {
     "memory": memory,
     "litellm": litellm,
     "websocket": websocket,
+    "tracing": tracing,
 }
 
 
