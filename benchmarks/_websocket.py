@@ -54,7 +54,7 @@ _NAMES = {
     "http-stream": "HTTP, stream: true",
     "http": "HTTP, plain",
 }
-_SCENARIO = f"6. {CALLS} client tool calls, previous_response_id"
+_SCENARIO = f"7. {CALLS} client tool calls, previous_response_id"
 
 
 def _ms(seconds: float) -> float:
@@ -111,7 +111,7 @@ def _drive(stack: Stack, job: dict[str, Any], results: Results) -> dict[str, Any
 
 
 def websocket(options: Options, results: Results) -> None:
-    loops, warmup = (8, 2) if options.quick else (30, 3)
+    loops, warmup = (8, 2) if options.quick else (60, 3)
     with Stack("websocket", options, database="sqlite") as stack:
         assert stack.upstream.url is not None and stack.stepline is not None
         http_json("POST", stack.upstream.url + "/v1/scripts", {"name": MODEL, "script": _SCRIPT})
