@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 import stepline.store
 import stepline.store.hot
@@ -27,7 +28,13 @@ from stepline.store import (
 )
 from stepline.store.base import ResponseEnd, StepEnd
 from stepline.store.schema import VERSION_TABLE, metadata
-from stepline.store.sql import current_revision, head_revision, migrate
+from stepline.store.sql import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    migrate,
+    shipped_revisions,
+)
 from tests._backends import SQL_KINDS, backend_params, database_url
 
 SUB_SCOPE = "step_parent_tool_call"
@@ -714,6 +721,13 @@ async def test_a_started_write_finishes_when_its_caller_is_cancelled(
 
     [stored] = await sql_store.load_steps("resp_1")
     assert (stored.state, stored.response) == (StepState.COMPLETED, {"output": "ok"})
+
+
+def test_the_shipped_revisions_are_alembics_line_of_migrations() -> None:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    walked = [script.revision for script in scripts.walk_revisions()]
+    assert shipped_revisions() == tuple(reversed(walked))
+    assert head_revision() == scripts.get_current_head()
 
 
 async def test_the_migrations_build_exactly_the_declared_schema(sql_store: SqlStore) -> None:

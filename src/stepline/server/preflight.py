@@ -14,18 +14,16 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.errors import ConfigError, StoreError
 from stepline.store.sql import (
-    alembic_config,
     create_store_engine,
     engine_revision,
     migrate_engine,
     normalize_database_url,
+    shipped_revisions,
 )
 
 __all__ = [
@@ -124,10 +122,18 @@ async def migrate_database(url: str) -> None:
     except StoreError as exc:
         reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
         raise ConfigError(f"cannot migrate the database {label}: {reason}") from exc
-    except CommandError as exc:  # a revision this stepline does not know: a newer one's
+    except _alembic_command_error() as exc:  # a revision this stepline does not know
         raise ConfigError(f"cannot migrate the database {label}: {exc}") from exc
     finally:
         await engine.dispose()
+
+
+def _alembic_command_error() -> type[Exception]:
+    """Alembic's error for a revision it does not know (imported only when one is raised:
+    a server whose database is at the head never imports Alembic)."""
+    from alembic.util import CommandError
+
+    return CommandError
 
 
 async def check_schema(url: str) -> None:
@@ -145,11 +151,10 @@ async def check_schema(url: str) -> None:
         await engine.dispose()
     if revision is None:
         raise ConfigError(f"the database {label} has no schema yet: {_FIRST}")
-    scripts = ScriptDirectory.from_config(alembic_config())
-    head = scripts.get_current_head()
+    known = shipped_revisions()
+    head = known[-1]
     if revision == head:
         return
-    known = {script.revision for script in scripts.walk_revisions()}
     if revision in known:
         raise ConfigError(
             f"the database {label} has an older schema ({revision}, not {head}): "

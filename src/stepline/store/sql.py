@@ -26,18 +26,15 @@ Invariants beyond the :class:`~stepline.store.base.StepStore` contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -59,6 +56,9 @@ from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
 from stepline.store.notify import EventNotifier, EventWatch, PgListener
 from stepline.store.schema import VERSION_TABLE, events, items, responses, steps
 
+if TYPE_CHECKING:  # Alembic is imported only to migrate
+    from alembic.config import Config
+
 __all__ = [
     "SqlStore",
     "alembic_config",
@@ -71,6 +71,7 @@ __all__ = [
     "migrate_engine",
     "normalize_database_url",
     "open_store",
+    "shipped_revisions",
 ]
 
 _T = TypeVar("_T")
@@ -177,33 +178,61 @@ def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
 
 def alembic_config() -> Config:
     """The Alembic config of stepline's migrations, found inside the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS_DIR))
     return config
 
 
+_REVISION_LINE = re.compile(r'^(revision|down_revision)\b[^=\n]*=\s*(?:"([^"]+)"|None)', re.M)
+
+
+@functools.cache
+def shipped_revisions() -> tuple[str, ...]:
+    """The migrations this stepline ships, oldest first.
+
+    Read from the files' ``revision``/``down_revision`` lines, so a server at
+    the head never imports Alembic (a test checks this against Alembic's own
+    reading)."""
+    previous: dict[str, str | None] = {}
+    for path in sorted((_MIGRATIONS_DIR / "versions").glob("[0-9]*.py")):
+        found = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(path.read_text())}
+        previous[str(found["revision"])] = found.get("down_revision")
+    newer = {down: rev for rev, down in previous.items()}
+    chain: list[str] = []
+    current = newer.get(None)
+    while current is not None:
+        chain.append(current)
+        current = newer.get(current)
+    if len(chain) != len(previous):  # pragma: no cover - the package ships one line
+        raise StoreError("stepline's migrations do not form one line")
+    return tuple(chain)
+
+
 def head_revision() -> str:
     """The newest migration this version of stepline ships."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:  # pragma: no cover - the package always ships migrations
-        raise StoreError("stepline ships no migrations")
-    return head
+    return shipped_revisions()[-1]
 
 
 async def migrate_engine(engine: AsyncEngine) -> None:
-    """Upgrade the database behind ``engine`` to the head revision."""
+    """Upgrade the database behind ``engine`` to the head revision (Alembic runs only
+    when there is something to do)."""
     try:
         async with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 await connection.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )
-            await connection.run_sync(_upgrade_to_head)
+            if await connection.run_sync(_revision_of) != head_revision():
+                await connection.run_sync(_upgrade_to_head)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"migrating the store failed: {_describe(exc)}") from exc
 
 
 def _upgrade_to_head(connection: sa.Connection) -> None:
+    from alembic import command
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
@@ -219,8 +248,10 @@ async def engine_revision(engine: AsyncEngine) -> str | None:
 
 
 def _revision_of(connection: sa.Connection) -> str | None:
-    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    if not sa.inspect(connection).has_table(VERSION_TABLE):
+        return None
+    versions = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
+    return connection.execute(sa.select(versions.c.version_num)).scalar()
 
 
 async def migrate(url: str) -> None:
