@@ -238,12 +238,21 @@ _STATUSES: dict[int, tuple[str, dict[str, Any] | None]] = {
 }
 
 
+#: one Server-Sent Event: ``event`` is the JSON ``type`` of ``data``; the last event is
+#: ``data: [DONE]``
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def streamed() -> dict[int | str, dict[str, Any]]:
     """``responses`` of a route that answers Server-Sent Events when asked (``stream``)."""
     return {
         200: {
             "description": "The JSON object; with `stream`, its events as Server-Sent Events.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
         }
     }
 
