@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
+import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -140,3 +142,13 @@ async def test_tool_choice_binds_the_first_call_only(stack: Stack) -> None:
     assert first["parallel_tool_calls"] is False
     assert follow_up["tool_choice"] == "auto"
     assert _offered(first) == ["weather", "stock", "fail", "hang", "researcher"]
+
+
+async def test_tool_choice_forcing_a_tool_nothing_provides_is_a_400(stack: Stack) -> None:
+    """Refused at create, where the client sees it, not failed at run time."""
+    stack.script("chosen", [{"tool_calls": [{"name": "weather", "arguments": {"city": "X"}}]}])
+    for choice in ({"type": "web_search_preview"}, {"type": "function", "name": "nobody"}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await stack.client.responses.create(model="chosen", input="go", tool_choice=choice)
+        assert refused.value.body["param"] == "tool_choice"  # type: ignore[index]
+    assert stack.model.requests("chosen") == []

@@ -32,12 +32,15 @@ from starlette.types import Receive, Scope, Send
 from stepline.config import Settings
 from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
-from stepline.engine.prepare import prepare
+from stepline.engine.prepare import Prepared, prepare
 from stepline.engine.response import offered_names, snapshot, stored_response
 from stepline.errors import InvalidRequest, NotFound, Unavailable
+from stepline.protocol.chat_request import forced_tool
 from stepline.protocol.request import (
     FunctionTool,
     ResponseRequest,
+    ToolChoiceBuiltin,
+    ToolChoiceFunction,
     load_body,
     new_id,
     parse_request,
@@ -161,6 +164,7 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
         key_tools=engine.key_tools(caller.key_id),
     )
     _check_hosted(settings, prepared.dropped)
+    _check_tool_choice(runner, request, prepared, server_tools)
     conversation = await load_conversation(
         engine.store,
         request.stored_previous_id,
@@ -176,6 +180,27 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     if problem is not None:
         raise InvalidRequest(problem, param="input")
     return _Notices(dropped_tools=prepared.dropped)
+
+
+def _check_tool_choice(
+    runner: Runner, request: ResponseRequest, prepared: Prepared, server_tools: set[str]
+) -> None:
+    """Refuse a ``tool_choice`` that forces a tool nothing of this response provides
+    (a client tool, a server tool, a hosted tool played by one): the model call would
+    fail. Tools an MCP server lists are known only once listed, at run time."""
+    if not isinstance(request.tool_choice, ToolChoiceFunction | ToolChoiceBuiltin):
+        return
+    if forced_tool(request, prepared.client_tools) is not None:
+        return
+    mcp = runner.engine.mcp
+    if request.mcp_tools() or (mcp is not None and any(map(mcp.is_source, server_tools))):
+        return
+    name = getattr(request.tool_choice, "name", None) or request.tool_choice.type
+    if name not in server_tools and name not in prepared.hosted:
+        raise InvalidRequest(
+            f"tool_choice names {name!r}, which no tool of this response provides",
+            param="tool_choice",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
