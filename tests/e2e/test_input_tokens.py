@@ -75,6 +75,28 @@ async def test_counts_the_conversation_previous_response_id_continues(counted: S
     ]
 
 
+async def test_counts_a_conversation_as_a_create_would_read_it(counted: Stack) -> None:
+    conversation = await counted.client.conversations.create(
+        items=[{"type": "message", "role": "user", "content": "Weather in Lima?"}]
+    )
+    counted.script("chat", [{"content": "Lima is sunny today."}])
+    await counted.client.responses.create(
+        model="chat", conversation=conversation.id, input="And tomorrow?"
+    )
+
+    counted_tokens = await counted.client.responses.input_tokens.count(
+        model="chat", conversation=conversation.id, input="Thanks."
+    )
+
+    assert counted.model.tokenize_requests()[-1]["messages"] == [
+        {"role": "user", "content": "Weather in Lima?"},
+        {"role": "user", "content": "And tomorrow?"},
+        {"role": "assistant", "content": "Lima is sunny today."},
+        {"role": "user", "content": "Thanks."},
+    ]
+    assert counted_tokens.input_tokens == 3 + 2 + 4 + 1
+
+
 async def test_without_a_tokenizer_counting_is_a_400_not_a_guess(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         await stack.client.responses.input_tokens.count(model="count", input="Hello there")
@@ -91,7 +113,12 @@ async def test_without_a_tokenizer_counting_is_a_400_not_a_guess(stack: Stack) -
         ({"input": "Hello"}, 400, "model"),
         ({"model": "count", "input": [{"type": "message", "role": "robot"}]}, 400, "input[0].role"),
         ({"model": "count", "input": "x", "previous_response_id": "resp_missing"}, 404, None),
-        ({"model": "count", "input": "x", "conversation": "conv_1"}, 400, "conversation"),
+        ({"model": "count", "input": "x", "conversation": "conv_missing"}, 404, "conversation"),
+        (
+            {"model": "count", "input": "x", "conversation": "c", "previous_response_id": "r"},
+            400,
+            "conversation",
+        ),
     ],
 )
 async def test_bad_count_requests_get_the_error_envelope(

@@ -41,6 +41,7 @@ _CONVERSATION = "/v1/conversations/{conversation_id}"
 _COMPACT = ["model", "input", "previous_response_id", "instructions", "prompt_cache_key"]
 _COUNT = [
     *_COMPACT[:4],
+    "conversation",
     "tools",
     "tool_choice",
     "parallel_tool_calls",

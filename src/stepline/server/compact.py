@@ -44,6 +44,7 @@ from stepline.protocol.request import (
     parse_request,
 )
 from stepline.server.auth import Caller, caller_of
+from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
 from stepline.server.openapi import errors, response_body
 from stepline.server.runner import Runner
@@ -63,6 +64,7 @@ _COUNT_FIELDS = (
     "model",
     "input",
     "previous_response_id",
+    "conversation",
     "instructions",
     "tools",
     "tool_choice",
@@ -127,9 +129,13 @@ async def _read(runner: Runner, caller: Caller, body: dict[str, Any]) -> _Read:
     prepared = prepare(
         settings, engine.sealer, request, target, key_tools=engine.key_tools(caller.key_id)
     )
-    # a conversation's items would join the history here, as a create reads them
+    # a conversation's items are read as a create reads them (as the conversation is now)
+    request = await pin_conversation(engine.store, request, caller)
     conversation = await load_conversation(
-        engine.store, request.previous_response_id, context_for=prepared.context_for
+        engine.store,
+        request.previous_response_id,
+        context_for=prepared.context_for,
+        request=request,
     )
     messages = base_messages(request, conversation.history, None, prepared.context)
     return _Read(request=request, target=target, prepared=prepared, messages=messages)
@@ -215,12 +221,6 @@ async def count_input_tokens(request: Request) -> Response:
     runner: Runner = request.app.state.runner
     caller = caller_of(request)
     data = load_body(await request.body())
-    if data.get("conversation") is not None:
-        raise InvalidRequest(
-            "'conversation' is not supported by input_tokens on this server; "
-            "send the items as input or name previous_response_id",
-            param="conversation",
-        )
     read = await _read(runner, caller, _body(data, _COUNT_FIELDS))
     tokenizer = tokenizer_for(read.target)
     if tokenizer is None:
