@@ -57,12 +57,6 @@ from tests.durability.conftest import (
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.timeout(150),
-    # Known store bug (most runs): right after the connections are cut, the asyncpg hot
-    # path raises InternalClientError ("cannot switch to state 12; another operation (2)
-    # is in progress") from start_step/record_steps; it is no StoreError, so the response
-    # fails as "internal error: ExceptionGroup" with its fan-out's tool steps left
-    # pending and their mcp_call items never done. Remove this mark with the fix.
-    pytest.mark.xfail(reason="asyncpg InternalClientError after a connection cut", strict=False),
 ]
 
 RESPONSES = 240

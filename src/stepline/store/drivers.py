@@ -192,7 +192,16 @@ class _SqliteTx:
 # -- PostgreSQL ---------------------------------------------------------------
 
 
-_PG_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+#: what a PostgreSQL statement can fail with: the server's errors, a lost or broken
+#: connection (a connection cut mid-statement can leave one "in another operation",
+#: an InternalClientError, until the pool replaces it), the network, a timeout
+_PG_FAILURES = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 def _pg_in_list(placeholder: str) -> str:
