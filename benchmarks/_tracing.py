@@ -1,4 +1,4 @@
-"""Scenario 7: what tracing costs, scenarios 1 and 2 with tracing off and on in one run.
+"""Scenario 8: what tracing costs, scenarios 1 and 2 with tracing off and on in one run.
 
 One stack: the scripted upstream, the tool server, stepline as shipped with
 tracing off (its default: no ``[tracing]``, no ``OTEL_*`` variables), and a
@@ -32,7 +32,7 @@ from benchmarks._stack import HOST, Options, Results, Stack, log, run_load
 
 __all__ = ["tracing"]
 
-_SCENARIO = "7. tracing on vs off"
+_SCENARIO = "8. tracing on vs off"
 #: spans of one response: invoke_agent + chat; invoke_agent + chat + 2 execute_tool + chat
 _SPANS = {"single": 2, "loop": 5}
 #: how long the exporter may take to send what the runs left queued (5 s batches)
