@@ -65,6 +65,7 @@ __all__ = [
     "last_event_seq",
     "load_chain",
     "load_steps",
+    "notify_payloads",
     "read_events",
     "record_steps",
     "release_lease",
@@ -453,11 +454,34 @@ async def append_events(
                 [(row.response_id, row.seq, row.step_id, row.data) for row in kept],
             )
         if written and driver.postgres:
-            # delivered on commit to every process that LISTENs
+            # delivered on commit to every process that LISTENs: a few notifications
+            # per transaction, not one per response (each costs every listener a wake)
             await tx.fetch(
-                f"SELECT pg_notify('{CHANNEL}', id) FROM unnest($1::text[]) AS id", written
+                f"SELECT pg_notify('{CHANNEL}', ids) FROM unnest($1::text[]) AS ids",
+                notify_payloads(written),
             )
     return Appended(ends=results, fenced=fenced)
+
+
+#: PostgreSQL's limit for a notification's payload is 8000 bytes
+_NOTIFY_PAYLOAD_BYTES = 7900
+
+
+def notify_payloads(response_ids: Sequence[str]) -> list[str]:
+    """The response ids as comma-separated payloads, each under PostgreSQL's limit
+    (ids hold no comma)."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for response_id in response_ids:
+        if current and size + len(response_id) + 1 > _NOTIFY_PAYLOAD_BYTES:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(response_id)
+        size += len(response_id) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
 
 
 _EVENT_COLUMNS = "response_id, seq, step_id, data"

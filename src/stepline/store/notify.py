@@ -8,8 +8,9 @@ after its timeout, so a missed notification costs latency, never a hang.
 * :class:`EventNotifier` wakes the watches of this process; every store
   notifies it after it commits events.
 * :class:`PgListener` carries notifications between processes: writers
-  ``NOTIFY stepline_events, '<response id>'`` in the transaction that stores
-  the events (PostgreSQL delivers it on commit), and each process keeps one
+  ``NOTIFY stepline_events, '<response id>,<response id>...'`` (a few per
+  transaction) in the transaction that stores the events (PostgreSQL
+  delivers them on commit), and each process keeps one
   connection that ``LISTEN``s and feeds its notifier, reconnecting when the
   connection drops.
 """
@@ -98,7 +99,7 @@ class PgListener:
             )
 
     def _deliver(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self._notifier.notify((payload,))
+        self._notifier.notify(payload.split(","))
 
     async def _listen(self) -> None:
         while True:
