@@ -30,7 +30,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,7 +384,7 @@ def client_for(server: ServerProcess, timeout: float = 30.0) -> httpx.AsyncClien
 DONE = "[DONE]"
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[dict[str, Any] | str]:
+async def sse_events(response: httpx.Response) -> AsyncGenerator[dict[str, Any] | str, None]:
     """Events of an SSE body as they arrive, and ``DONE`` for ``data: [DONE]``.
 
     Checks the framing of each block: ``event:`` then one ``data:`` line whose
@@ -631,8 +631,8 @@ def chain_problems(database: Path, response_id: str) -> list[str]:
         problems.append(f"step sequences are {sequences}, not 1..{len(steps)}")
     by_id = {step.id: step for step in steps}
     for step in steps:
-        scope = by_id.get(step.scope) if step.scope is not None else None
-        if step.scope is not None and (scope is None or scope.kind != "tool_call"):
+        scope_step = by_id.get(step.scope) if step.scope is not None else None
+        if step.scope is not None and (scope_step is None or scope_step.kind != "tool_call"):
             problems.append(f"step #{step.sequence} has scope {step.scope} that is no tool step")
         if step.previous_step_id is not None:
             previous = by_id.get(step.previous_step_id)
@@ -662,7 +662,7 @@ def chain_problems(database: Path, response_id: str) -> list[str]:
                     f"model call #{model_call.sequence} made calls {called}, "
                     f"tool steps answer {answered}"
                 )
-            elif status == "completed" and sorted(answered) != sorted(called):
+            elif status == "completed" and Counter(answered) != Counter(called):
                 problems.append(
                     f"completed, but calls {called} of model call #{model_call.sequence} "
                     f"have steps {answered}"

@@ -131,7 +131,7 @@ async def test_kill9_while_a_model_call_streams(harness: Harness) -> None:
     assert chain_problems(harness.database, response_id) == []
 
 
-FAN_OUT = [
+FAN_OUT: list[dict[str, Any]] = [
     {
         "tool_calls": [
             {"name": "quick", "arguments": {"x": "a"}},

@@ -81,7 +81,7 @@ KINDS: dict[str, tuple[list[dict[str, Any]], str, str | None]] = {
         "not cancelled in time",
     ),
 }
-HELPER = [
+HELPER: list[dict[str, Any]] = [
     {"tool_calls": [{"name": "quick", "arguments": {"x": "h"}}]},
     {"content": "helper done"},
 ]

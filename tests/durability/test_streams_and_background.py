@@ -76,7 +76,7 @@ async def test_dropped_foreground_stream_is_picked_up_with_starting_after(
     assert chain_problems(harness.database, response_id) == []
 
 
-WAIT_ON_TOOL = [
+WAIT_ON_TOOL: list[dict[str, Any]] = [
     {"tool_calls": [{"name": "block", "arguments": {"x": "w"}}]},
     {"content": "The tool answered."},
 ]

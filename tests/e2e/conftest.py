@@ -21,6 +21,13 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.responses import (
+    ResponseInputMessageItem,
+    ResponseInputText,
+    ResponseItem,
+    ResponseOutputMessage,
+    ResponseOutputText,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -201,6 +208,14 @@ def normalise_ids(value: Any, names: dict[str, str] | None = None) -> Any:
             names[value] = f"<{kind}:{sum(1 for v in names.values() if v.startswith('<' + kind))}>"
         return names[value]
     return value
+
+
+def first_text(item: ResponseItem) -> str:
+    """The text of a message item's first content part; any other item fails the test."""
+    assert isinstance(item, ResponseInputMessageItem | ResponseOutputMessage), item
+    part = item.content[0]
+    assert isinstance(part, ResponseInputText | ResponseOutputText), part
+    return part.text
 
 
 async def read_sse(response: httpx.Response) -> list[dict[str, Any]]:

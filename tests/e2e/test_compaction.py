@@ -17,6 +17,7 @@ import orjson
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, SQLiteSession, set_tracing_disabled
 from agents.memory import OpenAIResponsesCompactionSession
+from openai.types.responses import EasyInputMessageParam
 from websockets.asyncio.client import connect
 
 from stepline.protocol.compaction import SUMMARY_INSTRUCTIONS, SUMMARY_PREFIX
@@ -25,19 +26,20 @@ from stepline.scripted import Script
 from tests.e2e.conftest import Stack, open_store_for, read_sse, serve_stack
 
 SUMMARY = "The launch is on Tuesday and support hears first."
-USER = {"type": "message", "role": "user", "content": "We launch on Tuesday; tell support first."}
-ASSISTANT = {
+USER_TEXT = "We launch on Tuesday; tell support first."
+USER: EasyInputMessageParam = {"type": "message", "role": "user", "content": USER_TEXT}
+ASSISTANT: EasyInputMessageParam = {
     "type": "message",
     "role": "assistant",
     "content": "Understood: Tuesday, support first.",
 }
 
 
-def _user_message(content: str) -> dict[str, Any]:
+def _user_message(content: str) -> EasyInputMessageParam:
     return {"role": "user", "content": content}
 
 
-def _summary_seen(summary: str = SUMMARY) -> dict[str, Any]:
+def _summary_seen(summary: str = SUMMARY) -> EasyInputMessageParam:
     return _user_message(SUMMARY_PREFIX + summary)
 
 
@@ -94,7 +96,7 @@ async def test_a_compacted_window_resent_with_store_false_gives_the_model_the_su
 
     assert response.status == "completed"
     assert stack.model.requests("after")[-1]["messages"] == [
-        _user_message(USER["content"]),
+        _user_message(USER_TEXT),
         _summary_seen(),
         _user_message("When do we launch?"),
     ]
@@ -115,7 +117,7 @@ async def test_a_resent_history_with_a_compaction_item_drops_what_it_summarised(
     )
 
     assert stack.model.requests("after")[-1]["messages"] == [
-        _user_message(USER["content"]),
+        _user_message(USER_TEXT),
         _summary_seen(),
         _user_message("When?"),
     ]
@@ -382,7 +384,7 @@ async def test_compacted_window_starts_a_new_chain_over_websocket(stack: Stack) 
 
     assert events[-1]["type"] == "response.completed"
     assert stack.model.requests("ws")[-1]["messages"] == [
-        _user_message(USER["content"]),
+        _user_message(USER_TEXT),
         _summary_seen(),
         _user_message("Continue from here."),
     ]
@@ -445,8 +447,8 @@ async def _truncation_stack(exits: AsyncExitStack, tmp_path: Path, **upstream: A
     return await serve_stack(exits, "sqlite", tmp_path, configure=configure)
 
 
-def _history(turns: int) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
+def _history(turns: int) -> list[EasyInputMessageParam]:
+    items: list[EasyInputMessageParam] = []
     for number in range(turns):
         items.append(_user_message(f"question {number} " + "word " * 20))
         items.append({"role": "assistant", "content": f"answer {number} " + "word " * 20})
@@ -463,7 +465,7 @@ async def test_truncation_auto_drops_the_oldest_items_to_fit_the_context_window(
 
         response = await stack.client.responses.create(
             model="small",
-            input=[*history, _user_message("last question")],  # type: ignore[list-item]
+            input=[*history, _user_message("last question")],
             truncation="auto",
         )
 
@@ -482,7 +484,7 @@ async def test_truncation_disabled_fails_before_calling_when_the_window_is_confi
 
         response = await stack.client.responses.create(
             model="small",
-            input=[*_history(3), _user_message("last")],  # type: ignore[list-item]
+            input=[*_history(3), _user_message("last")],
         )
 
         assert response.status == "failed" and response.error is not None

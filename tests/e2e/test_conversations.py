@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from agents import (
     Runner,
     set_tracing_disabled,
 )
+from openai.types.responses import EasyInputMessageParam
 from websockets.asyncio.client import connect
 
 from stepline.server.auth import hash_token, new_token
@@ -46,7 +47,7 @@ from tests.e2e.conftest import Stack, read_sse, serve_stack
 SQLITE = "sqlite"
 
 
-def user(text: str) -> dict[str, Any]:
+def user(text: str) -> EasyInputMessageParam:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
 
@@ -84,6 +85,7 @@ async def test_the_sdk_manages_a_conversation_and_its_items(stack: Stack) -> Non
     added = await client.conversations.items.create(
         created.id, items=[user("third"), user("fourth"), user("fifth")]
     )
+    assert added.data[0].id is not None
     newest_two = await client.conversations.items.list(created.id, limit=2)
     every_item = [item async for item in client.conversations.items.list(created.id, limit=2)]
     oldest_first = await all_items(client, created.id)
@@ -388,9 +390,10 @@ async def test_another_key_is_told_a_conversation_does_not_exist(
     stack.script("owned", [{"content": "Yours."}], repeat_last=True)
     conversation = await alice.conversations.create(items=[user("alice's secret")])
     [item] = (await alice.conversations.items.list(conversation.id)).data
+    assert item.id is not None
     cid = conversation.id
 
-    attempts = {
+    attempts: dict[str, Awaitable[object]] = {
         "retrieve": bob.conversations.retrieve(cid),
         "update": bob.conversations.update(cid, metadata={"x": "y"}),
         "delete": bob.conversations.delete(cid),

@@ -196,6 +196,7 @@ async def test_a_refused_call_goes_back_to_the_model_as_refused(
     )
     first = await stack.client.responses.create(model="refuse", input="add")
     approval_id = first.output[1].id
+    assert approval_id is not None
 
     second = await stack.client.responses.create(
         model="refuse",

@@ -7,6 +7,7 @@ from typing import Any
 import openai
 import pytest
 from openai.types.responses import ResponseStreamEvent
+from openai.types.responses.response_create_params import ToolChoice
 from pydantic import TypeAdapter
 
 from tests.e2e.conftest import Stack, read_sse
@@ -147,7 +148,11 @@ async def test_tool_choice_binds_the_first_call_only(stack: Stack) -> None:
 async def test_tool_choice_forcing_a_tool_nothing_provides_is_a_400(stack: Stack) -> None:
     """Refused at create, where the client sees it, not failed at run time."""
     stack.script("chosen", [{"tool_calls": [{"name": "weather", "arguments": {"city": "X"}}]}])
-    for choice in ({"type": "web_search_preview"}, {"type": "function", "name": "nobody"}):
+    choices: list[ToolChoice] = [
+        {"type": "web_search_preview"},
+        {"type": "function", "name": "nobody"},
+    ]
+    for choice in choices:
         with pytest.raises(openai.BadRequestError) as refused:
             await stack.client.responses.create(model="chosen", input="go", tool_choice=choice)
         assert refused.value.body["param"] == "tool_choice"  # type: ignore[index]

@@ -10,7 +10,7 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.e2e.conftest import Stack, normalise_ids, read_sse
+from tests.e2e.conftest import Stack, first_text, normalise_ids, read_sse
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 
@@ -604,9 +604,9 @@ async def test_get_delete_and_input_items(stack: Stack) -> None:
     )
 
     items = await stack.client.responses.input_items.list(response.id)
-    assert [item.content[0].text for item in items.data] == ["second", "first"]  # type: ignore[union-attr]
+    assert [first_text(item) for item in items.data] == ["second", "first"]
     ascending = await stack.client.responses.input_items.list(response.id, order="asc", limit=1)
-    assert [item.content[0].text for item in ascending.data] == ["first"]  # type: ignore[union-attr]
+    assert [first_text(item) for item in ascending.data] == ["first"]
     assert ascending.has_more is True
     assert response.metadata == {"team": "platform"}
 

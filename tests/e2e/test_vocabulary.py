@@ -22,7 +22,15 @@ from typing import Any
 
 import orjson
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import (
+    Response,
+    ResponseInputItemParam,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseStreamEvent,
+    ToolParam,
+)
+from openai.types.shared_params.custom_tool_input_format import Grammar
 from pydantic import TypeAdapter
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -117,9 +125,9 @@ def _upstream(**options: Any) -> Change:
 
 # -- the vocabulary -----------------------------------------------------------
 
-GRAMMAR = {"type": "grammar", "syntax": "lark", "definition": "start: /[a-z ]+/"}
+GRAMMAR: Grammar = {"type": "grammar", "syntax": "lark", "definition": "start: /[a-z ]+/"}
 
-TOOLS: list[dict[str, Any]] = [
+TOOLS: list[ToolParam] = [
     {
         "type": "function",
         "name": "lookup",
@@ -374,7 +382,7 @@ IMAGE = "data:image/png;base64,iVBORw0KGgo="
 SCREENSHOT = "data:image/png;base64,c2NyZWVuc2hvdA=="
 
 #: the client's result of each call, one output item type each
-OUTPUTS: list[dict[str, Any]] = [
+OUTPUTS: list[ResponseInputItemParam] = [
     {
         "type": "function_call_output",
         "call_id": "call_fn",
@@ -412,7 +420,8 @@ OUTPUTS: list[dict[str, Any]] = [
         "execution": "client",
         "status": "completed",
         "tools": [
-            {
+            # the SDK's FunctionToolParam requires ``strict``; stepline takes a tool without it
+            {  # type: ignore[list-item]
                 "type": "function",
                 "name": "forecast",
                 "description": "Tomorrow's weather.",
@@ -574,7 +583,7 @@ async def test_every_client_call_streams_as_its_item_type(stack: Stack) -> None:
     async with stack.client.responses.stream(
         model="streamed",
         input="Use every tool.",
-        tools=TOOLS,  # type: ignore[arg-type]
+        tools=TOOLS,
     ) as stream:
         assembled = await stream.get_final_response()
     dumped = [item.model_dump(exclude_unset=True) for item in assembled.output]
@@ -586,7 +595,7 @@ async def test_every_client_call_streams_as_its_item_type(stack: Stack) -> None:
 # -- 2. every input item type continues ---------------------------------------
 
 #: the assistant message of CALLS as the upstream reads it back
-CALLS_MESSAGE = {
+CALLS_MESSAGE: dict[str, Any] = {
     "role": "assistant",
     "content": None,
     "tool_calls": [
@@ -708,7 +717,11 @@ NATIVE_CALL_MESSAGES = [
     {"role": "tool", "tool_call_id": "call_spell", "content": "ok"},
 ]
 
-SPELL_OUTPUT = {"type": "custom_tool_call_output", "call_id": "call_spell", "output": "ok"}
+SPELL_OUTPUT: ResponseInputItemParam = {
+    "type": "custom_tool_call_output",
+    "call_id": "call_spell",
+    "output": "ok",
+}
 
 
 async def _native_stack(configured: Configured, name: str) -> Stack:
@@ -729,7 +742,7 @@ async def test_native_custom_tools_are_offered_as_custom_tools(configured: Confi
     response = await stack.client.responses.create(
         model="offered_native",
         input="Spell it.",
-        tools=CUSTOM_TOOLS,  # type: ignore[arg-type]
+        tools=CUSTOM_TOOLS,
     )
 
     assert response.status == "completed"
@@ -759,7 +772,7 @@ async def test_a_native_custom_call_comes_back_as_a_custom_tool_call(
     follow_up = await stack.client.responses.create(
         model="native",
         input=[{"role": "user", "content": "Spell it."}, *final["output"], SPELL_OUTPUT],
-        tools=CUSTOM_TOOLS,  # type: ignore[arg-type]
+        tools=CUSTOM_TOOLS,
         store=False,
     )
 
@@ -788,13 +801,13 @@ async def test_native_custom_call_continues_with_previous_response_id(
     first = await stack.client.responses.create(
         model="native_chain",
         input="Spell it.",
-        tools=CUSTOM_TOOLS,  # type: ignore[arg-type]
+        tools=CUSTOM_TOOLS,
     )
 
     follow_up = await stack.client.responses.create(
         model="native_chain",
-        input=[SPELL_OUTPUT],  # type: ignore[list-item]
-        tools=CUSTOM_TOOLS,  # type: ignore[arg-type]
+        input=[SPELL_OUTPUT],
+        tools=CUSTOM_TOOLS,
         previous_response_id=first.id,
     )
 
@@ -808,17 +821,22 @@ async def test_native_custom_call_of_earlier_input_reads_back_as_custom(
 ) -> None:
     stack = await configured(_upstream(custom_tools="native"))
     stack.script("native_input", [{"content": "Spelt."}], repeat_last=True)
-    call = {"type": "custom_tool_call", "call_id": "call_spell", "name": "spell", "input": SPELL}
+    call: ResponseInputItemParam = {
+        "type": "custom_tool_call",
+        "call_id": "call_spell",
+        "name": "spell",
+        "input": SPELL,
+    }
     first = await stack.client.responses.create(
         model="native_input",
-        input=[{"role": "user", "content": "Spell it."}, call, SPELL_OUTPUT],  # type: ignore[list-item]
-        tools=CUSTOM_TOOLS,  # type: ignore[arg-type]
+        input=[{"role": "user", "content": "Spell it."}, call, SPELL_OUTPUT],
+        tools=CUSTOM_TOOLS,
     )
 
     await stack.client.responses.create(
         model="native_input",
         input="Thanks.",
-        tools=CUSTOM_TOOLS,  # type: ignore[arg-type]
+        tools=CUSTOM_TOOLS,
         previous_response_id=first.id,
     )
 
@@ -841,19 +859,20 @@ async def test_item_reference_names_a_stored_output_item(stack: Stack) -> None:
     first = await stack.client.responses.create(
         model="referenced",
         input="What is stepline?",
-        tools=TOOLS[:1],  # type: ignore[arg-type]
+        tools=TOOLS[:1],
     )
     message, call = first.output
+    assert message.id is not None and call.id is not None
 
     second = await stack.client.responses.create(
         model="referenced",
         input=[
             {"role": "user", "content": "What is stepline?"},
-            {"type": "item_reference", "id": message.id},  # type: ignore[typeddict-item]
+            {"type": "item_reference", "id": message.id},
             {"type": "item_reference", "id": call.id},
             {"type": "function_call_output", "call_id": "call_fn", "output": "a server"},
         ],
-        tools=TOOLS[:1],  # type: ignore[arg-type]
+        tools=TOOLS[:1],
     )
 
     assert second.output_text == "It is a server."
@@ -906,7 +925,7 @@ async def test_item_reference_to_another_keys_item_is_a_400(configured: Configur
     first = await stack.http.post(
         "/v1/responses", json={"model": "owned", "input": "Hi."}, headers=auth["alice"]
     )
-    reference = {
+    reference: dict[str, Any] = {
         "model": "owned",
         "input": [{"type": "item_reference", "id": first.json()["output"][0]["id"]}],
     }
@@ -1102,7 +1121,7 @@ async def test_unknown_fields_and_unplayed_hosted_tools_are_refused_when_configu
 @SQLITE_STACK
 async def test_fields_stepline_cannot_honour_are_refused_naming_the_param(stack: Stack) -> None:
     stack.script("refused", [{"content": "Hi."}], repeat_last=True)
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "prompt": {"prompt": {"id": "pmpt_1", "variables": {"city": "Rome"}}},
         "context_management": {"context_management": [{"type": "compaction"}]},
         "truncation": {"truncation": "sometimes"},
@@ -1152,13 +1171,17 @@ async def test_text_verbosity_logprobs_and_identifiers_reach_the_upstream(stack:
         "prompt_cache_key": "thread-1",
         "safety_identifier": "user-1",
     }
-    assert response.text.verbosity == "low"
+    assert response.text is not None and response.text.verbosity == "low"
     assert (response.top_logprobs, response.prompt_cache_key, response.safety_identifier) == (
         2,
         "thread-1",
         "user-1",
     )
-    logprobs = response.output[0].content[0].logprobs  # type: ignore[union-attr]
+    message = response.output[0]
+    assert isinstance(message, ResponseOutputMessage)
+    part = message.content[0]
+    assert isinstance(part, ResponseOutputText) and part.logprobs is not None
+    logprobs = part.logprobs
     assert [[top.token for top in entry.top_logprobs] for entry in logprobs] == [
         ["Hi", "<alt1>"],
         [" there.", "<alt1>"],
@@ -1167,7 +1190,7 @@ async def test_text_verbosity_logprobs_and_identifiers_reach_the_upstream(stack:
 
 # -- 6. a hosted tool played by a server tool ---------------------------------
 
-SEARCH_TURNS = [
+SEARCH_TURNS: list[dict[str, Any]] = [
     {"tool_calls": [{"id": "call_ws", "name": "web_search", "arguments": {"query": "rome"}}]},
     {"content": "Rome is sunny."},
 ]

@@ -31,6 +31,7 @@ from websockets.asyncio.client import connect
 from tests._clients import client_bin
 from tests.durability.conftest import ServerProcess, free_port, message_events, to_toml
 from tests.e2e._codex import Codex, CodexStack, ScriptedUpstreamProcess, tool_results
+from tests.e2e.conftest import first_text
 
 #: the longest one receive may wait
 RECEIVE_SECONDS = 10.0
@@ -282,7 +283,7 @@ async def test_a_stored_continuation_is_stored_as_over_http(
 
     # the second response holds only its own input, not a copy of the first's
     items = await client.responses.input_items.list(finals[1]["id"], order="asc")
-    assert [(item.type, item.content[0].text) for item in items.data] == [("message", "u2")]  # type: ignore[union-attr]
+    assert [(item.type, first_text(item)) for item in items.data] == [("message", "u2")]
     assert processes.requests(model)[1]["messages"] == [
         {"role": "user", "content": "u1"},
         {"role": "assistant", "content": "a1"},

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import openai
@@ -150,7 +150,17 @@ class Gateway:
             await client.close()
 
 
-GatewayFactory = Callable[..., Any]
+class GatewayFactory(Protocol):
+    """The ``gateway_factory`` fixture: ``await gateway_factory(...)`` is a running stack."""
+
+    def __call__(
+        self,
+        *,
+        keys: dict[str, dict[str, Any]] | None = None,
+        change: Callable[[dict[str, Any]], None] | None = None,
+        chat: ChatClient | None = None,
+        allow_anonymous: bool = True,
+    ) -> Awaitable[Gateway]: ...
 
 
 @pytest.fixture

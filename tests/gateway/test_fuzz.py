@@ -27,7 +27,7 @@ from stepline.upstream.client import ChatClient
 
 pytestmark = pytest.mark.timeout(120)
 
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=24)
+_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=24)
 _leaves = (
     st.none()
     | st.booleans()
@@ -161,7 +161,7 @@ _call_output = st.fixed_dictionaries(
         "output": _text,
     }
 )
-_function = st.fixed_dictionaries(
+_function: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
     {"type": st.just("function"), "name": st.sampled_from(["f", "g", "researcher"])},
     optional={
         "parameters": st.just({"type": "object", "properties": {"a": {"type": "integer"}}}),

@@ -245,7 +245,7 @@ async def test_an_unknown_field_no_header_can_carry_is_named_escaped(
 
 
 @schemathesis.check
-def error_envelope(ctx: CheckContext, response: schemathesis.Response, case: Case) -> None:
+def error_envelope(ctx: CheckContext, response: schemathesis.Response, case: Case[Any]) -> None:
     """Every 4xx is the OpenAI envelope, naming a message and a type."""
     if 400 <= response.status_code < 500:
         body = response.json()
@@ -286,7 +286,7 @@ def _fuzz(url: str, token: str, path: str, method: str, examples: int) -> dict[i
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        def run(case: Case) -> None:
+        def run(case: Case[Any]) -> None:
             response = case.call(
                 base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
             )

@@ -83,7 +83,7 @@ def shapes(events: list[RunEvent]) -> list[tuple[str, dict[str, Any]]]:
     the response object carries generated ids and timestamps.
     """
     labels = step_labels(events)
-    shaped = []
+    shaped: list[tuple[str, dict[str, Any]]] = []
     for event in events:
         fields = {
             f.name: getattr(event, f.name) for f in dataclasses.fields(event) if f.name != "type"

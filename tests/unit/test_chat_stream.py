@@ -31,6 +31,9 @@ class RecordingSink:
     def on_tool_arguments(self, index: int, text: str) -> None:
         self.calls.append(("tool_arguments", index, text))
 
+    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
+        self.calls.append(("logprobs", entries))
+
 
 def chunk(
     delta: dict[str, Any] | None = None,
@@ -104,7 +107,12 @@ def test_text_pieces_are_forwarded_one_by_one_as_they_arrive() -> None:
 def test_reasoning_is_forwarded_from_either_field(key: str) -> None:
     sink = RecordingSink()
     accumulator = ChatStreamAccumulator(sink)
-    for delta in [{key: "Let me"}, {key: " think."}, {key: None, "content": "Yes."}]:
+    deltas: list[dict[str, Any]] = [
+        {key: "Let me"},
+        {key: " think."},
+        {key: None, "content": "Yes."},
+    ]
+    for delta in deltas:
         accumulator.feed(chunk(delta))
     accumulator.feed(chunk({}, finish_reason="stop"))
     assert sink.calls == [("reasoning", "Let me"), ("reasoning", " think."), ("text", "Yes.")]

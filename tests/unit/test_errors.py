@@ -43,7 +43,7 @@ def test_the_drawn_tree_is_the_class_tree() -> None:
 
 
 def test_each_refusal_has_its_status() -> None:
-    statuses = {
+    statuses: dict[type[errors.RequestError], int] = {
         errors.InvalidRequest: 400,
         errors.Unauthorized: 401,
         errors.Forbidden: 403,

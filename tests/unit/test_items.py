@@ -447,7 +447,7 @@ def orphan(call_id: str) -> str:
 
 
 def test_check_accepts_results_of_the_latest_assistant_calls() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": [call("a", "f"), call("b", "g")]},
         tool_message("b", "2"),
@@ -458,7 +458,7 @@ def test_check_accepts_results_of_the_latest_assistant_calls() -> None:
 
 
 def test_check_names_a_result_that_answers_no_call() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": [call("a", "f")]},
         tool_message("a", "1"),
@@ -472,7 +472,7 @@ def test_check_names_a_result_with_no_assistant_before_it() -> None:
 
 
 def test_check_names_a_result_separated_from_its_call_by_a_user_message() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "assistant", "content": None, "tool_calls": [call("a", "f")]},
         {"role": "user", "content": "wait"},
         tool_message("a", "1"),

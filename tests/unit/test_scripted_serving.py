@@ -34,7 +34,7 @@ def lifespan_app(events: list[str], *, fail_startup: bool = False) -> Starlette:
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+    return asyncio.all_tasks() - {asyncio.current_task()}
 
 
 async def test_the_app_is_served_between_its_lifespan_events() -> None:

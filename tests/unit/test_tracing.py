@@ -167,7 +167,9 @@ def test_a_run_with_a_sub_agent_is_a_tree_of_step_spans_with_stored_times(
         ("invoke_agent helper", "execute_tool helper"),
     ]
     assert {_hex(span.context.trace_id, 32) for span in spans} == {CLIENT_TRACE}
-    spans_of = {(span.name, span.attributes["stepline.step.id"]): span for span in spans[:-1]}
+    spans_of = {
+        (span.name, (span.attributes or {})["stepline.step.id"]): span for span in spans[:-1]
+    }
     chat = spans_of["chat llama-3", "step_m1"]
     assert (chat.start_time, chat.end_time) == (101 * 10**9, int(102.5 * 10**9))
     assert chat.kind is SpanKind.CLIENT

@@ -152,7 +152,7 @@ class ChatClient:
 
     async def stream(
         self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Run one Chat Completions call and yield its chunks as they arrive.
 
         ``payload`` is the request body; ``model`` is set to
