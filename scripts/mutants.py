@@ -126,6 +126,10 @@ MUTANTS: tuple[Mutant, ...] = (
         " for row in sent)",
         new="            done_sent = False",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
+        reason=(
+            "equivalent while a step's end commits with its events: a step whose done event"
+            " is durable is terminal, so it never runs again and done_sent is always False"
+        ),
     ),
     Mutant(
         name="loop-resend-started-after-crash",
@@ -161,7 +165,7 @@ MUTANTS: tuple[Mutant, ...] = (
         old="            announced = bool(await self.engine.store.step_events(self.response_id,"
         " step.id))",
         new="            announced = False",
-        tests=("tests/unit/test_compaction.py", "tests/e2e/test_compaction.py"),
+        tests=("tests/durability/test_compaction_recovery.py",),
     ),
     Mutant(
         name="loop-max-depth-off-by-one",
@@ -180,6 +184,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "            self._chain = {s.id: s for s in chain}",
         new="        if step is None:\n            pass",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
+        reason=(
+            "a finish finds its step no longer processing only when another process cancels"
+            " the response between its two writes (steps, then the end, which clears the"
+            " lease): either way the loop stops at its next write and the response ends"
+            " cancelled, so no client can tell"
+        ),
     ),
     # -- engine/transition.py -----------------------------------------------
     Mutant(
@@ -225,6 +235,10 @@ MUTANTS: tuple[Mutant, ...] = (
         old="rows = await store.read_events(response_id, after=last_seq - 1, limit=1)",
         new="rows = await store.read_events(response_id, after=last_seq, limit=1)",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
+        reason=(
+            "equivalent while the terminal event commits with the response's end: a response"
+            " whose terminal event is stored is terminal, so it is never resumed to look"
+        ),
     ),
     Mutant(
         name="response-created-resent-on-resume",

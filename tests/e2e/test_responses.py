@@ -10,7 +10,7 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.e2e.conftest import Stack, first_text, normalise_ids, read_sse
+from tests.e2e.conftest import Stack, first_text, normalise_ids, open_store_for, read_sse
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 
@@ -624,6 +624,14 @@ async def test_store_false_is_not_retrievable(stack: Stack) -> None:
     assert response.output_text == "gone soon"
     with pytest.raises(openai.NotFoundError):
         await stack.client.responses.retrieve(response.id)
+    # nothing of it is kept: not its record, its steps nor its events
+    store = await open_store_for(stack)
+    try:
+        assert await store.get_response(response.id) is None
+        assert await store.load_steps(response.id) == []
+        assert await store.read_events(response.id, after=-1, limit=10) == []
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,23 @@ async def test_a_sub_agent_that_fails_is_a_tool_error_for_its_caller() -> None:
     assert "script researcher has no turn 1" in error
 
 
+@pytest.mark.parametrize(("max_depth", "runs"), [(1, True), (0, False)])
+async def test_max_depth_counts_the_sub_agent_levels_it_allows(max_depth: int, runs: bool) -> None:
+    model = team_model()
+    researcher = team(model)[1]
+    lead = Agent(model=model_of(model, "lead"), tools=[researcher], max_depth=max_depth)
+
+    await lead.run("How far is the moon?")
+
+    # max_depth=1 lets the lead's sub-agent run (one level), max_depth=0 none
+    answer = model.requests("lead")[1]["messages"][-1]["content"]
+    if runs:
+        assert answer == "It is 384400 km away."
+    else:
+        assert answer == "Error: agent 'researcher' not run: max_depth 0 reached"
+    assert len(model.requests("researcher")) == (2 if runs else 0)
+
+
 async def test_as_tool_renames_a_sub_agent() -> None:
     model = scripted(
         lead=[turn(None, call("ask_expert", input="Moon?")), turn("Done.")],

@@ -306,6 +306,16 @@ async def test_record_steps_for_a_missing_response_raises(store: StepStore) -> N
         await store.record_steps("resp_missing", scope=None, steps=[model_call()])
 
 
+async def test_a_failed_transaction_leaves_the_store_usable(store: StepStore) -> None:
+    with pytest.raises(StoreError):
+        await store.record_steps("resp_missing", scope=None, steps=[model_call()])
+    # the failed transaction was rolled back: the next ones begin and commit
+    await store.create_response(make_record())
+    [step] = await store.record_steps("resp_1", scope=None, steps=[model_call()])
+    assert await store.load_steps("resp_1") == [step]
+    assert await store.get_response("resp_missing") is None
+
+
 async def test_sequences_count_per_response_across_scopes(store: StepStore) -> None:
     await store.create_response(make_record("resp_1"))
     await store.create_response(make_record("resp_2"))

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from stepline.engine.policies import LoopPolicy
+from stepline.engine.policies import ApprovedCall, LoopPolicy
 from stepline.engine.steps import (
     AppendSteps,
     Complete,
@@ -495,3 +495,40 @@ def test_batches_pair_each_model_call_with_the_tool_steps_recorded_after_it() ->
         (second, {"call_0": second_a}),
         (third, {}),
     ]
+
+
+def test_a_fail_fast_fan_out_names_only_the_call_that_failed() -> None:
+    error = {"message": "boom", "code": "tool_error", "status": None}
+    cancelled = {"message": "tool call cancelled: a sibling call failed", "code": "cancelled"}
+    calls = (call("call_a", "weather"), call("call_b", "time"), call("call_c", "news"))
+    chain = [
+        model_step(0, calls=calls),
+        tool_step(1, "call_a", "weather", state=StepState.CANCELLED, error=cancelled),
+        tool_step(2, "call_b", "time", state=StepState.FAILED, error=error),
+        tool_step(3, "call_c", "news"),
+    ]
+    policy = LoopPolicy(fail_on_tool_error=True, join="fail_fast")
+    assert next_action(policy, chain) == Fail(
+        message="tool 'time' failed: boom", code="tool_error", details=error
+    )
+
+
+def _approved(call_id: str) -> ApprovedCall:
+    return ApprovedCall(
+        call_id=call_id,
+        name="weather",
+        arguments="{}",
+        approval_request_id=f"mcpr_{call_id}",
+        server_label="tools",
+        shown_name="weather",
+    )
+
+
+def test_approved_calls_run_once_then_the_first_model_call() -> None:
+    policy = LoopPolicy(approved_calls=(_approved("call_x"), _approved("call_y")))
+    ran_x = tool_step(1, "call_x", "weather")
+    action = next_action(policy, [ran_x])
+    assert isinstance(action, AppendSteps)
+    assert [step.call_id for step in action.steps] == ["call_y"]
+    ran_y = tool_step(2, "call_y", "weather")
+    assert next_action(policy, [ran_x, ran_y]) == AppendSteps(steps=(model_call(1),))
