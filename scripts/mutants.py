@@ -429,12 +429,20 @@ def probe(copy: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"the copy is not what gets imported: stepline is {found}")
 
 
+def _first_failure(tail: str) -> str | None:
+    """The test pytest's summary names as failed first (``FAILED path::test``)."""
+    for line in tail.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line.split(" - ")[0]
+    return None
+
+
 def pytest(copy: Path, env: dict[str, str], tests: Sequence[str]) -> tuple[bool, str]:
     """Run ``tests`` in the copy; whether they passed, and the last lines printed."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, check=False)
     lines = (done.stdout + done.stderr).strip().splitlines()
-    return done.returncode == 0, "\n".join(lines[-3:])
+    return done.returncode == 0, "\n".join(lines[-5:])
 
 
 def run_mutant(copy: Path, env: dict[str, str], mutant: Mutant) -> Result:
@@ -495,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(result)
             verdict = "killed" if result.killed else "SURVIVED"
             print(f"{verdict:8} {result.seconds:6.1f}s  {mutant.name}", flush=True)
+            if result.killed and (failed := _first_failure(result.tail)):
+                print(f"         by {failed}")
             if not result.killed and mutant.reason:
                 print(f"         reason: {mutant.reason}")
     unexplained = [r.mutant.name for r in results if not r.killed and not r.mutant.reason]
