@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -47,6 +46,7 @@ from stepline.server.auth import Caller, caller_of
 from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
 from stepline.server.openapi import errors, response_body
+from stepline.server.replies import JSON
 from stepline.server.runner import Runner
 from stepline.tools.registry import ServerTool
 from stepline.upstream.routing import UpstreamTarget, resolve_target
@@ -73,13 +73,6 @@ _COUNT_FIELDS = (
     "text",
     "truncation",
 )
-
-
-class _JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,7 +185,7 @@ async def compact(request: Request) -> Response:
     finally:
         release()
     sealed = engine.sealer.seal(summary.text, label=SEAL_LABEL)
-    return _JSON(
+    return JSON(
         {
             "id": new_id("resp"),
             "object": "response.compaction",
@@ -266,4 +259,4 @@ async def count_input_tokens(request: Request) -> Response:
         raise RequestError(
             exc.message, status_code=502, error_type="server_error", code="tokenizer_error"
         ) from None
-    return _JSON({"object": "response.input_tokens", "input_tokens": count})
+    return JSON({"object": "response.input_tokens", "input_tokens": count})

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -36,6 +35,7 @@ from stepline.server.openapi import (
     include_parameter,
     json_body,
 )
+from stepline.server.replies import JSON
 from stepline.server.runner import Runner
 from stepline.store.base import ConversationItem, ConversationRecord, StepStore
 
@@ -45,13 +45,6 @@ router = APIRouter(prefix="/v1")
 
 #: items one create or add request may carry
 MAX_ITEMS = 20
-
-
-class _JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 def _store(request: Request) -> StepStore:
@@ -168,13 +161,13 @@ async def create_conversation(request: Request) -> Response:
         key_id=caller.key_id,
     )
     await _store(request).create_conversation(record, items)
-    return _JSON(_conversation(record))
+    return JSON(_conversation(record))
 
 
 @router.get("/conversations/{conversation_id}", responses=errors(401, 404, 429, 503))
 async def get_conversation(request: Request, conversation_id: str) -> Response:
     record = await _owned(_store(request), conversation_id, caller_of(request))
-    return _JSON(_conversation(record))
+    return JSON(_conversation(record))
 
 
 @router.post(
@@ -193,7 +186,7 @@ async def update_conversation(request: Request, conversation_id: str) -> Respons
         raise NotFound(
             f"Conversation with id '{conversation_id}' not found.", param="conversation_id"
         )
-    return _JSON(_conversation(updated))
+    return JSON(_conversation(updated))
 
 
 @router.delete("/conversations/{conversation_id}", responses=errors(401, 404, 429, 503))
@@ -201,7 +194,7 @@ async def delete_conversation(request: Request, conversation_id: str) -> Respons
     store = _store(request)
     await _owned(store, conversation_id, caller_of(request))
     await store.delete_conversation(conversation_id)
-    return _JSON({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
+    return JSON({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 
 @router.post(
@@ -221,7 +214,7 @@ async def add_items(request: Request, conversation_id: str) -> Response:
         raise NotFound(
             f"Conversation with id '{conversation_id}' not found.", param="conversation_id"
         )
-    return _JSON(_page(added))
+    return JSON(_page(added))
 
 
 @router.get(
@@ -253,7 +246,7 @@ async def list_items(
         limit=limit + 1,
         descending=descending,
     )
-    return _JSON(_page(found[:limit], has_more=len(found) > limit))
+    return JSON(_page(found[:limit], has_more=len(found) > limit))
 
 
 @router.get(
@@ -268,7 +261,7 @@ async def get_item(request: Request, conversation_id: str, item_id: str) -> Resp
     item = await store.get_conversation_item(conversation_id, item_id)
     if item is None:
         raise NotFound(f"Item with id '{item_id}' not found.", param="item_id")
-    return _JSON(item.data)
+    return JSON(item.data)
 
 
 @router.delete(
@@ -279,4 +272,4 @@ async def delete_item(request: Request, conversation_id: str, item_id: str) -> R
     record = await _owned(store, conversation_id, caller_of(request))
     if not await store.delete_conversation_item(conversation_id, item_id):
         raise NotFound(f"Item with id '{item_id}' not found.", param="item_id")
-    return _JSON(_conversation(record))
+    return JSON(_conversation(record))

@@ -23,7 +23,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import Gauge
@@ -53,6 +52,7 @@ from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
 from stepline.server.logs import response_id_var
 from stepline.server.openapi import errors, response_body, streamed
+from stepline.server.replies import JSON
 from stepline.server.runner import Runner
 from stepline.server.sse import sse_frames
 from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
@@ -63,13 +63,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1")
 logger = logging.getLogger(__name__)
-
-
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 def _runner(request: Request) -> Runner:
