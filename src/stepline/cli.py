@@ -691,29 +691,19 @@ async def _usage_document(
     model: str | None,
     group_by: str | None,
 ) -> dict[str, Any]:
-    import time
-
     from stepline.server.auth import KeyRing
     from stepline.server.preflight import check_schema
-    from stepline.server.usage import key_ids, key_name, usage_document, usage_query
+    from stepline.server.usage import usage_report
     from stepline.store.sql import open_store
-    from stepline.store.usage import read_usage
 
     await check_schema(settings.database_url)
     store = await open_store(settings.database_url, migrate=False, pool_size=1)
     try:
         keys = KeyRing(settings.keys)
         await keys.attach(store.engine)  # the stored keys name their rows too
-        query = usage_query(
-            start=start,
-            end=end,
-            key_ids=key_ids(keys, key),
-            model=model,
-            group_by=group_by,
-            now=time.time(),
+        return await usage_report(
+            store, keys, start=start, end=end, key=key, model=model, group_by=group_by
         )
-        rows = await read_usage(store, query)
-        return usage_document(query, rows, lambda key_id: key_name(keys, key_id))
     finally:
         await store.close()
 

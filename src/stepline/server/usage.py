@@ -181,6 +181,30 @@ def usage_document(
     }
 
 
+async def usage_report(
+    store: SqlStore,
+    keys: KeyRing,
+    *,
+    start: str | None,
+    end: str | None,
+    key: str | None,
+    model: str | None,
+    group_by: str | None,
+) -> dict[str, Any]:
+    """The usage document for these filters (what the route and ``stepline usage`` print);
+    InvalidRequest names a bad filter."""
+    query = usage_query(
+        start=start,
+        end=end,
+        key_ids=key_ids(keys, key),
+        model=model,
+        group_by=group_by,
+        now=time.time(),
+    )
+    rows = await read_usage(store, query)
+    return usage_document(query, rows, lambda key_id: key_name(keys, key_id))
+
+
 @router.get("/usage", responses=errors(400, 401, 403, 429, 501, 503))
 async def get_usage(
     request: Request,
@@ -199,14 +223,7 @@ async def get_usage(
             error_type="server_error",
         )
     keys: KeyRing = request.app.state.gateway.keys
-    query = usage_query(
-        start=start,
-        end=end,
-        key_ids=key_ids(keys, key),
-        model=model,
-        group_by=group_by,
-        now=time.time(),
+    document = await usage_report(
+        store, keys, start=start, end=end, key=key, model=model, group_by=group_by
     )
-    rows = await read_usage(store, query)
-    document = usage_document(query, rows, lambda key_id: key_name(keys, key_id))
     return Response(orjson.dumps(document), media_type="application/json")
