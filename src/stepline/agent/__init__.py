@@ -27,8 +27,8 @@ from stepline.engine.policies import (
 )
 from stepline.engine.run_events import (
     RunCompleted,
-    RunError,
     RunEvent,
+    RunFailed,
     RunStarted,
     StepCompleted,
     StepStarted,
@@ -45,8 +45,8 @@ __all__ = [
     "FunctionTool",
     "HttpTool",
     "RunCompleted",
-    "RunError",
     "RunEvent",
+    "RunFailed",
     "RunResult",
     "RunStarted",
     "RunState",

@@ -36,7 +36,7 @@ from stepline.engine.loop import (
 )
 from stepline.engine.policies import ApprovedCall, LoopPolicy, StopPolicy
 from stepline.engine.prepare import Prepared, prepare
-from stepline.engine.run_events import RunCompleted, RunError, RunStarted
+from stepline.engine.run_events import RunCompleted, RunFailed, RunStarted
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
@@ -388,7 +388,7 @@ def _report_end(
     if engine.tap is None:
         return
     if outcome.error is not None:
-        engine.tap(RunError(message=outcome.error["message"], code=outcome.error["type"]))
+        engine.tap(RunFailed(message=outcome.error["message"], code=outcome.error["type"]))
     top = [step for step in steps if step.scope is None]
     engine.tap(
         RunCompleted(

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 __all__ = [
     "RunCompleted",
-    "RunError",
     "RunEvent",
+    "RunFailed",
     "RunStarted",
     "StepCompleted",
     "StepStarted",
@@ -106,7 +106,9 @@ class RunCompleted:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunError:
+class RunFailed:
+    """The run failed: its error's message and code (the response ends ``failed``)."""
+
     message: str
     code: str
     type: Literal["error"] = "error"
@@ -121,5 +123,5 @@ RunEvent = (
     | UsageDelta
     | StepCompleted
     | RunCompleted
-    | RunError
+    | RunFailed
 )
