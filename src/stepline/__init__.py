@@ -9,10 +9,7 @@ errors it raises (the tree drawn in :mod:`stepline.errors`). The server is
 names may change between releases.
 """
 
-# first, so a module that reads it while this package is being imported finds it
-__version__ = "0.1.0"
-
-
+from stepline._version import __version__
 from stepline.agent import (
     Agent,
     AgentTool,

@@ -45,7 +45,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, CallToolResult, Implementation, TextContent
 
-from stepline import __version__
+from stepline._version import __version__
 from stepline.config import McpSourceConfig, resolve_secret
 from stepline.errors import ConfigError, ToolError
 from stepline.tools.http import mask_secrets
