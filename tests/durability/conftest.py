@@ -45,6 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
+from tests._backends import database_url as fresh_database
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
@@ -344,6 +345,21 @@ class Harness:
         if start:
             await server.start()
         return server
+
+
+@pytest.fixture
+async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database, migrated the way an operator does before starting
+    several processes on it (``stepline migrate``)."""
+    async with fresh_database("postgres", tmp_path) as url:
+        await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "stepline", "migrate", "--database", url],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield url
 
 
 @pytest.fixture

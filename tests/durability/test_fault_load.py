@@ -19,14 +19,10 @@ tool whose result a client saw ran again.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -40,7 +36,6 @@ from starlette.routing import Route
 
 from stepline.scripted import serve_app
 from stepline.store.sql import open_store
-from tests._backends import database_url
 from tests.durability.conftest import (
     DONE,
     TERMINAL_EVENTS,
@@ -140,19 +135,6 @@ SCRIPTS: dict[str, list[dict[str, Any]]] = {
 
 #: how a response fails when the upstream's faults outlast its retries
 UPSTREAM_FAILURES = ("overloaded", "upstream connection dropped mid-stream")
-
-
-@pytest.fixture
-async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
-    async with database_url("postgres", tmp_path) as url:
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "stepline", "migrate", "--database", url],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        yield url
 
 
 async def _servers(harness: Harness, tools_url: str, postgres_url: str) -> list[ServerProcess]:

@@ -1,5 +1,5 @@
 """Scale-out tests reuse the process harness of the durability tests."""
 
-from tests.durability.conftest import harness
+from tests.durability.conftest import harness, postgres_url
 
-__all__ = ["harness"]
+__all__ = ["harness", "postgres_url"]

@@ -10,10 +10,6 @@ step runs more often than its recorded attempts.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +17,6 @@ import httpx
 import pytest
 
 from stepline.store.sql import open_store
-from tests._backends import database_url
 from tests.durability.conftest import (
     TERMINAL_EVENTS,
     Harness,
@@ -34,20 +29,6 @@ pytestmark = pytest.mark.postgres
 
 RESPONSES = 100
 TEXT = " ".join(f"w{i}" for i in range(12))
-
-
-@pytest.fixture
-async def postgres_url(tmp_path: Path) -> AsyncIterator[str]:
-    async with database_url("postgres", tmp_path) as url:
-        # what an operator runs before starting the processes
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "stepline", "migrate", "--database", url],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        yield url
 
 
 async def _follow(
