@@ -606,6 +606,9 @@ class SqlStore:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
+                # The caller was cancelled mid-write: the write still finishes
+                # (its outcome is durable either way), then the cancellation
+                # propagates. A second cancellation stops only the waiting.
                 await asyncio.wait([task])
             raise
 
@@ -619,18 +622,7 @@ class SqlStore:
     async def _write(
         self, work: Callable[[AsyncConnection], Awaitable[_T]], *, transaction: bool = False
     ) -> _T:
-        task = asyncio.get_running_loop().create_task(self._run_write(work, transaction))
-        self._writes.add(task)
-        task.add_done_callback(self._write_done)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                # The caller was cancelled mid-write: the write still finishes
-                # (its outcome is durable either way), then the cancellation
-                # propagates. A second cancellation stops only the waiting.
-                await asyncio.wait([task])
-            raise
+        return await self._guard(self._run_write(work, transaction))
 
     async def _run_write(
         self, work: Callable[[AsyncConnection], Awaitable[_T]], transaction: bool
