@@ -9,12 +9,13 @@ string only.
     StepLineError
     ├── UsageError                 you called it wrong; never retried
     │   ├── ConfigError            the config file or environment is invalid
-    │   └── RequestError           an API request is refused (HTTP 4xx, 503)
+    │   └── RequestError           an API request is refused (HTTP 4xx, 501, 503)
     │       ├── InvalidRequest     400, names the bad ``param``
     │       ├── Unauthorized       401, no key or an unknown one
     │       ├── Forbidden          403, the key may not do this
     │       ├── NotFound           404, names the missing id
     │       ├── RateLimited        429, with ``Retry-After``
+    │       ├── NotSupported       501, this server is not set up for it
     │       └── Unavailable        503, the server is draining
     └── RunError                   it failed while a response ran
         ├── UpstreamError          the model upstream failed (status, body)
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "LeaseLost",
     "NotFound",
+    "NotSupported",
     "RateLimited",
     "RequestError",
     "RunError",
@@ -144,6 +146,14 @@ class RateLimited(RequestError):
             },
         )
         self.retry_after = retry_after
+
+
+class NotSupported(RequestError):
+    """HTTP 501: this server is not set up for the endpoint (its store keeps responses
+    in memory, and the endpoint reads them with SQL); no retry will change that."""
+
+    status_code = 501
+    error_type = "server_error"
 
 
 class Unavailable(RequestError):

@@ -9,10 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
 
+from stepline.config import Settings
+from stepline.errors import NotSupported
+from stepline.scripted import serve_app
+from stepline.server.app import create_app
+from stepline.store.memory import MemoryStore
 from stepline.store.sql import open_store
 from tests.gateway.conftest import Gateway, GatewayFactory
 
@@ -189,6 +195,27 @@ async def test_only_an_admin_key_reads_usage(gateway_factory: GatewayFactory) ->
     assert (await gw.http.get("/v1/usage")).status_code == 401
     with pytest.raises(openai.PermissionDeniedError):
         await gw.client("bob").get("/usage", cast_to=object)
+
+
+async def test_usage_on_a_memory_store_is_a_501_of_the_error_tree() -> None:
+    settings = Settings.model_validate(
+        {
+            "upstreams": {"u": {"base_url": "http://127.0.0.1:9/v1"}},
+            "default_model": {"upstream": "u"},
+        }
+    )
+    app = create_app(settings, store=MemoryStore())
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as http:
+        reply = await http.get("/v1/usage")  # loopback, no keys: an operator
+    assert reply.status_code == NotSupported.status_code == 501
+    assert reply.json() == {
+        "error": {
+            "message": "Usage is read from a SQL store; this server keeps responses in memory.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 @pytest.mark.parametrize(

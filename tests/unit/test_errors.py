@@ -49,6 +49,7 @@ def test_each_refusal_has_its_status() -> None:
         errors.Forbidden: 403,
         errors.NotFound: 404,
         errors.RateLimited: 429,
+        errors.NotSupported: 501,
         errors.Unavailable: 503,
     }
     assert {cls: cls.status_code for cls in statuses} == statuses
@@ -60,7 +61,7 @@ def test_each_refusal_has_its_status() -> None:
 
 
 def test_a_refusal_takes_its_status_from_its_class() -> None:
-    """No 401, 403, 429 or 503 is made by hand from a bare RequestError."""
+    """No 401, 403, 429, 501 or 503 is made by hand from a bare RequestError."""
     by_hand = []
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -72,7 +73,7 @@ def test_a_refusal_takes_its_status_from_its_class() -> None:
                 if (
                     keyword.arg == "status_code"
                     and isinstance(keyword.value, ast.Constant)
-                    and keyword.value.value in (401, 403, 429, 503)
+                    and keyword.value.value in (401, 403, 429, 501, 503)
                 ):
                     by_hand.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert by_hand == []

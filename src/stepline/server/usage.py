@@ -43,7 +43,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from stepline.errors import InvalidRequest
+from stepline.errors import InvalidRequest, NotSupported
 from stepline.server.auth import KeyRing, require_admin
 from stepline.server.openapi import errors
 from stepline.store.sql import SqlStore
@@ -217,11 +217,7 @@ async def get_usage(
     require_admin(request)
     store = request.app.state.runner.engine.store
     if not isinstance(store, SqlStore):
-        raise InvalidRequest(
-            "Usage is read from a SQL store; this server keeps responses in memory.",
-            status_code=501,
-            error_type="server_error",
-        )
+        raise NotSupported("Usage is read from a SQL store; this server keeps responses in memory.")
     keys: KeyRing = request.app.state.gateway.keys
     document = await usage_report(
         store, keys, start=start, end=end, key=key, model=model, group_by=group_by
