@@ -144,7 +144,7 @@ async def _stored_key_count(database_url: str) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from stepline.server.auth import list_stored_keys
-    from stepline.store.sql import create_store_engine
+    from stepline.store.engines import create_store_engine
 
     engine = create_store_engine(database_url, pool_size=1)
     try:
@@ -382,7 +382,7 @@ async def _store_new_key(database_url: str, name: str, key: KeyConfig) -> bool:
     the name is taken."""
     from stepline.server.auth import ensure_key_table, store_key
     from stepline.server.preflight import check_creatable, probe_database
-    from stepline.store.sql import create_store_engine
+    from stepline.store.engines import create_store_engine
 
     await probe_database(database_url)
     check_creatable(database_url)
@@ -404,7 +404,7 @@ async def _on_stored_keys(
 
     from stepline.server.auth import api_keys, ensure_key_table
     from stepline.server.preflight import check_schema, probe_database
-    from stepline.store.sql import create_store_engine
+    from stepline.store.engines import create_store_engine
 
     if not await probe_database(database_url):
         await check_schema(database_url)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from stepline.cli import _is_loopback
 from stepline.cli import app as cli
 from stepline.server.auth import KeyRing, hash_token, list_stored_keys
-from stepline.store.sql import create_store_engine
+from stepline.store.engines import create_store_engine
 
 pytestmark = pytest.mark.timeout(30)
 

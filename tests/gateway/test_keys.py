@@ -23,7 +23,8 @@ from stepline.server.auth import (
     store_key,
 )
 from stepline.store.base import ResponseRecord
-from stepline.store.sql import create_store_engine, open_store
+from stepline.store.engines import create_store_engine
+from stepline.store.sql import open_store
 from tests.gateway.conftest import Gateway, GatewayFactory, read_sse
 
 pytestmark = pytest.mark.timeout(30)

@@ -20,7 +20,7 @@ from stepline.scripted import serve_app
 from stepline.server.app import create_app
 from stepline.server.logs import JsonFormatter
 from stepline.store.memory import MemoryStore
-from stepline.store.sql import head_revision
+from stepline.store.revisions import head_revision
 from tests.gateway.conftest import GatewayFactory, read_sse
 
 pytestmark = pytest.mark.timeout(30)

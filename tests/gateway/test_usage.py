@@ -241,7 +241,7 @@ async def test_a_bad_usage_parameter_is_a_400_naming_it(
 
 
 async def test_the_cli_says_what_is_wrong_with_an_option_in_one_line(tmp_path: Path) -> None:
-    from stepline.store.sql import migrate
+    from stepline.store.revisions import migrate
 
     url = f"sqlite:///{tmp_path / 'usage.db'}"
     await migrate(url)

@@ -27,14 +27,14 @@ from stepline.store import (
     open_store,
 )
 from stepline.store.base import ResponseEnd, StepEnd
-from stepline.store.schema import VERSION_TABLE, metadata
-from stepline.store.sql import (
+from stepline.store.revisions import (
     alembic_config,
     current_revision,
     head_revision,
     migrate,
     shipped_revisions,
 )
+from stepline.store.schema import VERSION_TABLE, metadata
 from tests._backends import SQL_KINDS, backend_params, database_url
 
 SUB_SCOPE = "step_parent_tool_call"

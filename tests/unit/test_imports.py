@@ -11,7 +11,7 @@ def test_the_server_imports_the_mcp_sdk_and_alembic_only_when_used() -> None:
     database needs migrating (a server at the head reads its revision itself)."""
     probe = (
         "import sys, stepline.server.app, stepline.cli, stepline.server.preflight\n"
-        "from stepline.store.sql import head_revision; head_revision()\n"
+        "from stepline.store.revisions import head_revision; head_revision()\n"
         "heavy = ('mcp', 'mcp_types', 'httpx2', 'alembic', 'mako')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

@@ -49,8 +49,8 @@ from stepline.server.routes import router
 from stepline.server.runner import Runner
 from stepline.server.tracing import Tracing, tracing_options
 from stepline.server.usage import router as usage_router
+from stepline.store import SqlStore, normalize_database_url, open_store
 from stepline.store.base import StepStore
-from stepline.store.sql import SqlStore, normalize_database_url, open_store
 from stepline.tools.mcp_tools import McpTools
 from stepline.tools.registry import ServerTool, ToolRegistry
 from stepline.upstream.client import ChatClient

@@ -49,8 +49,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from stepline.config import KeyConfig
 from stepline.errors import Forbidden, Unauthorized
 from stepline.protocol.request import ResponseRequest, allowed_tool_names
+from stepline.store.engines import autocommit_engine
 from stepline.store.schema import JsonText
-from stepline.store.sql import autocommit_engine
 
 __all__ = [
     "ANONYMOUS",

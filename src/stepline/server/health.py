@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from stepline.server.runner import Runner
-from stepline.store.sql import head_revision
+from stepline.store.revisions import head_revision
 
 __all__ = ["router"]
 

@@ -18,13 +18,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.errors import ConfigError, StoreError
-from stepline.store.sql import (
-    create_store_engine,
-    engine_revision,
-    migrate_engine,
-    normalize_database_url,
-    shipped_revisions,
-)
+from stepline.store.engines import create_store_engine, normalize_database_url
+from stepline.store.revisions import engine_revision, migrate_engine, shipped_revisions
 
 __all__ = [
     "CONNECT_TIMEOUT",

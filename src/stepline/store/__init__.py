@@ -8,8 +8,10 @@ ship in ``stepline/store/migrations``.
 """
 
 from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore
+from stepline.store.engines import normalize_database_url
 from stepline.store.memory import MemoryStore
-from stepline.store.sql import SqlStore, migrate, normalize_database_url, open_store
+from stepline.store.revisions import migrate
+from stepline.store.sql import SqlStore, open_store
 
 __all__ = [
     "TERMINAL_STATUSES",

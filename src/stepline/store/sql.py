@@ -3,20 +3,19 @@
 The statements a running response needs on every step (creating it, its
 steps, its event log, its end, its lease) run on the drivers themselves,
 ``sqlite3`` and ``asyncpg`` (:mod:`stepline.store.hot` over
-:mod:`stepline.store.drivers`). Everything else — the schema, the
-migrations, and the statements off that path (listings, deletes, keys,
-conversations, retention, usage) — speaks SQLAlchemy Core through
-prebuilt statements on an async engine (aiosqlite, asyncpg).
+:mod:`stepline.store.drivers`). Everything else — the statements off that
+path (listings, deletes, keys, conversations, retention, usage) — speaks
+SQLAlchemy Core on an async engine (aiosqlite, asyncpg). The engine is set up
+in :mod:`stepline.store.engines`, the schema migrated by
+:mod:`stepline.store.revisions`; the statements are in
+:mod:`stepline.store.statements` and the modules of each concern.
 
 Invariants beyond the :class:`~stepline.store.base.StepStore` contract:
 
-* SQLite runs in WAL mode with ``synchronous=NORMAL`` and foreign keys on,
-  and every write transaction begins ``IMMEDIATE``: a transaction that reads
-  before it writes would otherwise fail with SQLITE_BUSY when two of them
-  try to upgrade their locks at once.
 * On SQLite, the writes of one process — the drivers' and SQLAlchemy's —
   queue on one asyncio lock, so they never meet SQLite's busy handler (which
-  sleeps in growing steps) or each other's open transaction.
+  sleeps in growing steps) or each other's open transaction. Reads run on
+  the autocommit engine and take no write lock.
 * A write that has started is not abandoned when its caller is cancelled: it
   runs in its own task, the caller waits for it and then sees the
   cancellation. Driver connections are never left mid-statement.
@@ -26,20 +25,16 @@ Invariants beyond the :class:`~stepline.store.base.StepStore` contract:
 from __future__ import annotations
 
 import asyncio
-import functools
-import re
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stepline.engine.steps import NewStep, Step, StepState
-from stepline.errors import ConfigError, StoreError
+from stepline.errors import StoreError
 from stepline.store import conversations, hot, listing
 from stepline.store.base import (
     TERMINAL_STATUSES,
@@ -52,224 +47,29 @@ from stepline.store.base import (
     StepEnd,
 )
 from stepline.store.drivers import Driver, PostgresDriver, SqliteDriver
+from stepline.store.engines import (
+    autocommit_engine,
+    connect_args_of,
+    create_store_engine,
+    describe_error,
+)
 from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
 from stepline.store.notify import EventNotifier, EventWatch, PgListener
-from stepline.store.schema import VERSION_TABLE, events, items, responses, steps
-
-if TYPE_CHECKING:  # Alembic is imported only to migrate
-    from alembic.config import Config
-
-__all__ = [
-    "SqlStore",
-    "alembic_config",
-    "autocommit_engine",
-    "create_store_engine",
-    "current_revision",
-    "engine_revision",
-    "head_revision",
-    "migrate",
-    "migrate_engine",
-    "normalize_database_url",
-    "open_store",
-    "shipped_revisions",
-]
-
-_T = TypeVar("_T")
-
-#: the driver arguments each engine was made with (see ``create_store_engine``)
-_CONNECT_ARGS: weakref.WeakKeyDictionary[sa.Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-#: PostgreSQL advisory lock held while migrating ("Stepline" as 8 ASCII bytes),
-#: so processes that start together migrate one after the other
-_MIGRATION_LOCK_KEY = int.from_bytes(b"Stepline", "big")
-#: execution option of the autocommit engine on SQLite: skip our BEGIN IMMEDIATE
-_SQLITE_AUTOCOMMIT = "stepline_sqlite_autocommit"
-_SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=10000",
-    "PRAGMA foreign_keys=ON",
+from stepline.store.revisions import engine_revision, migrate_engine
+from stepline.store.statements import (
+    CANCEL_STEPS,
+    DELETE_EVENTS,
+    DELETE_ITEMS,
+    DELETE_RESPONSE,
+    DELETE_STEPS,
+    FIND_ITEMS,
+    LIST_RESPONSES,
+    record_from_row,
 )
 
-_TERMINAL = sorted(TERMINAL_STATUSES)
-_LIVE_STEP_STATES = [StepState.PENDING.value, StepState.PROCESSING.value]
+__all__ = ["SqlStore", "open_store"]
 
-
-# -- URLs and engines ---------------------------------------------------------
-
-
-def normalize_database_url(url: str) -> str:
-    """Map a user's database URL onto the async driver stepline uses.
-
-    ``sqlite:///path`` becomes ``sqlite+aiosqlite:///path``; ``postgresql://``,
-    ``postgres://`` and ``postgresql+asyncpg://`` become ``postgresql+asyncpg://``.
-    Anything else raises :class:`~stepline.errors.ConfigError`.
-    """
-    scheme, separator, rest = url.partition("://")
-    if separator:
-        if scheme in ("sqlite", "sqlite+aiosqlite"):
-            path = rest[1:] if rest.startswith("/") else ""
-            if path and path != ":memory:":
-                return f"sqlite+aiosqlite://{rest}"
-        elif scheme in ("postgresql", "postgres", "postgresql+asyncpg") and rest:
-            return f"postgresql+asyncpg://{rest}"
-    raise ConfigError(
-        f"unsupported database URL {_redact(url)!r}: "
-        "use sqlite:///path/to/file.db or postgresql://user@host/dbname"
-    )
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def create_store_engine(
-    url: str, *, pool_size: int = 10, connect_args: Mapping[str, Any] | None = None
-) -> AsyncEngine:
-    """An async engine for ``url``, set up the way :class:`SqlStore` relies on.
-
-    ``connect_args`` go to the driver, e.g. asyncpg's
-    ``{"server_settings": {"search_path": "myschema"}}``.
-    """
-    url = normalize_database_url(url)
-    engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        connect_args=dict(connect_args or {}),
-    )
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
-    # the hot path's own asyncpg pool connects the same way
-    _CONNECT_ARGS[engine.sync_engine] = dict(connect_args or {})
-    return engine
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # The driver must not open transactions on its own; ``on_begin`` does.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            for pragma in _SQLITE_PRAGMAS:
-                cursor.execute(pragma)
-        finally:
-            cursor.close()
-
-    def on_begin(connection: sa.Connection) -> None:
-        if not connection.get_execution_options().get(_SQLITE_AUTOCOMMIT):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    sa.event.listen(engine.sync_engine, "connect", on_connect)
-    sa.event.listen(engine.sync_engine, "begin", on_begin)
-
-
-def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
-    """``engine`` for statements that each commit alone: on SQLite no ``BEGIN
-    IMMEDIATE`` (a read then takes no write lock), elsewhere ``AUTOCOMMIT``."""
-    if engine.dialect.name == "sqlite":
-        return engine.execution_options(**{_SQLITE_AUTOCOMMIT: True})
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
-# -- migrations ---------------------------------------------------------------
-
-
-def alembic_config() -> Config:
-    """The Alembic config of stepline's migrations, found inside the package."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS_DIR))
-    return config
-
-
-_REVISION_LINE = re.compile(r'^(revision|down_revision)\b[^=\n]*=\s*(?:"([^"]+)"|None)', re.M)
-
-
-@functools.cache
-def shipped_revisions() -> tuple[str, ...]:
-    """The migrations this stepline ships, oldest first.
-
-    Read from the files' ``revision``/``down_revision`` lines, so a server at
-    the head never imports Alembic (a test checks this against Alembic's own
-    reading)."""
-    previous: dict[str, str | None] = {}
-    for path in sorted((_MIGRATIONS_DIR / "versions").glob("[0-9]*.py")):
-        found = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(path.read_text())}
-        previous[str(found["revision"])] = found.get("down_revision")
-    newer = {down: rev for rev, down in previous.items()}
-    chain: list[str] = []
-    current = newer.get(None)
-    while current is not None:
-        chain.append(current)
-        current = newer.get(current)
-    if len(chain) != len(previous):  # pragma: no cover - the package ships one line
-        raise StoreError("stepline's migrations do not form one line")
-    return tuple(chain)
-
-
-def head_revision() -> str:
-    """The newest migration this version of stepline ships."""
-    return shipped_revisions()[-1]
-
-
-async def migrate_engine(engine: AsyncEngine) -> None:
-    """Upgrade the database behind ``engine`` to the head revision (Alembic runs only
-    when there is something to do)."""
-    try:
-        async with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
-                )
-            if await connection.run_sync(_revision_of) != head_revision():
-                await connection.run_sync(_upgrade_to_head)
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"migrating the store failed: {_describe(exc)}") from exc
-
-
-def _upgrade_to_head(connection: sa.Connection) -> None:
-    from alembic import command
-
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
-async def engine_revision(engine: AsyncEngine) -> str | None:
-    """The revision the database behind ``engine`` is at; None before any migration."""
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_revision_of)
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"reading the schema revision failed: {_describe(exc)}") from exc
-
-
-def _revision_of(connection: sa.Connection) -> str | None:
-    if not sa.inspect(connection).has_table(VERSION_TABLE):
-        return None
-    versions = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
-    return connection.execute(sa.select(versions.c.version_num)).scalar()
-
-
-async def migrate(url: str) -> None:
-    """Upgrade the database at ``url`` to the head revision."""
-    engine = create_store_engine(url, pool_size=1)
-    try:
-        await migrate_engine(engine)
-    finally:
-        await engine.dispose()
-
-
-async def current_revision(url: str) -> str | None:
-    """The revision the database at ``url`` is at; None before any migration."""
-    engine = create_store_engine(url, pool_size=1)
-    try:
-        return await engine_revision(engine)
-    finally:
-        await engine.dispose()
+_T = TypeVar("_T")
 
 
 async def open_store(url: str, *, migrate: bool = True, pool_size: int = 10) -> SqlStore:
@@ -284,71 +84,6 @@ async def open_store(url: str, *, migrate: bool = True, pool_size: int = 10) -> 
     return SqlStore(engine)
 
 
-# -- statements ---------------------------------------------------------------
-#
-# Built once: SQLAlchemy caches their compiled form, so a call only binds values.
-
-_LIST_RESPONSES = (
-    sa.select(responses)
-    .order_by(responses.c.created_at.desc(), responses.c.id.desc())
-    .limit(sa.bindparam("p_limit"))
-)
-_FIND_ITEMS = (
-    sa.select(items.c.id, items.c.data)
-    .join(responses, responses.c.id == items.c.response_id)
-    .where(
-        items.c.id.in_(sa.bindparam("p_ids", expanding=True)),
-        responses.c.key_id.is_not_distinct_from(sa.bindparam("p_key", type_=sa.String())),
-    )
-    .order_by(responses.c.created_at, items.c.position)
-)
-_DELETE_ITEMS = sa.delete(items).where(items.c.response_id == sa.bindparam("p_id"))
-_DELETE_EVENTS = sa.delete(events).where(events.c.response_id == sa.bindparam("p_id"))
-_DELETE_STEPS = sa.delete(steps).where(steps.c.response_id == sa.bindparam("p_id"))
-_DELETE_RESPONSE = sa.delete(responses).where(responses.c.id == sa.bindparam("p_id"))
-
-_CANCEL_STEPS = (
-    sa.update(steps)
-    .where(
-        steps.c.response_id == sa.bindparam("p_id"),
-        steps.c.state.in_(_LIVE_STEP_STATES),
-    )
-    .values(
-        state=StepState.CANCELLED.value,
-        finished_at=sa.bindparam("p_now", type_=sa.Double()),
-    )
-)
-
-
-# -- rows ---------------------------------------------------------------------
-
-
-def _record_from_row(row: sa.Row[Any]) -> ResponseRecord:
-    return ResponseRecord(
-        id=row.id,
-        created_at=row.created_at,
-        status=row.status,
-        model=row.model,
-        body=row.body,
-        previous_response_id=row.previous_response_id,
-        store=row.store,
-        background=row.background,
-        owner=row.owner,
-        lease_expires_at=row.lease_expires_at,
-        result=row.result,
-        completed_at=row.completed_at,
-        key_id=row.key_id,
-    )
-
-
-def _describe(exc: BaseException) -> str:
-    # SQLAlchemy's own message repeats the statement and its parameters, which
-    # may hold whole payloads; the driver's message is what a reader needs.
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"{type(exc.orig).__name__}: {exc.orig}"
-    return f"{type(exc).__name__}: {exc}"
-
-
 # -- the store ----------------------------------------------------------------
 
 
@@ -356,8 +91,9 @@ class SqlStore:
     """A :class:`~stepline.store.base.StepStore` on an SQLAlchemy async engine.
 
     Build it with :func:`open_store`, or from an engine made by
-    :func:`create_store_engine` (the engine must be set up that way, and its
-    database migrated with :func:`migrate_engine`).
+    :func:`~stepline.store.engines.create_store_engine` (the engine must be set up
+    that way, and its database migrated with
+    :func:`~stepline.store.revisions.migrate_engine`).
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -376,7 +112,8 @@ class SqlStore:
         return self._engine
 
     async def current_revision(self) -> str | None:
-        """The schema revision of the database; compare with :func:`head_revision`."""
+        """The schema revision of the database; compare with
+        :func:`~stepline.store.revisions.head_revision`."""
         return await engine_revision(self._engine)
 
     # -- responses --
@@ -389,8 +126,8 @@ class SqlStore:
 
     async def list_responses(self, *, limit: int = 20) -> list[ResponseRecord]:
         async def work(connection: AsyncConnection) -> list[ResponseRecord]:
-            result = await connection.execute(_LIST_RESPONSES, {"p_limit": limit})
-            return [_record_from_row(row) for row in result]
+            result = await connection.execute(LIST_RESPONSES, {"p_limit": limit})
+            return [record_from_row(row) for row in result]
 
         return await self._read(work)
 
@@ -431,7 +168,7 @@ class SqlStore:
         params = {"p_ids": list(dict.fromkeys(item_ids)), "p_key": key_id}
 
         async def work(connection: AsyncConnection) -> dict[str, dict[str, Any]]:
-            result = await connection.execute(_FIND_ITEMS, params)
+            result = await connection.execute(FIND_ITEMS, params)
             return {row.id: row.data for row in result}
 
         return await self._read(work)
@@ -440,10 +177,10 @@ class SqlStore:
         params = {"p_id": response_id}
 
         async def work(connection: AsyncConnection) -> bool:
-            await connection.execute(_DELETE_EVENTS, params)
-            await connection.execute(_DELETE_ITEMS, params)
-            await connection.execute(_DELETE_STEPS, params)
-            return (await connection.execute(_DELETE_RESPONSE, params)).rowcount == 1
+            await connection.execute(DELETE_EVENTS, params)
+            await connection.execute(DELETE_ITEMS, params)
+            await connection.execute(DELETE_STEPS, params)
+            return (await connection.execute(DELETE_RESPONSE, params)).rowcount == 1
 
         return await self._write(work, transaction=True)
 
@@ -486,7 +223,7 @@ class SqlStore:
         params = {"p_id": response_id, "p_now": time.time()}
 
         async def work(connection: AsyncConnection) -> int:
-            return (await connection.execute(_CANCEL_STEPS, params)).rowcount
+            return (await connection.execute(CANCEL_STEPS, params)).rowcount
 
         return await self._write(work)
 
@@ -593,7 +330,7 @@ class SqlStore:
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         pool = self._engine.pool
         size = pool.size() if isinstance(pool, sa.pool.QueuePool) else 10
-        connect_args = _CONNECT_ARGS.get(self._engine.sync_engine, {})
+        connect_args = connect_args_of(self._engine)
         return await PostgresDriver.connect(dsn, size=size, connect_args=connect_args)
 
     async def _guard(self, write: Awaitable[_T]) -> _T:
@@ -617,7 +354,7 @@ class SqlStore:
             async with self._autocommit.connect() as connection:
                 return await work(connection)
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"store read failed: {_describe(exc)}") from exc
+            raise StoreError(f"store read failed: {describe_error(exc)}") from exc
 
     async def _write(
         self, work: Callable[[AsyncConnection], Awaitable[_T]], *, transaction: bool = False
@@ -645,7 +382,7 @@ class SqlStore:
             async with self._autocommit.connect() as connection:
                 return await work(connection)
         except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"store write failed: {_describe(exc)}") from exc
+            raise StoreError(f"store write failed: {describe_error(exc)}") from exc
 
     def _write_done(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)

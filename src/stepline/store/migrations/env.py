@@ -1,6 +1,6 @@
 """Alembic environment for stepline's schema.
 
-stepline runs its migrations programmatically (``stepline.store.sql.migrate``):
+stepline runs its migrations programmatically (``stepline.store.revisions.migrate_engine``):
 the caller opens the async engine, takes a connection inside one transaction
 and hands it over as ``config.attributes["connection"]``; this module then
 runs synchronously on it (it is called through ``AsyncConnection.run_sync``).
@@ -25,7 +25,7 @@ config = context.config
 
 
 def _url() -> str:
-    from stepline.store.sql import normalize_database_url
+    from stepline.store.engines import normalize_database_url
 
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
@@ -45,7 +45,7 @@ def _run_on(connection: Connection) -> None:
 
 
 async def _run_with_own_engine() -> None:
-    from stepline.store.sql import create_store_engine
+    from stepline.store.engines import create_store_engine
 
     engine = create_store_engine(_url(), pool_size=1)
     try:
