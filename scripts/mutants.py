@@ -115,8 +115,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="loop-tool-concurrency-plus-one",
         module="engine/loop.py",
-        old="asyncio.Semaphore(self.engine.settings.limits.tool_concurrency)",
-        new="asyncio.Semaphore(self.engine.settings.limits.tool_concurrency + 1)",
+        old="asyncio.Semaphore(self.engine.limits.tool_concurrency)",
+        new="asyncio.Semaphore(self.engine.limits.tool_concurrency + 1)",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(

@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import orjson
 
 from stepline.agent.function_tool import FunctionTool
-from stepline.config import HttpToolConfig, LimitsConfig, ModelRoute, Settings, UpstreamConfig
+from stepline.config import HttpToolConfig, UpstreamConfig
+from stepline.engine.limits import Limits
 from stepline.engine.loop import Engine
 from stepline.engine.policies import StopPolicy
 from stepline.engine.response import run_response
 from stepline.engine.run_events import RunCompleted, RunEvent
 from stepline.errors import ConfigError, RunError
-from stepline.protocol.request import new_id, parse_request
+from stepline.protocol.request import ResponseRequest, new_id, parse_request
 from stepline.scripted import ScriptedModel, create_scripted_app
 from stepline.store.base import ResponseRecord, StepStore
 from stepline.store.memory import MemoryStore
@@ -225,13 +225,17 @@ class Agent:
 
 
 class _Run:
-    """One run of an agent: its settings, registry and engine, made for this run."""
+    """One run of an agent: its model routes, registry and engine, made for this run.
+
+    Each agent of the tree (the root and every sub-agent) is a model route of
+    its own (``name#n``) with one upstream target; the engine asks this object
+    for them (``engine.routes.ModelRoutes``), so no config is made up for a run.
+    """
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.upstreams: dict[str, UpstreamConfig] = {}
+        self.targets: dict[str, UpstreamTarget] = {}
         self.clients: dict[str, ChatClient] = {}
-        self.routes: list[ModelRoute] = []
         self.registry = ToolRegistry()
         self._route_of: dict[int, str] = {}
         self._tool_of: dict[int, str] = {}
@@ -247,14 +251,20 @@ class _Run:
         self._route_of[id(agent)] = route
         upstream = f"upstream-{route}"
         model = agent.model
-        self.upstreams[upstream] = UpstreamConfig(
+        config = UpstreamConfig(
             base_url=model.base_url,
             api_key=model.api_key,
             stream=model.stream,
             max_retries=model.max_retries,
         )
+        self.targets[route] = UpstreamTarget(
+            name=upstream,
+            base_url=model.base_url.rstrip("/"),
+            api_key=config.resolved_api_key(),
+            upstream_model=model.model,
+            config=config,
+        )
         self.clients[upstream] = ChatClient(transport=model.transport)
-        self.routes.append(ModelRoute(name=route, upstream=upstream, upstream_model=model.model))
         return route, [self._add_tool(tool) for tool in agent.tools]
 
     def _add_tool(self, tool: FunctionTool | HttpTool | Agent | AgentTool) -> str:
@@ -290,20 +300,28 @@ class _Run:
         self._tool_of[id(tool)] = server_tool.name
         return server_tool.name
 
-    def settings(self) -> Settings:
+    def limits(self) -> Limits:
         agent = self.agent
-        return Settings(
-            upstreams=self.upstreams,
-            models=tuple(self.routes),
-            limits=LimitsConfig(
-                max_iterations=agent.max_iterations,
-                max_depth=agent.max_depth,
-                tool_concurrency=agent.tool_concurrency,
-                tool_errors=agent.tool_errors,
-                tool_join=agent.join,
-                validation=agent.validation,
-            ),
+        return Limits(
+            max_iterations=agent.max_iterations,
+            max_depth=agent.max_depth,
+            tool_concurrency=agent.tool_concurrency,
+            tool_errors=agent.tool_errors,
+            tool_join=agent.join,
+            validation=agent.validation,
         )
+
+    # -- the agent tree as model routes (engine.routes.ModelRoutes) -----------
+
+    def target(self, model: str) -> UpstreamTarget | None:
+        return self.targets.get(model)
+
+    def tools(self, model: str) -> tuple[str, ...]:
+        # the root's tools are named to run_response; a sub-agent's by its AgentSpec
+        return ()
+
+    def context_window(self, model: str, target: UpstreamTarget) -> int | None:
+        return None
 
     def stream(
         self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
@@ -312,17 +330,21 @@ class _Run:
 
     # -- running -------------------------------------------------------------
 
-    def _record(self, input: str | list[dict[str, Any]], now: float) -> ResponseRecord:
+    def _request(self, input: str | list[dict[str, Any]]) -> ResponseRequest:
         if isinstance(input, list) and self.agent.instructions is not None:
             # the agent's instructions replace any system message the input had
             input = [m for m in input if m.get("role") not in ("system", "developer")]
-        body = {
-            "model": self.root_route,
-            "input": input,
-            "instructions": self.agent.instructions,
-            "parallel_tool_calls": self.agent.parallel_tools,
-        }
-        request = parse_request(orjson.dumps(body))
+        # validated as a body is (the same normalised items), without going through bytes
+        return parse_request(
+            {
+                "model": self.root_route,
+                "input": input,
+                "instructions": self.agent.instructions,
+                "parallel_tool_calls": self.agent.parallel_tools,
+            }
+        )
+
+    def _record(self, request: ResponseRequest, now: float) -> ResponseRecord:
         return ResponseRecord(
             id=new_id("resp"),
             created_at=now,
@@ -353,14 +375,17 @@ class _Run:
             engine = Engine(
                 store=store,
                 chat=self,
-                settings=self.settings(),
+                routes=self,
+                limits=self.limits(),
                 tools=self.registry,
                 http=http,
                 tap=tap,
             )
+            request: ResponseRequest | None = None
             if response_id is None:
                 assert input is not None
-                record = self._record(input, time.time())
+                request = self._request(input)
+                record = self._record(request, time.time())
                 await store.create_response(record)
             else:
                 found = await store.get_response(response_id)
@@ -375,6 +400,7 @@ class _Run:
                     stops=self.agent.stops,
                     tools=self.root_tools,
                     fresh=response_id is None,
+                    request=request,
                 )
             )
             task.add_done_callback(lambda _: queue.put_nowait(None))

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from stepline.config import Settings
 from stepline.errors import UpstreamError
 from stepline.protocol.chat_stream import ChatStreamAccumulator
 from stepline.protocol.compaction import summary_request
@@ -34,7 +33,6 @@ from stepline.upstream.tokenize import tokenizer_for
 __all__ = [
     "CONTEXT_OVERFLOW",
     "Summary",
-    "context_window",
     "drop_oldest",
     "estimate_tokens",
     "fit_context",
@@ -112,14 +110,6 @@ async def summarise(
     return Summary(text=turn.text, usage=turn.usage)
 
 
-def context_window(settings: Settings, model: str, target: UpstreamTarget) -> int | None:
-    """The configured context window of a client model: its route's, else its upstream's."""
-    route = settings.route_for(model)
-    if route is not None and route.context_window is not None:
-        return route.context_window
-    return target.config.context_window
-
-
 def is_context_overflow(exc: UpstreamError) -> bool:
     """The upstream refused the request for being longer than its context."""
     if exc.status not in (400, 413, 422):
@@ -163,11 +153,10 @@ class Fitted:
 
 
 async def fit_context(
-    settings: Settings,
     http: httpx.AsyncClient,
     target: UpstreamTarget,
     *,
-    model: str,
+    window: int | None,
     truncation: str,
     payload: dict[str, Any],
     max_output_tokens: int | None,
@@ -176,7 +165,6 @@ async def fit_context(
 
     Without a configured ``context_window`` the payload goes as it is and the
     upstream decides. The window keeps room for ``max_output_tokens``."""
-    window = context_window(settings, model, target)
     if window is None:
         return Fitted(payload=payload)
     budget = window - (max_output_tokens or 0)

@@ -33,7 +33,6 @@ from typing import Any, Literal, Protocol, cast
 import httpx
 import orjson
 
-from stepline.config import Settings
 from stepline.engine.compaction import (
     CONTEXT_OVERFLOW,
     fit_context,
@@ -41,8 +40,10 @@ from stepline.engine.compaction import (
     summarise,
 )
 from stepline.engine.conversation import HistoryCache
+from stepline.engine.limits import Limits
 from stepline.engine.observer import LoopObserver, NullObserver
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
+from stepline.engine.routes import ModelRoutes
 from stepline.engine.run_events import (
     RunEvent,
     StepCompleted,
@@ -96,7 +97,7 @@ from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
-from stepline.upstream.routing import UpstreamTarget, resolve_target
+from stepline.upstream.routing import UpstreamTarget
 
 __all__ = [
     "ChatStreamer",
@@ -188,9 +189,11 @@ class Engine:
 
     store: StepStore
     chat: ChatStreamer
-    settings: Settings
+    #: which upstream serves a model, and what its route offers
+    routes: ModelRoutes
     tools: ToolRegistry
     http: httpx.AsyncClient
+    limits: Limits = field(default_factory=Limits)
     clock: Callable[[], float] = time.time
     observer: LoopObserver = field(default_factory=NullObserver)
     #: the server tools a caller (API key id) may use; None means no restriction
@@ -207,6 +210,10 @@ class Engine:
     default_tools: tuple[str, ...] = ()
     #: seals and opens the ``encrypted_content`` clients carry between turns
     sealer: Sealer = field(default_factory=Sealer.ephemeral)
+    #: server tools that play hosted tools, by hosted type (``web_search`` -> a tool)
+    hosted_tools: Mapping[str, str] = field(default_factory=dict)
+    #: how reasoning stream events are named unless a request says
+    reasoning_events: Literal["openai", "open_responses"] = "openai"
     #: conversations read lately, so a continuation reads only its last turn
     history: HistoryCache = field(default_factory=HistoryCache)
 
@@ -350,7 +357,7 @@ class ScopeLoop:
             await self._record(done)
         if not tool_calls:
             return
-        limit = asyncio.Semaphore(self.engine.settings.limits.tool_concurrency)
+        limit = asyncio.Semaphore(self.engine.limits.tool_concurrency)
         fail_fast = self.policy.join == "fail_fast"
 
         async def bounded(step: Step) -> None:
@@ -485,10 +492,9 @@ class ScopeLoop:
             server_names=frozenset(self.server_tools),
         )
         fitted = await fit_context(
-            self.engine.settings,
             self.engine.http,
             self.target,
-            model=self.request.model,
+            window=self.engine.routes.context_window(self.request.model, self.target),
             truncation=self.request.truncation,
             payload=payload,
             max_output_tokens=self.request.max_output_tokens,
@@ -831,18 +837,18 @@ class ScopeLoop:
             )
         if tool.limits_output:
             return output
-        return truncate_output(output, self.engine.settings.limits.max_tool_output_chars)
+        return truncate_output(output, self.engine.limits.max_tool_output_chars)
 
     async def _run_agent(
         self, step: Step, name: str, config: AgentSpec, arguments: dict[str, Any]
     ) -> str:
-        settings = self.engine.settings
-        if self.depth + 1 > settings.limits.max_depth:
+        limits = self.engine.limits
+        if self.depth + 1 > limits.max_depth:
             raise ToolError(
-                f"agent {name!r} not run: max_depth {settings.limits.max_depth} reached",
+                f"agent {name!r} not run: max_depth {limits.max_depth} reached",
                 tool=name,
             )
-        target = resolve_target(settings, config.model)
+        target = self.engine.routes.target(config.model)
         if target is None:
             raise ToolError(
                 f"agent {name!r} names model {config.model!r} with no upstream", tool=name
@@ -866,10 +872,10 @@ class ScopeLoop:
             key_tools=self.key_tools,
             base_messages=base_messages(request, []),
             policy=LoopPolicy(
-                max_iterations=settings.limits.max_iterations,
-                fail_on_tool_error=settings.limits.tool_errors == "fail",
-                join=settings.limits.tool_join,
-                validation=settings.limits.validation,
+                max_iterations=limits.max_iterations,
+                fail_on_tool_error=limits.tool_errors == "fail",
+                join=limits.tool_join,
+                validation=limits.validation,
             ),
             depth=self.depth + 1,
             state=self.state,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from stepline.protocol.validate import Strictness
+from stepline.engine.limits import Strictness
 
 __all__ = [
     "ApprovedCall",

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from stepline.config import Settings
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import InputContext
 from stepline.protocol.model_events import ItemOptions
 from stepline.protocol.request import ResponseRequest
 from stepline.protocol.sealing import Sealer
 from stepline.upstream.routing import UpstreamTarget
+
+if TYPE_CHECKING:
+    from stepline.engine.loop import Engine
 
 __all__ = ["Prepared", "hosted_type", "prepare"]
 
@@ -49,14 +52,14 @@ def hosted_type(kind: str) -> str:
 
 
 def prepare(
-    settings: Settings,
-    sealer: Sealer,
+    engine: Engine,
     request: ResponseRequest,
     target: UpstreamTarget | None,
     *,
     key_tools: frozenset[str] | None = None,
 ) -> Prepared:
     """``key_tools``: the server tools the caller's key may use (None: any)."""
+    sealer: Sealer = engine.sealer
     dialect = target.dialect if target is not None else None
     native = bool(dialect and dialect.native_custom)
     file_parts = bool(dialect and dialect.file_parts)
@@ -69,7 +72,7 @@ def prepare(
         )
 
     tools = ClientTools.of(request, native_custom=native)
-    names = request.reasoning_events or settings.protocol.reasoning_events
+    names = request.reasoning_events or engine.reasoning_events
     options = ItemOptions(
         summary=request.reasoning is not None and request.reasoning.summary is not None,
         seal=sealer.seal if request.includes("reasoning.encrypted_content") else None,
@@ -80,7 +83,7 @@ def prepare(
     hosted: dict[str, str] = {}
     dropped: list[str] = []
     for kind in tools.hosted:
-        played = settings.protocol.hosted_tools.get(hosted_type(kind))
+        played = engine.hosted_tools.get(hosted_type(kind))
         if played is None or (key_tools is not None and played not in key_tools):
             dropped.append(kind)
         else:

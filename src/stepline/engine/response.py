@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from stepline.config import Settings
 from stepline.engine.conversation import approvals, conversation_items, load_conversation
 from stepline.engine.event_log import EventLog
+from stepline.engine.limits import Limits
 from stepline.engine.loop import (
     Engine,
     LoopDrained,
@@ -47,7 +47,6 @@ from stepline.protocol.request import ResponseRequest, parse_request
 from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
-from stepline.upstream.routing import resolve_target
 
 __all__ = ["offered_tools", "run_response", "snapshot", "stored_response", "top_level_policy"]
 
@@ -62,7 +61,7 @@ def _results_at(messages: list[dict[str, Any]], start: int) -> int:
 
 
 def top_level_policy(
-    settings: Settings,
+    limits: Limits,
     request: ResponseRequest,
     server_tools: dict[str, ServerTool] | None = None,
     approved: Sequence[ApprovedCall] = (),
@@ -70,12 +69,12 @@ def top_level_policy(
 ) -> LoopPolicy:
     client = (client_tools or ClientTools.of(request)).chat_names(request)
     return LoopPolicy(
-        max_iterations=settings.limits.max_iterations,
+        max_iterations=limits.max_iterations,
         max_tool_calls=request.max_tool_calls,
-        fail_on_tool_error=settings.limits.tool_errors == "fail",
+        fail_on_tool_error=limits.tool_errors == "fail",
         client_tools=client,
-        join=settings.limits.tool_join,
-        validation=settings.limits.validation,
+        join=limits.tool_join,
+        validation=limits.validation,
         approval_tools=frozenset(
             name for name, tool in (server_tools or {}).items() if tool.approval
         ),
@@ -143,7 +142,7 @@ async def run_response(
             events.lifecycle("response.in_progress", started)
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
-        route_target = resolve_target(engine.settings, request.model)
+        route_target = engine.routes.target(request.model)
         if route_target is None:
             outcome = Outcome(
                 status="failed",
@@ -152,9 +151,7 @@ async def run_response(
             )
         else:
             allowed = engine.key_tools(record.key_id)
-            prepared = prepare(
-                engine.settings, engine.sealer, request, route_target, key_tools=allowed
-            )
+            prepared = prepare(engine, request, route_target, key_tools=allowed)
             server_tools, listings = await offered_tools(
                 engine, request, prepared, key_id=record.key_id, tools=tools
             )
@@ -180,7 +177,7 @@ async def run_response(
                     transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
                 policy=top_level_policy(
-                    engine.settings,
+                    engine.limits,
                     request,
                     server_tools,
                     approvals(request, conversation),
@@ -219,8 +216,7 @@ async def run_response(
 def offered_names(engine: Engine, model: str) -> tuple[str, ...]:
     """The server tools (and MCP sources) a model is offered before any key's limit:
     its route's, then the server's defaults (``serve --tools``)."""
-    route = engine.settings.route_for(model)
-    return (*(route.tools if route else ()), *engine.default_tools)
+    return (*engine.routes.tools(model), *engine.default_tools)
 
 
 async def offered_tools(

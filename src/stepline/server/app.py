@@ -39,6 +39,7 @@ from stepline.protocol.sealing import Sealer, parse_key
 from stepline.server import conversations, health, metrics, passthrough, websocket
 from stepline.server.auth import KeyRing
 from stepline.server.compact import router as compact_router
+from stepline.server.configured import ConfiguredRoutes, engine_limits
 from stepline.server.console import install_console
 from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
@@ -221,7 +222,8 @@ def create_app(
             engine = Engine(
                 store=the_store,
                 chat=the_chat,
-                settings=settings,
+                routes=ConfiguredRoutes(settings),
+                limits=engine_limits(settings),
                 tools=registry,
                 default_tools=tuple(tool.name for tool in python_tools),
                 http=http,
@@ -230,8 +232,10 @@ def create_app(
                 key_tools=keys.tools_for,
                 mcp=McpTools(settings.mcp, settings.mcp_allowed_urls),
                 sealer=sealer,
+                hosted_tools=settings.protocol.hosted_tools,
+                reasoning_events=settings.protocol.reasoning_events,
             )
-            runner = Runner(engine)
+            runner = Runner(engine, settings)
             app.state.runner = runner
             app.state.chat = the_chat
             await runner.start()

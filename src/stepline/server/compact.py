@@ -49,7 +49,7 @@ from stepline.server.openapi import errors, response_body
 from stepline.server.replies import JSON
 from stepline.server.runner import Runner
 from stepline.tools.registry import ServerTool
-from stepline.upstream.routing import UpstreamTarget, resolve_target
+from stepline.upstream.routing import UpstreamTarget
 from stepline.upstream.tokenize import tokenizer_for
 
 __all__ = ["router"]
@@ -99,14 +99,14 @@ async def _read(runner: Runner, caller: Caller, body: dict[str, Any]) -> _Read:
         raise Unavailable("server is shutting down")
     request = parse_request(body)
     engine = runner.engine
-    settings = engine.settings
+    settings = runner.settings
     if len(request.input) > settings.limits.max_input_items:
         raise InvalidRequest(
             f"input has {len(request.input)} items; this server accepts at most "
             f"{settings.limits.max_input_items}.",
             param="input",
         )
-    target = resolve_target(settings, request.model)
+    target = engine.routes.target(request.model)
     if target is None:
         raise InvalidRequest(
             f"The model '{request.model}' does not exist.", param="model", code="model_not_found"
@@ -119,9 +119,7 @@ async def _read(runner: Runner, caller: Caller, body: dict[str, Any]) -> _Read:
                 f"Previous response with id '{request.previous_response_id}' not found.",
                 param="previous_response_id",
             )
-    prepared = prepare(
-        settings, engine.sealer, request, target, key_tools=engine.key_tools(caller.key_id)
-    )
+    prepared = prepare(engine, request, target, key_tools=engine.key_tools(caller.key_id))
     # a conversation's items are read as a create reads them (as the conversation is now)
     request = await pin_conversation(engine.store, request, caller)
     conversation = await load_conversation(
@@ -245,10 +243,9 @@ async def count_input_tokens(request: Request) -> Response:
     try:
         if read.request.truncation == "auto":
             fitted = await fit_context(
-                engine.settings,
                 engine.http,
                 read.target,
-                model=read.request.model,
+                window=engine.routes.context_window(read.request.model, read.target),
                 truncation="auto",
                 payload=payload,
                 max_output_tokens=None,

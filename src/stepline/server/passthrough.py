@@ -105,7 +105,7 @@ async def chat_completions(request: Request) -> Response:
     caller = caller_of(request)
     gateway: Gateway = request.app.state.gateway
     chat: ChatClient = request.app.state.chat
-    settings = request.app.state.runner.engine.settings
+    settings = request.app.state.runner.settings
     raw = await request.body()
     body = _parse(raw, settings.limits.max_input_items)
     model = body["model"]

@@ -57,7 +57,6 @@ from stepline.server.runner import Runner
 from stepline.server.sse import sse_frames
 from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
-from stepline.upstream.routing import resolve_target
 
 __all__ = ["router"]
 
@@ -117,14 +116,16 @@ def _sse(request: Request, runner: Runner, response_id: str, after: int) -> Stre
 async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> _Notices:
     """Refuse what would fail later: unknown model, shadowed tools, orphan tool outputs;
     and what the caller's key may not do, or may not see."""
-    settings = runner.engine.settings
+    settings = runner.settings
     if len(request.input) > settings.limits.max_input_items:
         raise InvalidRequest(
             f"input has {len(request.input)} items; this server accepts at most "
             f"{settings.limits.max_input_items}.",
             param="input",
         )
-    if resolve_target(settings, request.model) is None:
+    engine = runner.engine
+    target = engine.routes.target(request.model)
+    if target is None:
         raise InvalidRequest(
             f"The model '{request.model}' does not exist.", param="model", code="model_not_found"
         )
@@ -148,14 +149,7 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             )
     if runner.engine.mcp is not None:
         runner.engine.mcp.check_request(request)
-    engine = runner.engine
-    prepared = prepare(
-        settings,
-        engine.sealer,
-        request,
-        resolve_target(settings, request.model),
-        key_tools=engine.key_tools(caller.key_id),
-    )
+    prepared = prepare(engine, request, target, key_tools=engine.key_tools(caller.key_id))
     _check_hosted(settings, prepared.dropped)
     _check_tool_choice(runner, request, prepared, server_tools)
     conversation = await load_conversation(
@@ -281,7 +275,7 @@ async def accept_response(
     if not runner.accepting:
         raise Unavailable("server is shutting down")
     ignored = unknown_fields(data)
-    if ignored and runner.engine.settings.protocol.unknown_fields == "reject":
+    if ignored and runner.settings.protocol.unknown_fields == "reject":
         raise InvalidRequest(
             f"Unknown parameter: '{ignored[0]}'.", param=ignored[0], code="unknown_parameter"
         )
@@ -480,7 +474,7 @@ async def list_input_items(
 
 @router.get("/models", responses=errors(401, 429))
 async def list_models(request: Request) -> Response:
-    settings = _runner(request).engine.settings
+    settings = _runner(request).settings
     caller = caller_of(request)
     created = 0
     data = [

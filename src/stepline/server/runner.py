@@ -19,6 +19,7 @@ import secrets
 import socket
 from typing import Any
 
+from stepline.config import Settings
 from stepline.engine.event_log import EventLog, EventWriter
 from stepline.engine.loop import Engine, LoopDrained
 from stepline.engine.response import run_response, stored_response
@@ -37,10 +38,12 @@ _TAKEOVER_POLL_SECONDS = 1.0
 class Runner:
     """The loops of this process, their event logs and their leases."""
 
-    def __init__(self, engine: Engine, *, owner: str | None = None) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, owner: str | None = None) -> None:
         self.engine = engine
+        #: the config the routes check requests against (the engine takes only its limits)
+        self.settings = settings
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.lease_seconds = engine.settings.limits.lease_seconds
+        self.lease_seconds = settings.limits.lease_seconds
         self.writer = EventWriter(engine.store, owner=self.owner)
         self.logs: dict[str, EventLog] = {}
         self.tasks: dict[str, asyncio.Task[dict[str, Any]]] = {}

@@ -289,7 +289,7 @@ async def response_list(
         limit=limit,
     )
     page = await _store(request).list_summaries(query)
-    settings = request.app.state.runner.engine.settings
+    settings = request.app.state.runner.settings
     filters = pages.Filters(hours=hours, status=status, model=model, key=key, limit=limit)
     content = pages.list_page(
         page,
