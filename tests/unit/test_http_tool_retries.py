@@ -1,5 +1,6 @@
 """HTTP tools are tried again only when their config says so, with the same idempotency key,
-after a backoff with full jitter."""
+by the retry policy the upstream client uses too: after a connection failure, 408, 409, 429
+or 5xx, waiting what ``Retry-After`` asks or a backoff with full jitter."""
 
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ from stepline.tools.http import call_http_tool
 class Flaky:
     """Answers ``status`` to the first ``failures`` calls, then 200."""
 
-    def __init__(self, failures: int, status: int) -> None:
+    def __init__(self, failures: int, status: int, headers: dict[str, str] | None = None) -> None:
         self.failures = failures
         self.status = status
+        self.headers = headers
         self.keys: list[str] = []
 
     async def handle(self, request: Request) -> Response:
         self.keys.append(request.headers["idempotency-key"])
         if len(self.keys) <= self.failures:
-            return Response("not now", status_code=self.status)
+            return Response("not now", status_code=self.status, headers=self.headers)
         return Response("done")
 
 
@@ -78,6 +80,49 @@ async def test_a_4xx_is_never_tried_again(client: httpx.AsyncClient) -> None:
     with pytest.raises(ToolError, match="answered HTTP 422"):
         await _call(client, flaky, retries=3)
     assert flaky.keys == ["step_1"]
+
+
+@pytest.mark.parametrize("status", [408, 409, 429])
+async def test_a_timeout_a_conflict_and_a_rate_limit_are_tried_again(
+    client: httpx.AsyncClient, status: int
+) -> None:
+    flaky = Flaky(failures=1, status=status)
+
+    assert await _call(client, flaky, retries=1) == "done"
+    assert flaky.keys == ["step_1", "step_1"]
+
+
+async def test_retry_after_is_waited_instead_of_the_backoff(client: httpx.AsyncClient) -> None:
+    sleeps: list[float] = []
+    flaky = Flaky(failures=2, status=429, headers={"Retry-After": "3"})
+
+    assert await _call(client, flaky, retries=2, sleeps=sleeps) == "done"
+    assert sleeps == [3.0, 3.0]
+
+
+async def test_a_retry_after_too_long_to_wait_ends_the_retries(client: httpx.AsyncClient) -> None:
+    sleeps: list[float] = []
+    flaky = Flaky(failures=1, status=503, headers={"Retry-After": "60"})
+
+    with pytest.raises(ToolError, match="answered HTTP 503"):
+        await _call(client, flaky, retries=3, sleeps=sleeps)
+    assert sleeps == []
+    assert flaky.keys == ["step_1"]
+
+
+async def test_a_connection_refused_is_tried_again(client: httpx.AsyncClient) -> None:
+    sleeps: list[float] = []
+
+    async def record(delay: float) -> None:
+        sleeps.append(delay)
+
+    app = Starlette(routes=[])
+    async with serve_app(app) as url:
+        pass  # the server is gone: its port refuses connections
+    config = HttpToolConfig(url=f"{url}/tool", retries=2)
+    with pytest.raises(ToolError, match="could not be reached"):
+        await call_http_tool(client, "gone", config, {}, step_id="step_1", sleep=record)
+    assert len(sleeps) == 2
 
 
 async def test_retries_give_up_with_the_last_error(client: httpx.AsyncClient) -> None:

@@ -36,12 +36,25 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 #: package -> the stepline modules (prefixes) it may import, besides its own
 RULES = {
     "errors": (),
+    "retry": (),
     "config": ("stepline.errors",),
     "scripted": ("stepline.errors",),
     "store": ("stepline.errors", "stepline.engine.steps"),
     "protocol": ("stepline.errors", "stepline.engine.steps", "stepline.store.base"),
-    "upstream": ("stepline.errors", "stepline.config", "stepline.masking", "stepline.protocol"),
-    "tools": ("stepline.errors", "stepline.config", "stepline.masking", "stepline.protocol"),
+    "upstream": (
+        "stepline.errors",
+        "stepline.config",
+        "stepline.masking",
+        "stepline.retry",
+        "stepline.protocol",
+    ),
+    "tools": (
+        "stepline.errors",
+        "stepline.config",
+        "stepline.masking",
+        "stepline.retry",
+        "stepline.protocol",
+    ),
 }
 
 

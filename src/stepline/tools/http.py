@@ -12,9 +12,10 @@ Invariants:
   changes where the call goes, and redirects are not followed.
 * The tool's secret header values (``env:NAME``) never come back: a tool
   that echoes one gets it masked, in its output and in an error alike.
-* A call is tried again only when the tool's ``retries`` says so, after a
-  connection error, a timeout or a 5xx, with the same idempotency key, after a
-  jittered backoff (:func:`_retry_delay`).
+* A call is tried again only when the tool's ``retries`` says so, with the
+  same idempotency key, by the one policy of :mod:`stepline.retry`: after a
+  connection error, a timeout, a 408, 409, 429 or 5xx, waiting what the tool's
+  ``Retry-After`` asks or a jittered backoff.
 * An output longer than ``max_output_chars`` reaches the model cut, with a
   ``[truncated: N more characters]`` marker saying how much is missing.
 """
@@ -22,7 +23,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -32,13 +32,15 @@ import orjson
 from stepline.config import HttpToolConfig
 from stepline.errors import ToolError
 from stepline.masking import is_maskable
+from stepline.retry import Backoff, retry_after, retryable_status
 
 __all__ = ["call_http_tool", "mask_secrets", "truncate_output"]
 
 _MAX_ERROR_BODY = 500
 #: bounds of the backoff between tries of a tool call: 0.1 s, 0.2 s, 0.4 s ... at most 2 s
-_RETRY_BASE = 0.1
-_RETRY_CAP = 2.0
+_BACKOFF = Backoff(base=0.1, cap=2.0)
+#: the longest a tool's ``Retry-After`` is waited for; a longer one ends the retries
+_RETRY_AFTER_CAP = 10.0
 _MASK = "***"
 
 
@@ -56,13 +58,6 @@ def mask_secrets(text: str, secrets: tuple[str, ...]) -> str:
         if is_maskable(secret) and secret in text:
             text = text.replace(secret, _MASK)
     return text
-
-
-def _retry_delay(attempt: int) -> float:
-    """Seconds before try ``attempt + 1``: drawn at random below the exponential bound
-    (full jitter), so the calls a restarting tool server failed together do not all
-    come back together."""
-    return random.random() * min(_RETRY_BASE * 2.0 ** (attempt - 1), _RETRY_CAP)
 
 
 async def call_http_tool(
@@ -84,12 +79,20 @@ async def call_http_tool(
             return await _call_once(
                 client, name, config, arguments, step_id=step_id, passed_on=headers or {}
             )
-        except ToolError as exc:
-            transient = exc.status is None or exc.status >= 500
-            if not transient or attempt >= config.retries:
-                raise
+        except _Retryable as exc:
+            if attempt >= config.retries or (exc.retry_after or 0.0) > _RETRY_AFTER_CAP:
+                raise exc.error from None
+            delay = _BACKOFF.delay(attempt, retry_after=exc.retry_after)
         attempt += 1
-        await sleep(_retry_delay(attempt))
+        await sleep(delay)
+
+
+class _Retryable(Exception):
+    """A try that failed in a way worth another: the error it ends with otherwise."""
+
+    def __init__(self, error: ToolError, retry_after: float | None = None) -> None:
+        self.error = error
+        self.retry_after = retry_after
 
 
 async def _call_once(
@@ -118,21 +121,28 @@ async def _call_once(
             follow_redirects=False,
         )
     except httpx.TimeoutException:
-        raise ToolError(
-            f"tool {name!r} timed out after {config.timeout:g}s", tool=name, step_id=step_id
+        raise _Retryable(
+            ToolError(
+                f"tool {name!r} timed out after {config.timeout:g}s", tool=name, step_id=step_id
+            )
         ) from None
     except httpx.HTTPError as exc:
-        raise ToolError(
-            f"tool {name!r} could not be reached: {type(exc).__name__}",
-            tool=name,
-            step_id=step_id,
+        raise _Retryable(
+            ToolError(
+                f"tool {name!r} could not be reached: {type(exc).__name__}",
+                tool=name,
+                step_id=step_id,
+            )
         ) from None
     if not reply.is_success:
         body = mask_secrets(reply.text, secrets)[:_MAX_ERROR_BODY]
-        raise ToolError(
+        error = ToolError(
             f"tool {name!r} answered HTTP {reply.status_code}: {body}",
             tool=name,
             status=reply.status_code,
             step_id=step_id,
         )
+        if retryable_status(reply.status_code):
+            raise _Retryable(error, retry_after(reply.headers))
+        raise error
     return truncate_output(mask_secrets(reply.text, secrets), config.max_output_chars)
