@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from stepline.errors import UpstreamError
-from stepline.upstream.client import mask_secret
+from stepline.upstream.failures import mask_secret
 from stepline.upstream.routing import UpstreamTarget
 
 __all__ = ["Tokenizer", "tokenizer_for"]
