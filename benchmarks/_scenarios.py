@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks._floor import floor
 from benchmarks._litellm import litellm
 from benchmarks._report import Row, Target, percentile
 from benchmarks._services import http_json
@@ -27,7 +28,17 @@ from benchmarks._websocket import websocket
 
 __all__ = ["SCENARIOS", "run_scenario"]
 
-SCENARIOS = ("single", "loop", "stream", "throughput", "memory", "litellm", "websocket", "tracing")
+SCENARIOS = (
+    "floor",
+    "single",
+    "loop",
+    "stream",
+    "throughput",
+    "memory",
+    "litellm",
+    "websocket",
+    "tracing",
+)
 
 # the targets of the performance issue (#15), on SQLite, durable storage on
 STEP_P50 = Target(
@@ -432,6 +443,7 @@ def _keep_profile(stack: Stack, results: Results) -> None:
 
 
 _RUNNERS: dict[str, Callable[[Options, Results], None]] = {
+    "floor": floor,
     "single": single,
     "loop": loop,
     "stream": stream,

@@ -1,0 +1,84 @@
+"""Scenario 0, ``floor``: what the HTTP server and an upstream client cost by themselves.
+
+Two bare servers (:mod:`benchmarks._floor_server`) answer ``POST /v1/responses``
+with one streamed call to the scripted model and nothing else: one through
+httpx, one through stepline's own upstream client. Against the direct call in
+the same run, their overhead is the least any server on this stack can add to
+a model call, before it parses, validates, stores or routes anything: the
+floor under the per-step targets of scenarios 1 and 2.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from benchmarks._report import Row, percentile
+from benchmarks._services import PYTHON, free_port
+from benchmarks._stack import HOST, Options, Results, Stack, log, run_load
+
+__all__ = ["floor"]
+
+#: the Chat Completions body of scenario 1, as stepline sends it
+_BODY = {
+    "model": "bench-single",
+    "messages": [{"role": "user", "content": "What is the answer?"}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+}
+
+
+def floor(options: Options, results: Results) -> None:
+    count, warmup = (200, 20) if options.quick else (1000, 50)
+    with Stack("floor", options, database=None) as stack:
+        assert stack.upstream.url is not None
+        servers = {}
+        for client in ("httpx", "stepline"):
+            port = free_port()
+            argv = [
+                PYTHON,
+                "-m",
+                "benchmarks._floor_server",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--upstream",
+                stack.upstream.url,
+                "--body",
+                orjson.dumps(_BODY).decode(),
+                "--client",
+                client,
+            ]
+            servers[client] = stack._start(f"floor, {client}", argv, port)
+        for server in servers.values():
+            server.wait_ready()
+        log(f"floor: {count} requests through each bare server, then direct")
+        latencies = {}
+        for client, server in servers.items():
+            stack.stepline = server  # what the load part addresses and the CPU table watches
+            part = stack.stepline_part({"model": "bench-single", "input": "hi"}, "completed")
+            job = {"kind": "sequence", "stages": [[part]], "count": count, "warmup": warmup}
+            latencies[client] = run_load(job, stack, f"floor, {client}", results)["latencies"]
+        stack.stepline = None
+        direct = run_load(
+            {
+                "kind": "sequence",
+                "stages": [[stack.upstream_part(_BODY, "[DONE]")]],
+                "count": count,
+                "warmup": warmup,
+            },
+            stack,
+            "floor, direct",
+            results,
+        )["latencies"]
+    for client, label in (("httpx", "httpx"), ("stepline", "stepline's upstream client")):
+        for q in (50, 99):
+            results.rows.append(
+                Row(
+                    scenario=f"0. floor: uvicorn + {label}",
+                    figure=f"latency p{q}",
+                    unit="ms",
+                    stepline=percentile(latencies[client], q) * 1000,
+                    direct=percentile(direct, q) * 1000,
+                )
+            )
