@@ -36,7 +36,8 @@ from stepline.engine.limits import Limits
 from stepline.engine.loop import Engine
 from stepline.engine.policies import StopPolicy
 from stepline.engine.response import run_response
-from stepline.engine.run_events import RunCompleted, RunEvent
+from stepline.engine.run_events import RUN_EVENT_TYPES, RunCompleted, RunEvent
+from stepline.engine.sinks import SinkEvent
 from stepline.errors import ConfigError, RunError
 from stepline.protocol.request import ResponseRequest, new_id, parse_request
 from stepline.scripted import ScriptedModel, create_scripted_app
@@ -224,6 +225,31 @@ class Agent:
         return _Run(self).events(response_id=response_id)
 
 
+class _Taps:
+    """The sink of a library run: its events to ``stream()``'s queue, then to each tap."""
+
+    run_events = True
+
+    def __init__(
+        self,
+        queue: asyncio.Queue[RunEvent | None],
+        taps: Sequence[Callable[[RunEvent], None]],
+    ) -> None:
+        self.queue = queue
+        self.taps = taps
+
+    def emit(self, event: SinkEvent) -> None:
+        if not isinstance(event, RUN_EVENT_TYPES):
+            return  # the stored records metrics and traces read
+        self.queue.put_nowait(event)
+        for tap in self.taps:
+            try:
+                tap(event)
+            except Exception:
+                # a tap observes; its failure is logged, never the run's
+                logger.exception("tap %r failed on %s", tap, event.type)
+
+
 class _Run:
     """One run of an agent: its model routes, registry and engine, made for this run.
 
@@ -359,16 +385,6 @@ class _Run:
         self, *, input: str | list[dict[str, Any]] | None = None, response_id: str | None = None
     ) -> AsyncIterator[RunEvent]:
         queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
-        taps = self.agent.taps
-
-        def tap(event: RunEvent) -> None:
-            queue.put_nowait(event)
-            for observer in taps:
-                try:
-                    observer(event)
-                except Exception:
-                    # a tap observes; its failure is logged, never the run's
-                    logger.exception("tap %r failed on %s", observer, event.type)
 
         store = self.agent.store or MemoryStore()
         async with httpx.AsyncClient() as http:
@@ -379,7 +395,7 @@ class _Run:
                 limits=self.limits(),
                 tools=self.registry,
                 http=http,
-                tap=tap,
+                sink=_Taps(queue, self.agent.taps),
             )
             request: ResponseRequest | None = None
             if response_id is None:

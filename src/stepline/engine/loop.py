@@ -41,7 +41,6 @@ from stepline.engine.compaction import (
 )
 from stepline.engine.conversation import HistoryCache
 from stepline.engine.limits import Limits
-from stepline.engine.observer import LoopObserver, NullObserver
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.routes import ModelRoutes
 from stepline.engine.run_events import (
@@ -52,6 +51,13 @@ from stepline.engine.run_events import (
     ToolCallFinished,
     ToolCallStarted,
     UsageDelta,
+)
+from stepline.engine.sinks import (
+    ModelCallSending,
+    NullSink,
+    RunSink,
+    StepEnded,
+    ToolCallRunning,
 )
 from stepline.engine.steps import (
     AppendSteps,
@@ -141,19 +147,19 @@ class _SiblingFailed(Exception):
     """A fail_fast fan-out: a tool call failed, so the task group cancels its siblings."""
 
 
-class _TappedText:
-    """A delta sink that also reports text deltas to the run's tap."""
+class _ReportedText:
+    """A delta sink that also reports text deltas to the run's sink (when one asks)."""
 
     def __init__(
         self,
         sink: DeltaSink,
-        tap: Callable[[RunEvent], None],
+        report: RunSink,
         *,
         step_id: str,
         scope: str | None,
     ) -> None:
         self._sink = sink
-        self._tap = tap
+        self._report = report
         self._step_id = step_id
         self._scope = scope
 
@@ -162,7 +168,7 @@ class _TappedText:
 
     def on_text(self, text: str) -> None:
         self._sink.on_text(text)
-        self._tap(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
+        self._report.emit(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
 
     def on_tool_call(self, index: int, call_id: str, name: str) -> None:
         self._sink.on_tool_call(index, call_id, name)
@@ -195,15 +201,14 @@ class Engine:
     http: httpx.AsyncClient
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], float] = time.time
-    observer: LoopObserver = field(default_factory=NullObserver)
+    #: what watches every run (taps, metrics, traces): typed events, in order
+    sink: RunSink = field(default_factory=NullSink)
     #: the server tools a caller (API key id) may use; None means no restriction
     key_tools: Callable[[str | None], frozenset[str] | None] = lambda key_id: None
     #: headers the requests a step sends carry (its trace context), by step id
     step_headers: Callable[[str], Mapping[str, str]] = lambda step_id: {}
     #: set when the process drains: running steps finish, no new step starts
     draining: bool = False
-    #: receives the typed events of every run, in order (the library's taps)
-    tap: Callable[[RunEvent], None] | None = None
     #: MCP servers: configured sources, and request-level ones
     mcp: McpTools | None = None
     #: server tools offered to every model, beside its route's (``serve --tools``)
@@ -331,8 +336,8 @@ class ScopeLoop:
         return None
 
     def _tap(self, event: RunEvent) -> None:
-        if self.engine.tap is not None:
-            self.engine.tap(event)
+        if self.engine.sink.run_events:
+            self.engine.sink.emit(event)
 
     def _ordered(self) -> list[Step]:
         return sorted(self._chain.values(), key=lambda step: step.sequence)
@@ -353,7 +358,7 @@ class ScopeLoop:
                 continue
             done = await self._run_model_call(step, started=started)
             if done is not None:
-                self.engine.observer.model_call_finished(done, target=self.target.name)
+                self.engine.sink.emit(StepEnded(step=done, target=self.target.name))
             await self._record(done)
         if not tool_calls:
             return
@@ -364,7 +369,7 @@ class ScopeLoop:
             async with limit:
                 done = await self._run_tool_call(step)
                 if done is not None:
-                    self.engine.observer.tool_call_finished(done)
+                    self.engine.sink.emit(StepEnded(step=done))
                 await self._record(done)
             if fail_fast and done is not None and done.state is StepState.FAILED:
                 self._failing_fast = True
@@ -522,10 +527,10 @@ class ScopeLoop:
             for listing in self.listings:
                 items_sink.list_tools(listing.label, self._listed(listing), listing.error)
         sink: DeltaSink = items_sink
-        if self.engine.tap is not None:
-            sink = _TappedText(sink, self.engine.tap, step_id=step.id, scope=self.scope)
+        if self.engine.sink.run_events:
+            sink = _ReportedText(sink, self.engine.sink, step_id=step.id, scope=self.scope)
         accumulator = ChatStreamAccumulator(sink)
-        self.engine.observer.model_call_started(step, target=self.target, payload=payload)
+        self.engine.sink.emit(ModelCallSending(step=step, target=self.target, payload=payload))
         try:
             clock = asyncio.get_running_loop().time
             next_yield = 0.0
@@ -676,7 +681,7 @@ class ScopeLoop:
     async def _run_tool_call(self, step: Step) -> Step | None:
         step = await self.engine.store.start_step(step.id)
         assert step.call_id is not None
-        self.engine.observer.tool_call_started(step)
+        self.engine.sink.emit(ToolCallRunning(step=step))
         self._tap(
             StepStarted(step_id=step.id, kind="tool_call", scope=self.scope, attempt=step.attempt)
         )

@@ -37,6 +37,7 @@ from stepline.engine.loop import (
 from stepline.engine.policies import ApprovedCall, LoopPolicy, StopPolicy
 from stepline.engine.prepare import Prepared, prepare
 from stepline.engine.run_events import RunCompleted, RunFailed, RunStarted
+from stepline.engine.sinks import ResponseEnded, ResponseStarted
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
@@ -126,9 +127,9 @@ async def run_response(
         else None
     )
     transcript: list[dict[str, Any]] = []
-    if engine.tap is not None:
-        engine.tap(RunStarted(response_id=record.id, resumed=not fresh))
-    engine.observer.response_started(record, resumed=not fresh)
+    if engine.sink.run_events:
+        engine.sink.emit(RunStarted(response_id=record.id, resumed=not fresh))
+    engine.sink.emit(ResponseStarted(record=record, resumed=not fresh))
     try:
         if log is not None and log.first_seq > 0:
             finished = await _already_finished(store, record.id, log.first_seq - 1)
@@ -370,7 +371,7 @@ async def _after_result(
 ) -> dict[str, Any]:
     if not request.store:
         await engine.store.delete_response(record.id)
-    engine.observer.response_finished(response)
+    engine.sink.emit(ResponseEnded(response=response))
     return response
 
 
@@ -381,12 +382,12 @@ def _report_end(
     steps: list[Step],
     transcript: list[dict[str, Any]],
 ) -> None:
-    if engine.tap is None:
+    if not engine.sink.run_events:
         return
     if outcome.error is not None:
-        engine.tap(RunFailed(message=outcome.error["message"], code=outcome.error["type"]))
+        engine.sink.emit(RunFailed(message=outcome.error["message"], code=outcome.error["type"]))
     top = [step for step in steps if step.scope is None]
-    engine.tap(
+    engine.sink.emit(
         RunCompleted(
             status=outcome.status,
             stop_reason=outcome.stop_reason,

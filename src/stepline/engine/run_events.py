@@ -1,7 +1,8 @@
-"""The typed events of a run, as the loop reports them to a tap.
+"""The typed events of a run, as the library sees them (``Agent.stream``, taps).
 
-These are the library's view of a run (the server speaks Responses events
-instead). The loop calls its tap inline, in order, as things happen: a tap
+These are the library's view of a run; they reach it through the engine's
+one sink (``engine.sinks``), beside the events metrics and traces read. The
+loop reports them inline, in order, as things happen: a tap
 sees every event of the run, unbuffered and never reordered, and cannot
 change the run. ``scope`` is None for the top-level agent and the calling
 step's id for a sub-agent's events.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "RUN_EVENT_TYPES",
     "RunCompleted",
     "RunEvent",
     "RunFailed",
@@ -114,6 +116,7 @@ class RunFailed:
     type: Literal["error"] = "error"
 
 
+#: the library's view of a run, event by event (``Agent.stream``, taps)
 RunEvent = (
     RunStarted
     | StepStarted
@@ -124,4 +127,17 @@ RunEvent = (
     | StepCompleted
     | RunCompleted
     | RunFailed
+)
+
+#: the classes of :data:`RunEvent`, for ``isinstance``
+RUN_EVENT_TYPES = (
+    RunStarted,
+    StepStarted,
+    TextDelta,
+    ToolCallStarted,
+    ToolCallFinished,
+    UsageDelta,
+    StepCompleted,
+    RunCompleted,
+    RunFailed,
 )

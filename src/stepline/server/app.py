@@ -32,7 +32,7 @@ from starlette.types import ASGIApp
 
 from stepline.config import Settings
 from stepline.engine.loop import Engine
-from stepline.engine.observer import LoopObserver, Observers
+from stepline.engine.sinks import RunSink, Sinks
 from stepline.errors import ConfigError, RequestError, StoreError
 from stepline.masking import register_settings_secrets
 from stepline.protocol.sealing import Sealer, parse_key
@@ -201,9 +201,9 @@ def create_app(
         the_chat = chat or ChatClient()
         the_chat.observer = app_metrics
         tracing = None if trace_options is None else Tracing.start(trace_options, settings)
-        observer: LoopObserver = app_metrics
+        sink: RunSink = app_metrics
         if tracing is not None:
-            observer = Observers(app_metrics, tracing)
+            sink = Sinks(app_metrics, tracing)
             the_chat.step_headers = tracing.step_headers
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
@@ -227,7 +227,7 @@ def create_app(
                 tools=registry,
                 default_tools=tuple(tool.name for tool in python_tools),
                 http=http,
-                observer=observer,
+                sink=sink,
                 step_headers=tracing.step_headers if tracing else lambda step_id: {},
                 key_tools=keys.tools_for,
                 mcp=McpTools(settings.mcp, settings.mcp_allowed_urls),

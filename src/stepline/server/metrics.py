@@ -1,6 +1,6 @@
 """Prometheus metrics, and the one log line per finished step.
 
-:class:`Metrics` is the loop's :class:`~stepline.engine.observer.LoopObserver`
+:class:`Metrics` is a sink of the loop's events (:class:`~stepline.engine.sinks.StepObserver`)
 and the upstream client's :class:`~stepline.upstream.client.UpstreamObserver`
 at once, and owns the registry that ``GET /metrics`` renders. Each app has its
 own registry, so several apps in one process (tests) never share counts.
@@ -12,7 +12,7 @@ Invariants:
   a route is the path template (``unmatched`` for any other path), an HTTP
   method outside the standard few is ``other``, and so is a status outside
   100-599. A client, authenticated or not, cannot grow the series without bound.
-* Observers run inline on the loop's task: each method is a few counter
+* Sinks run inline on the loop's task: each method is a few counter
   updates, and none raises (a failure is logged and dropped).
 """
 
@@ -34,7 +34,7 @@ from prometheus_client import (
 )
 
 from stepline.config import Settings
-from stepline.engine.observer import NullObserver
+from stepline.engine.sinks import StepObserver
 from stepline.engine.steps import Step, StepKind, StepState
 
 __all__ = ["Metrics", "router"]
@@ -60,9 +60,9 @@ def _guarded(method: Callable[_P, None]) -> Callable[_P, None]:
     return run
 
 
-class Metrics(NullObserver):
+class Metrics(StepObserver):
     """Every metric stepline exports, and the observers that feed them (the loop's
-    start hooks are :class:`NullObserver`'s: a metric is counted when a step ends)."""
+    start hooks are :class:`StepObserver`'s no-ops: a metric is counted when a step ends)."""
 
     def __init__(self, settings: Settings) -> None:
         self._tools = frozenset(settings.tools)
@@ -141,7 +141,7 @@ class Metrics(NullObserver):
         code = str(status) if 100 <= status <= 599 else "other"
         self.http_requests.labels(method, route, code).inc()
 
-    # -- LoopObserver --------------------------------------------------------
+    # -- StepObserver --------------------------------------------------------
 
     @_guarded
     def model_call_finished(self, step: Step, *, target: str) -> None:

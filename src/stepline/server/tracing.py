@@ -1,6 +1,7 @@
 """OpenTelemetry traces of responses, model calls and tool calls, in the GenAI conventions.
 
-:class:`Tracing` is one more :class:`~stepline.engine.observer.LoopObserver`.
+:class:`Tracing` is one more sink of the loop's events
+(:class:`~stepline.engine.sinks.StepObserver`).
 A response's run is an ``invoke_agent {model}`` span; each model call is a
 ``chat {upstream model}`` span under it, each tool call an ``execute_tool
 {tool}`` span, and a sub-agent an ``invoke_agent {tool}`` span under the tool
@@ -51,6 +52,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from stepline.config import AgentToolConfig, Settings, TracingConfig
+from stepline.engine.sinks import StepObserver
 from stepline.engine.steps import Step, StepState, call_arguments, call_name
 from stepline.errors import ConfigError
 from stepline.store.base import ResponseRecord
@@ -191,7 +193,7 @@ class _Run:
     agents: dict[str, Span] = field(default_factory=dict)
 
 
-class Tracing:
+class Tracing(StepObserver):
     """Spans for the loop's hooks, and the trace headers of each running step."""
 
     def __init__(
@@ -258,7 +260,7 @@ class Tracing:
         _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
         return carrier
 
-    # -- LoopObserver ----------------------------------------------------------
+    # -- StepObserver ----------------------------------------------------------
 
     @_guarded
     def response_started(self, record: ResponseRecord, *, resumed: bool) -> None:
