@@ -691,12 +691,12 @@ class ScopeLoop:
                 scope=self.scope,
                 call_id=step.call_id,
                 name=step.tool_name,
-                arguments=str(step.request.get("arguments", "")),
+                arguments=step.arguments,
             )
         )
         item_id = self._item_of_call(step)
         index = self.output.index_of(item_id) if item_id is not None else None
-        if item_id is None and "approval_request_id" in step.request:
+        if item_id is None and step.approval is not None:
             item_id, index = self._approved_item(step)
         done_sent = started_sent = False
         if self.events is not None and step.attempt > 1:
@@ -827,7 +827,7 @@ class ScopeLoop:
         allowed = allowed_tool_names(self.request)
         if allowed is not None and name not in allowed:
             raise ToolError(f"tool {name!r} is not allowed in this response", tool=name)
-        arguments = tool.parse_arguments(str(step.request.get("arguments", "")))
+        arguments = tool.parse_arguments(step.arguments)
         if tool.agent is not None:
             output = await self._run_agent(step, tool.name, tool.agent, arguments)
         else:

@@ -1,34 +1,48 @@
 """What a response's run needs from its request, worked out once for the route and the loop.
 
-The route that accepts a request and the loop that runs it (here or, after
-a crash, in another process) must agree on which tools the client runs and
-how items are read and written; both call :func:`prepare`, so no rule is
-computed twice.
+The route that accepts a request, the runner that runs it and a process
+that resumes it after a crash must agree on its upstream, on which server
+tools it is offered (the model route's and the server's defaults, before and
+after the caller's key), which tools the client runs, how items are read and
+written, what policy its loop runs under and how strictly its transcript is
+checked. All of them call :func:`prepare`, so no rule is computed twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from stepline.engine.limits import Limits
+from stepline.engine.policies import ApprovedCall, LoopPolicy
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import InputContext
 from stepline.protocol.model_events import ItemOptions
 from stepline.protocol.request import ResponseRequest
 from stepline.protocol.sealing import Sealer
+from stepline.protocol.validate import conversation_problem
 from stepline.upstream.routing import UpstreamTarget
 
 if TYPE_CHECKING:
     from stepline.engine.loop import Engine
+    from stepline.tools.registry import ServerTool
 
 __all__ = ["Prepared", "hosted_type", "prepare"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Prepared:
-    """The client's tools, how its input items read, and how output items are made."""
+    """A response's upstream and tools, how its items read and are made, and its policy."""
 
+    #: the upstream serving the request's model; None: no route has it
+    target: UpstreamTarget | None
+    #: the server tools (and MCP sources) offered, before the caller's key limits them:
+    #: the names a client's function may not take
+    offered: tuple[str, ...]
+    #: the server tools the caller's key may use; None: any
+    key_tools: frozenset[str] | None
+    limits: Limits
     client_tools: ClientTools
     context: InputContext
     options: ItemOptions
@@ -40,6 +54,35 @@ class Prepared:
     hosted: dict[str, str]
     #: hosted tools the request offered that nothing plays (left out of the model's view)
     dropped: list[str]
+
+    @property
+    def usable(self) -> list[str]:
+        """The offered names the caller's key may use, in order."""
+        return [name for name in self.offered if self.key_tools is None or name in self.key_tools]
+
+    def policy(
+        self,
+        request: ResponseRequest,
+        server_tools: dict[str, ServerTool],
+        approved: Sequence[ApprovedCall] = (),
+    ) -> LoopPolicy:
+        """The top-level loop's policy: the limits, the request's caps, who runs what."""
+        limits = self.limits
+        return LoopPolicy(
+            max_iterations=limits.max_iterations,
+            max_tool_calls=request.max_tool_calls,
+            fail_on_tool_error=limits.tool_errors == "fail",
+            client_tools=self.client_tools.chat_names(request),
+            join=limits.tool_join,
+            validation=limits.validation,
+            approval_tools=frozenset(name for name, tool in server_tools.items() if tool.approval),
+            approved_calls=tuple(approved),
+            compact_threshold=request.compact_threshold,
+        )
+
+    def problem(self, transcript: Sequence[dict[str, Any]]) -> str | None:
+        """What is wrong with a transcript, as strictly as the loop checks it; or None."""
+        return conversation_problem(transcript, self.limits.validation)
 
 
 def hosted_type(kind: str) -> str:
@@ -54,11 +97,19 @@ def hosted_type(kind: str) -> str:
 def prepare(
     engine: Engine,
     request: ResponseRequest,
-    target: UpstreamTarget | None,
     *,
-    key_tools: frozenset[str] | None = None,
+    key_id: str | None,
+    tools: Sequence[str] | None = None,
 ) -> Prepared:
-    """``key_tools``: the server tools the caller's key may use (None: any)."""
+    """``key_id``: the caller's API key; ``tools``: the server tools the top level offers
+    instead of the model route's and the server's defaults (the library's)."""
+    target = engine.routes.target(request.model)
+    key_tools = engine.key_tools(key_id)
+    offered = (
+        tuple(tools)
+        if tools is not None
+        else (*engine.routes.tools(request.model), *engine.default_tools)
+    )
     sealer: Sealer = engine.sealer
     dialect = target.dialect if target is not None else None
     native = bool(dialect and dialect.native_custom)
@@ -71,7 +122,7 @@ def prepare(
             file_parts=file_parts,
         )
 
-    tools = ClientTools.of(request, native_custom=native)
+    client = ClientTools.of(request, native_custom=native)
     names = request.reasoning_events or engine.reasoning_events
     options = ItemOptions(
         summary=request.reasoning is not None and request.reasoning.summary is not None,
@@ -79,17 +130,21 @@ def prepare(
         open_responses_names=names == "open_responses",
         logprobs=bool(request.top_logprobs) or request.includes("message.output_text.logprobs"),
     )
-    context = InputContext(tools=tools, unseal=sealer.open, file_parts=file_parts)
+    context = InputContext(tools=client, unseal=sealer.open, file_parts=file_parts)
     hosted: dict[str, str] = {}
     dropped: list[str] = []
-    for kind in tools.hosted:
+    for kind in client.hosted:
         played = engine.hosted_tools.get(hosted_type(kind))
         if played is None or (key_tools is not None and played not in key_tools):
             dropped.append(kind)
         else:
             hosted[hosted_type(kind)] = played
     return Prepared(
-        client_tools=tools,
+        target=target,
+        offered=offered,
+        key_tools=key_tools,
+        limits=engine.limits,
+        client_tools=client,
         context=context,
         options=options,
         context_for=context_for,

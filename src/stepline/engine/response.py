@@ -25,7 +25,6 @@ import orjson
 
 from stepline.engine.conversation import approvals, conversation_items, load_conversation
 from stepline.engine.event_log import EventLog
-from stepline.engine.limits import Limits
 from stepline.engine.loop import (
     Engine,
     LoopDrained,
@@ -34,14 +33,13 @@ from stepline.engine.loop import (
     base_messages,
     wire_error,
 )
-from stepline.engine.policies import ApprovedCall, LoopPolicy, StopPolicy
+from stepline.engine.policies import StopPolicy
 from stepline.engine.prepare import Prepared, prepare
 from stepline.engine.run_events import RunCompleted, RunFailed, RunStarted
 from stepline.engine.sinks import ResponseEnded, ResponseStarted
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
-from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.items import chain_messages
 from stepline.protocol.request import ResponseRequest, parse_request
@@ -49,7 +47,7 @@ from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
 
-__all__ = ["offered_tools", "run_response", "snapshot", "stored_response", "top_level_policy"]
+__all__ = ["offered_tools", "run_response", "snapshot", "stored_response"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,29 +57,6 @@ def _results_at(messages: list[dict[str, Any]], start: int) -> int:
     while start < len(messages) and messages[start]["role"] == "tool":
         start += 1
     return start
-
-
-def top_level_policy(
-    limits: Limits,
-    request: ResponseRequest,
-    server_tools: dict[str, ServerTool] | None = None,
-    approved: Sequence[ApprovedCall] = (),
-    client_tools: ClientTools | None = None,
-) -> LoopPolicy:
-    client = (client_tools or ClientTools.of(request)).chat_names(request)
-    return LoopPolicy(
-        max_iterations=limits.max_iterations,
-        max_tool_calls=request.max_tool_calls,
-        fail_on_tool_error=limits.tool_errors == "fail",
-        client_tools=client,
-        join=limits.tool_join,
-        validation=limits.validation,
-        approval_tools=frozenset(
-            name for name, tool in (server_tools or {}).items() if tool.approval
-        ),
-        approved_calls=tuple(approved),
-        compact_threshold=request.compact_threshold,
-    )
 
 
 _TERMINAL_EVENT = {
@@ -143,7 +118,8 @@ async def run_response(
             events.lifecycle("response.in_progress", started)
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
-        route_target = engine.routes.target(request.model)
+        prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
+        route_target = prepared.target
         if route_target is None:
             outcome = Outcome(
                 status="failed",
@@ -151,11 +127,7 @@ async def run_response(
                 error=wire_error("model_error", f"no upstream for model {request.model!r}"),
             )
         else:
-            allowed = engine.key_tools(record.key_id)
-            prepared = prepare(engine, request, route_target, key_tools=allowed)
-            server_tools, listings = await offered_tools(
-                engine, request, prepared, key_id=record.key_id, tools=tools
-            )
+            server_tools, listings = await offered_tools(engine, request, prepared)
             conversation = await load_conversation(
                 store,
                 request.stored_previous_id,
@@ -177,13 +149,7 @@ async def run_response(
                 results_at=_results_at(
                     transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
-                policy=top_level_policy(
-                    engine.limits,
-                    request,
-                    server_tools,
-                    approvals(request, conversation),
-                    prepared.client_tools,
-                ),
+                policy=prepared.policy(request, server_tools, approvals(request, conversation)),
                 client_tools=prepared.client_tools,
                 item_options=prepared.options,
                 events=events,
@@ -191,7 +157,7 @@ async def run_response(
                 stops=stops,
                 listings=listings,
                 chain=chain,
-                key_tools=allowed,
+                key_tools=prepared.key_tools,
             )
             outcome = await loop.run()
     except (StoreError, LoopDrained):
@@ -214,28 +180,17 @@ async def run_response(
     return await _finish_response(engine, record, request, outcome, events, transcript)
 
 
-def offered_names(engine: Engine, model: str) -> tuple[str, ...]:
-    """The server tools (and MCP sources) a model is offered before any key's limit:
-    its route's, then the server's defaults (``serve --tools``)."""
-    return (*engine.routes.tools(model), *engine.default_tools)
-
-
 async def offered_tools(
     engine: Engine,
     request: ResponseRequest,
     prepared: Prepared,
-    *,
-    key_id: str | None,
-    tools: Sequence[str] | None = None,
 ) -> tuple[dict[str, ServerTool], list[McpListing]]:
     """The server tools a response's top level offers its model, by the name the model
-    calls, and the MCP listings among them: its route's (or ``tools``) and the
-    server's defaults that the caller's key may use, the tools of the MCP servers
+    calls, and the MCP listings among them: the offered names (``Prepared.offered``)
+    that the caller's key may use, the tools of the MCP servers
     those name and the request's own, and the server tools that play its hosted
     tools. The run and ``/responses/input_tokens`` both ask here."""
-    allowed = engine.key_tools(key_id)
-    offered = tools if tools is not None else offered_names(engine, request.model)
-    names = [name for name in offered if allowed is None or name in allowed]
+    names = prepared.usable
     mcp = engine.mcp
     selected = engine.tools.select([name for name in names if not (mcp and mcp.is_source(name))])
     listings: list[McpListing] = []

@@ -24,7 +24,9 @@ Payload shapes:
 * model_call ``response``: ``{"message": <chat assistant message>,
   "items": [<output items in emission order>], "usage": {...},
   "finish_reason": str, "model": <the model the upstream named> | None}``
-* tool_call ``request``: ``{"name": ..., "arguments": <JSON string>}``
+* tool_call ``request``: ``{"name": ..., "arguments": <JSON string>}``; an
+  approved held call adds ``approval_request_id``, ``server_label`` and
+  ``shown_name`` (read as :attr:`Step.approval`)
 * tool_call ``response``: ``{"output": str}``
 * compaction ``request``: ``{}``; ``response``: ``{"summary": str, "items":
   [<the compaction item>], "usage": {...}}``
@@ -40,6 +42,7 @@ from typing import Any, Literal
 
 __all__ = [
     "AppendSteps",
+    "Approval",
     "Complete",
     "Fail",
     "Finish",
@@ -77,6 +80,15 @@ _TERMINAL = frozenset({StepState.COMPLETED, StepState.FAILED, StepState.CANCELLE
 
 
 @dataclass(frozen=True, kw_only=True)
+class Approval:
+    """The client's approval a tool call step runs under: what its ``mcp_call`` item shows."""
+
+    request_id: str
+    server_label: str
+    shown_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Step:
     """One stored step; the store returns these, the loop never mutates them."""
 
@@ -99,6 +111,23 @@ class Step:
     @property
     def tool_name(self) -> str:
         return str(self.request.get("name", ""))
+
+    @property
+    def arguments(self) -> str:
+        """A tool call's arguments as the model wrote them."""
+        return str(self.request.get("arguments", ""))
+
+    @property
+    def approval(self) -> Approval | None:
+        """The approval a tool call runs under (a held call the client approved), or None."""
+        request_id = self.request.get("approval_request_id")
+        if request_id is None:
+            return None
+        return Approval(
+            request_id=str(request_id),
+            server_label=str(self.request["server_label"]),
+            shown_name=str(self.request["shown_name"]),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

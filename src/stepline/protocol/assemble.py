@@ -39,17 +39,18 @@ __all__ = [
 
 def approved_call_item(step: Step) -> dict[str, Any]:
     """The ``mcp_call`` item of a call the client approved, run before any model call."""
-    assert step.call_id is not None
+    approval = step.approval
+    assert step.call_id is not None and approval is not None
     return {
         "id": mcp_call_id(step.call_id, step.id),
         "type": "mcp_call",
         "status": "in_progress",
-        "server_label": step.request["server_label"],
-        "name": step.request["shown_name"],
+        "server_label": approval.server_label,
+        "name": approval.shown_name,
         "arguments": step.request["arguments"],
         "output": None,
         "error": None,
-        "approval_request_id": step.request["approval_request_id"],
+        "approval_request_id": approval.request_id,
     }
 
 
@@ -62,7 +63,7 @@ def output_items(
     for step in sorted(chain, key=lambda s: s.sequence):
         if step.kind is StepKind.MODEL_CALL:
             break
-        if "approval_request_id" in step.request:
+        if step.approval is not None:
             items.append(mcp_item_state(approved_call_item(step), step))
     turns: list[tuple[int, list[dict[str, Any]]]] = [
         (step.sequence, list(step.response["items"]))

@@ -106,7 +106,8 @@ async def _read(runner: Runner, caller: Caller, body: dict[str, Any]) -> _Read:
             f"{settings.limits.max_input_items}.",
             param="input",
         )
-    target = engine.routes.target(request.model)
+    prepared = prepare(engine, request, key_id=caller.key_id)
+    target = prepared.target
     if target is None:
         raise InvalidRequest(
             f"The model '{request.model}' does not exist.", param="model", code="model_not_found"
@@ -119,7 +120,6 @@ async def _read(runner: Runner, caller: Caller, body: dict[str, Any]) -> _Read:
                 f"Previous response with id '{request.previous_response_id}' not found.",
                 param="previous_response_id",
             )
-    prepared = prepare(engine, request, target, key_tools=engine.key_tools(caller.key_id))
     # a conversation's items are read as a create reads them (as the conversation is now)
     request = await pin_conversation(engine.store, request, caller)
     conversation = await load_conversation(
@@ -199,7 +199,7 @@ async def _offered_tools(runner: Runner, read: _Read, caller: Caller) -> dict[st
     mcp = runner.engine.mcp
     if mcp is not None:
         mcp.check_request(read.request)
-    tools, _ = await offered_tools(runner.engine, read.request, read.prepared, key_id=caller.key_id)
+    tools, _ = await offered_tools(runner.engine, read.request, read.prepared)
     return tools
 
 

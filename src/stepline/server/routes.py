@@ -32,7 +32,7 @@ from stepline.config import Settings
 from stepline.engine.conversation import approvals, load_conversation
 from stepline.engine.loop import base_messages
 from stepline.engine.prepare import Prepared, prepare
-from stepline.engine.response import offered_names, snapshot, stored_response
+from stepline.engine.response import snapshot, stored_response
 from stepline.errors import InvalidRequest, NotFound, Unavailable
 from stepline.protocol.chat_request import forced_tool
 from stepline.protocol.request import (
@@ -46,7 +46,6 @@ from stepline.protocol.request import (
     references,
     unknown_fields,
 )
-from stepline.protocol.validate import conversation_problem
 from stepline.server.auth import Caller, caller_of
 from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
@@ -124,14 +123,15 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             param="input",
         )
     engine = runner.engine
-    target = engine.routes.target(request.model)
-    if target is None:
+    # the one preparation the run makes too (engine.prepare): the same upstream, the
+    # same offered tools, the same validation
+    prepared = prepare(engine, request, key_id=caller.key_id)
+    if prepared.target is None:
         raise InvalidRequest(
             f"The model '{request.model}' does not exist.", param="model", code="model_not_found"
         )
     caller.check_model(request.model)
-    # the run offers the same names (engine.response.offered_tools)
-    server_tools = set(offered_names(runner.engine, request.model))
+    server_tools = set(prepared.offered)
     caller.check_tools(request, server_tools)
     if request.stored_previous_id is not None:
         previous = await runner.engine.store.get_response(request.stored_previous_id)
@@ -149,7 +149,6 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             )
     if runner.engine.mcp is not None:
         runner.engine.mcp.check_request(request)
-    prepared = prepare(engine, request, target, key_tools=engine.key_tools(caller.key_id))
     _check_hosted(settings, prepared.dropped)
     _check_tool_choice(runner, request, prepared, server_tools)
     conversation = await load_conversation(
@@ -163,7 +162,7 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     approvals(request, conversation)  # an unknown approval id is a 400
     history = conversation.history
     transcript = base_messages(request, history, None, prepared.context)
-    problem = conversation_problem(transcript, settings.limits.validation)
+    problem = prepared.problem(transcript)
     if problem is not None:
         raise InvalidRequest(problem, param="input")
     return _Notices(dropped_tools=prepared.dropped)
