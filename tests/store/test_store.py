@@ -538,6 +538,33 @@ async def test_append_events_with_an_owner_writes_only_the_responses_it_holds(
     assert await store.last_event_seq("resp_1") == 1
 
 
+async def test_events_alone_with_an_owner_are_written_only_for_the_responses_it_holds(
+    store: StepStore,
+) -> None:
+    """The same fence when a batch holds only events (PostgreSQL writes those in one
+    statement of its own)."""
+    await store.create_response(make_record("resp_1", owner="worker-a", lease_expires_at=100.0))
+    await store.create_response(make_record("resp_2", owner="worker-a", lease_expires_at=100.0))
+    await store.renew_leases("worker-a", ["resp_1"], expires_at=2e9)
+    assert await store.claim_expired("worker-b", now=200.0, expires_at=2e9, limit=10) == ["resp_2"]
+
+    appended = await store.append_events(
+        [event("resp_1", 0), event("resp_2", 0), event("resp_1", 1)], owner="worker-a"
+    )
+
+    assert (appended.fenced, appended.ends) == ({"resp_2"}, [])
+    assert await store.read_events("resp_1", after=-1, limit=10) == [
+        event("resp_1", 0),
+        event("resp_1", 1),
+    ]
+    assert await store.read_events("resp_2", after=-1, limit=10) == []
+    taken = await store.append_events([event("resp_2", 0, b"new owner")], owner="worker-b")
+    assert taken.fenced == set()
+    assert await store.read_events("resp_2", after=-1, limit=10) == [
+        event("resp_2", 0, b"new owner")
+    ]
+
+
 async def test_append_events_keeps_the_first_row_of_a_key(store: StepStore) -> None:
     await store.append_events(
         [

@@ -14,9 +14,10 @@ Invariants (the :class:`~stepline.store.base.StepStore` contract, and):
   write lock of ``BEGIN IMMEDIATE`` on SQLite) before it reads the chain's
   tail, so concurrent calls queue instead of colliding.
 * ``append_events`` with an ``owner`` reads the leases it needs in the
-  transaction that writes (``FOR SHARE``, in id order, as the renewal locks
-  them, so the two never deadlock): a claim by another process waits for
-  the write, and reads every row of it.
+  transaction that writes (``FOR KEY SHARE``, in id order, as the renewal
+  locks them, so the two never deadlock): a claim by another process (its
+  ``FOR UPDATE``) waits for the write, or skips the response, and reads every
+  row of it. Events alone go to PostgreSQL in one statement (one round trip).
 * ``claim_expired`` is one ``UPDATE`` over a ``FOR UPDATE SKIP LOCKED``
   subquery, so two claimers never take the same response.
 * A conversation's items are appended (by a client, or by a response's end
@@ -408,12 +409,14 @@ async def append_events(
     now = time.time()
     with_rows = sorted({row.response_id for row in rows})
     touched = sorted({*with_rows, *(end.response_id for end in ends)})
+    if driver.postgres and rows and not ends:
+        return await _append_rows_postgres(driver, rows, with_rows, owner)
     async with driver.transaction() as tx:
         fenced: frozenset[str] = frozenset()
         if owner is not None:
             held = await tx.fetch(
                 f"SELECT id FROM responses WHERE id {driver.in_list('$1')} AND owner = $2"
-                " ORDER BY id" + _for(driver, "SHARE"),
+                " ORDER BY id" + _for(driver, "KEY SHARE"),
                 driver.list_arg(touched),
                 owner,
             )
@@ -465,6 +468,52 @@ async def append_events(
 
 #: PostgreSQL's limit for a notification's payload is 8000 bytes
 _NOTIFY_PAYLOAD_BYTES = 7900
+#: response ids per notification in _APPEND_ROWS (each id is at most 40 bytes)
+_NOTIFY_IDS = 190
+
+#: Events alone (most of a stream's writes), on PostgreSQL, in one statement, so one
+#: round trip and its own transaction: the fence's leases (``FOR KEY SHARE``: a claim's
+#: ``FOR UPDATE`` waits for the write), the rows of the responses still held, and a
+#: notification per group of those responses. $1-$4 are the rows, $5 the responses,
+#: $6 the owner (NULL: no fence).
+_APPEND_ROWS = f"""
+WITH held AS (
+    SELECT id FROM responses
+    WHERE $6::text IS NOT NULL AND id = ANY($5::text[]) AND owner = $6
+    ORDER BY id FOR KEY SHARE
+), kept AS (
+    SELECT id FROM unnest($5::text[]) AS id
+    WHERE $6::text IS NULL OR id IN (SELECT id FROM held)
+), written AS (
+    INSERT INTO events (response_id, seq, step_id, data)
+    SELECT e.response_id, e.seq, e.step_id, e.data
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])
+        AS e(response_id, seq, step_id, data)
+    WHERE e.response_id IN (SELECT id FROM kept)
+    ON CONFLICT (response_id, seq) DO NOTHING
+)
+SELECT ids, pg_notify('{CHANNEL}', ids) FROM (
+    SELECT string_agg(id, ',' ORDER BY id) AS ids
+    FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / {_NOTIFY_IDS} AS part FROM kept) AS k
+    GROUP BY part
+) AS notes
+"""
+
+
+async def _append_rows_postgres(
+    driver: Driver, rows: Sequence[EventRow], with_rows: list[str], owner: str | None
+) -> Appended:
+    notes = await driver.write(
+        _APPEND_ROWS,
+        [row.response_id for row in rows],
+        [row.seq for row in rows],
+        [row.step_id for row in rows],
+        [row.data for row in rows],
+        with_rows,
+        owner,
+    )
+    held = {response_id for note in notes for response_id in note[0].split(",")}
+    return Appended(ends=[], fenced=frozenset(with_rows) - held)
 
 
 def notify_payloads(response_ids: Sequence[str]) -> list[str]:
