@@ -466,7 +466,7 @@ class TextFormat(BaseModel):
 class TextConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    format: TextFormat = TextFormat()
+    format: TextFormat = Field(default_factory=TextFormat)
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -529,7 +529,7 @@ class ResponseRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     max_output_tokens: int | None = Field(default=None, ge=1)
-    text: TextConfig = TextConfig()
+    text: TextConfig = Field(default_factory=TextConfig)
     reasoning: ReasoningConfig | None = None
     user: str | None = None
     safety_identifier: str | None = None
