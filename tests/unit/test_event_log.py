@@ -9,7 +9,7 @@ other side did.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -133,4 +133,86 @@ async def test_a_writer_without_the_lease_stores_nothing_and_says_so() -> None:
     assert await store.read_events(RESPONSE, after=-1, limit=10) == []
     [kept] = await store.load_steps(RESPONSE)
     assert kept.state is StepState.PROCESSING
+    await writer.aclose()
+
+
+def _numbered(seq: int) -> EventRow:
+    return EventRow(response_id=RESPONSE, seq=seq, data=b'{"type":"e","sequence_number":%d}' % seq)
+
+
+async def _all(log: EventLog, after: int) -> list[EventRow]:
+    return [row async for batch in log.follow(after) for row in batch]
+
+
+async def _commit_one_by_one(log: EventLog, seqs: range) -> None:
+    for seq in seqs:
+        log.append(_numbered(seq))
+        await log.wait_durable()
+
+
+async def test_memory_keeps_only_the_window_and_the_newest_commit() -> None:
+    store = await _stored()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, window=3)
+    await _commit_one_by_one(log, range(20))
+    # rows 0..19 each committed alone: the newest commit (19) and the 3 before it
+    assert [row.seq for row in log.rows] == [16, 17, 18, 19]
+    assert log.start == 16
+    # rows appended together are stored in one write; they stay whole for the
+    # followers it wakes
+    for seq in range(20, 30):
+        log.append(_numbered(seq))
+    await log.wait_durable()
+    assert [row.seq for row in log.rows] == list(range(17, 30))
+    await writer.aclose()
+
+
+async def test_a_follower_behind_the_window_gets_every_event_in_order() -> None:
+    store = await _stored()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, window=2)
+    expected = [_numbered(seq) for seq in range(40)]
+    await _commit_one_by_one(log, range(25))
+    # one follower from the start, one from the middle, one resuming late; all
+    # read from the store, then from memory, while the log goes on
+    followers = [asyncio.ensure_future(_all(log, after)) for after in (-1, 9, 21)]
+    await _commit_one_by_one(log, range(25, 40))
+    log.close()
+    got = await asyncio.wait_for(asyncio.gather(*followers), 5)
+    assert got == [expected, expected[10:], expected[22:]]
+    await writer.aclose()
+
+
+async def test_a_follower_that_stalls_falls_behind_and_catches_up_from_the_store() -> None:
+    store = await _stored()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, window=1)
+    follower = log.follow(-1)
+    await _commit_one_by_one(log, range(3))
+    seen = [row async for row in _first_batch(follower)]
+    # the follower stops reading; the log moves far past its position meanwhile
+    await _commit_one_by_one(log, range(3, 30))
+    assert log.start > seen[-1].seq + 1
+    log.close()
+    async for batch in follower:
+        seen.extend(batch)
+    assert seen == [_numbered(seq) for seq in range(30)]
+    await writer.aclose()
+
+
+async def _first_batch(follower: AsyncIterator[list[EventRow]]) -> AsyncIterator[EventRow]:
+    for row in await asyncio.wait_for(anext(follower), 5):
+        yield row
+
+
+async def test_a_resumed_log_is_followed_from_the_rows_stored_before_it() -> None:
+    store = await _stored()
+    await store.append_events([_numbered(seq) for seq in range(5)])
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, first_seq=5, window=2)
+    await _commit_one_by_one(log, range(5, 15))
+    log.close()
+    got = await asyncio.wait_for(_all(log, -1), 5)
+    assert got == [_numbered(seq) for seq in range(15)]
+    assert await asyncio.wait_for(_all(log, 3), 5) == got[4:]
     await writer.aclose()

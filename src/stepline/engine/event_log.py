@@ -3,7 +3,7 @@
 The loop never writes to a socket: it appends events here and goes on.
 Readers (SSE routes, the plain route's waiter) follow the log at their own
 pace, so a slow or vanished client can neither stall the loop nor grow
-memory beyond the response's own events.
+memory.
 
 Invariants:
 
@@ -25,6 +25,11 @@ Invariants:
   database is down or busy) is retried; any other failure of a write fails
   the writes that waited on it and closes their logs with that error, so no
   reader waits forever for rows that will never come.
+* Memory is bounded per response, not per event: the log keeps the rows not
+  yet durable, those of the newest commit, and a window of older ones.
+  Only durable rows leave memory, so a follower that falls behind the
+  window reads them back from the store, in the same order, and then
+  follows the log again.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from dataclasses import dataclass, field
 from stepline.errors import LeaseLost, StoreError
 from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd, StepStore
 
-__all__ = ["EventLog", "EventLogFailed", "EventWriter"]
+__all__ = ["WINDOW", "EventLog", "EventLogFailed", "EventWriter"]
 
 
 class EventLogFailed(Exception):
@@ -63,19 +68,36 @@ def _lease_lost(response_id: str) -> LeaseLost:
     return LeaseLost(f"response {response_id} is run by another process now")
 
 
-class EventLog:
-    """The in-memory tail of one response's event log, from ``first_seq`` on."""
+#: durable rows a log keeps beyond those of its newest commit; a follower further
+#: behind reads from the store (a live follower reads each commit as it lands)
+WINDOW = 8
+#: rows read from the store at a time by a follower behind the window
+_PAGE = 1000
 
-    def __init__(self, response_id: str, writer: EventWriter, *, first_seq: int = 0) -> None:
+
+class EventLog:
+    """The in-memory tail of one response's event log, from ``first_seq`` on.
+
+    ``rows`` holds the rows from ``start`` on; those before it (and those
+    before ``first_seq``, from an earlier run of the response) are the store's.
+    """
+
+    def __init__(
+        self, response_id: str, writer: EventWriter, *, first_seq: int = 0, window: int = WINDOW
+    ) -> None:
         self.response_id = response_id
         self.first_seq = first_seq
+        self.start = first_seq
         self.rows: list[EventRow] = []
         self.appended = first_seq - 1
         self.durable = first_seq - 1
         self.closed = False
         self.failure: BaseException | None = None
         self._writer = writer
-        self._changed = asyncio.Event()
+        self._window = window
+        # futures of the tasks waiting for a change, None while nobody waits: an
+        # idle log costs no asyncio.Event (a deque of its own) per response
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     def append(self, row: EventRow) -> None:
         self.rows.append(row)
@@ -105,11 +127,28 @@ class EventLog:
         self.close()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _changed(self) -> None:
+        """Return at the next change: rows made durable, a close, a failure."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = [waiter]
+        else:
+            self._waiters.append(waiter)
+        await waiter
 
     def made_durable(self, seq: int) -> None:
         if seq > self.durable:
+            # rows up to the previous commit, beyond the window, are the store's now:
+            # this commit's rows stay for the followers it wakes
+            keep_from = self.durable + 1 - self._window
+            if keep_from > self.start:
+                del self.rows[: keep_from - self.start]
+                self.start = keep_from
             self.durable = seq
             self._notify()
 
@@ -121,7 +160,7 @@ class EventLog:
     async def wait_durable(self) -> None:
         while self.durable < self.appended:
             self._raise_failure()
-            await self._changed.wait()
+            await self._changed()
 
     def _raise_failure(self) -> None:
         if isinstance(self.failure, LeaseLost):
@@ -130,23 +169,33 @@ class EventLog:
             raise EventLogFailed(f"events of {self.response_id} not stored") from self.failure
 
     async def follow(self, after: int) -> AsyncIterator[list[EventRow]]:
-        """Batches of durable rows with ``seq > after``, until the log closes.
+        """Batches of durable rows with ``seq > after``, in order, until the log closes.
 
-        ``after`` must be at least ``first_seq - 1``; older rows are the store's.
+        Rows no longer in memory (before ``start``) are read from the store.
         """
-        position = max(after + 1, self.first_seq)
+        position = after + 1
         while True:
-            changed = self._changed
+            if position < self.start:
+                stored = await self._writer.store.read_events(
+                    self.response_id, after=position - 1, limit=min(_PAGE, self.start - position)
+                )
+                # only what memory no longer holds (the window may have moved meanwhile)
+                stored = [row for row in stored if row.seq < self.start]
+                if stored:
+                    position = stored[-1].seq + 1
+                    yield stored
+                else:  # nothing stored below the window (a resumed log's gap): go on
+                    position = self.start
+                continue
             if position <= self.durable:
-                start = position - self.first_seq
-                end = self.durable - self.first_seq + 1
+                batch = self.rows[position - self.start : self.durable - self.start + 1]
                 position = self.durable + 1
-                yield self.rows[start:end]
+                yield batch
                 continue
             self._raise_failure()
             if self.closed and position > self.appended:
                 return
-            await changed.wait()
+            await self._changed()
 
 
 class EventWriter:
@@ -155,7 +204,7 @@ class EventWriter:
     def __init__(
         self, store: StepStore, *, owner: str | None = None, retry_delay: float = 0.2
     ) -> None:
-        self._store = store
+        self.store = store
         self._owner = owner
         self._pending: list[tuple[EventLog, EventRow] | _Unit] = []
         self._wake = asyncio.Event()
@@ -207,7 +256,7 @@ class EventWriter:
         delay = self._retry_delay
         while True:
             try:
-                appended = await self._store.append_events(
+                appended = await self.store.append_events(
                     rows, ends=[u.end for u in units], owner=self._owner
                 )
                 break

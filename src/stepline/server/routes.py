@@ -19,14 +19,11 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response, StreamingResponse
-from prometheus_client import Gauge
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response
 
 from stepline.config import Settings
 from stepline.engine.conversation import approvals, load_conversation
@@ -53,7 +50,7 @@ from stepline.server.logs import response_id_var
 from stepline.server.openapi import errors, response_body, streamed
 from stepline.server.replies import JSON
 from stepline.server.runner import Runner
-from stepline.server.sse import sse_frames
+from stepline.server.sse import EventStream, sse_frames
 from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
@@ -76,40 +73,12 @@ def _gateway(request: Request) -> Gateway:
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class _CountedStream(StreamingResponse):
-    """An SSE response counted in ``stepline_open_streams`` while its frames flow.
-
-    The count drops before the end of the body is sent, so a client that saw
-    the end never sees the stream counted; ``__call__`` closes the frames
-    however the response ends (a client that left included)."""
-
-    def __init__(self, frames: AsyncIterator[bytes], gateway: Gateway) -> None:
-        self._frames: AsyncGenerator[bytes, None] = _counted(frames, gateway.metrics.open_streams)
-        super().__init__(self._frames, media_type="text/event-stream", headers=_SSE_HEADERS)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._frames.aclose()
-
-
-async def _counted(
-    frames: AsyncIterator[bytes], open_streams: Gauge
-) -> AsyncGenerator[bytes, None]:
-    open_streams.inc()
-    try:
-        async for frame in frames:
-            yield frame
-    finally:
-        open_streams.dec()
-        aclose = getattr(frames, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def _sse(request: Request, runner: Runner, response_id: str, after: int) -> StreamingResponse:
-    return _CountedStream(sse_frames(runner, response_id, after), _gateway(request))
+def _sse(request: Request, runner: Runner, response_id: str, after: int) -> EventStream:
+    return EventStream(
+        sse_frames(runner, response_id, after),
+        headers=_SSE_HEADERS,
+        open_streams=_gateway(request).metrics.open_streams,
+    )
 
 
 async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> _Notices:
