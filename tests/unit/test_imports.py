@@ -19,3 +19,27 @@ def test_the_server_imports_the_mcp_sdk_and_alembic_only_when_used() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_sqlite_server_imports_neither_asyncpg_nor_cryptography_until_used() -> None:
+    """asyncpg only for PostgreSQL; cryptography at the first seal or open of a
+    token, not when the sealer is made from its keys at start."""
+    probe = (
+        "import asyncio, sys, tempfile, stepline.server.app, stepline.cli\n"
+        "from stepline.protocol.sealing import Sealer\n"
+        "from stepline.store.sql import open_store\n"
+        "async def main():\n"
+        "    with tempfile.TemporaryDirectory() as where:\n"
+        "        store = await open_store(f'sqlite:///{where}/s.db')\n"
+        "        await store.read_events('resp_x', after=-1, limit=1)\n"
+        "        await store.close()\n"
+        "asyncio.run(main())\n"
+        "sealer = Sealer.ephemeral()\n"
+        "print(sorted(m for m in ('asyncpg', 'cryptography') if m in sys.modules))\n"
+        "assert sealer.open(sealer.seal('x')) == 'x'\n"
+        "print('cryptography' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["[]", "True"]

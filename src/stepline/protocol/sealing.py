@@ -20,11 +20,12 @@ import binascii
 import hashlib
 import os
 from collections.abc import Sequence
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from stepline.errors import ConfigError
+
+if TYPE_CHECKING:  # cryptography (megabytes resident) loads at the first seal or open
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["Sealer", "parse_key"]
 
@@ -63,8 +64,17 @@ class Sealer:
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ConfigError("a Sealer needs at least one key")
-        self._sealing = (_key_id(keys[0]), AESGCM(keys[0]))
-        self._opening = {_key_id(key): AESGCM(key) for key in keys}
+        self._sealing_id = _key_id(keys[0])
+        self._keys = {_key_id(key): key for key in keys}
+        self._aeads: dict[str, AESGCM] = {}
+
+    def _aead(self, key_id: str) -> AESGCM | None:
+        aead = self._aeads.get(key_id)
+        if aead is None and key_id in self._keys:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            aead = self._aeads[key_id] = AESGCM(self._keys[key_id])
+        return aead
 
     @classmethod
     def ephemeral(cls) -> Sealer:
@@ -72,7 +82,9 @@ class Sealer:
         return cls([os.urandom(32)])
 
     def seal(self, text: str, *, label: str = "reasoning") -> str:
-        key_id, aead = self._sealing
+        key_id = self._sealing_id
+        aead = self._aead(key_id)
+        assert aead is not None
         nonce = os.urandom(12)
         sealed = aead.encrypt(nonce, text.encode(), label.encode())
         body = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
@@ -82,9 +94,11 @@ class Sealer:
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != _PREFIX:
             return None
-        aead = self._opening.get(parts[1])
+        aead = self._aead(parts[1])
         if aead is None:
             return None
+        from cryptography.exceptions import InvalidTag
+
         try:
             raw = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
             return aead.decrypt(raw[:12], raw[12:], label.encode()).decode()

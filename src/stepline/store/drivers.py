@@ -36,12 +36,14 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import asyncpg
 import orjson
 
 from stepline.errors import StoreError
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["Driver", "PostgresDriver", "Rows", "SqliteDriver", "Tx"]
 
@@ -192,16 +194,22 @@ class _SqliteTx:
 # -- PostgreSQL ---------------------------------------------------------------
 
 
-#: what a PostgreSQL statement can fail with: the server's errors, a lost or broken
-#: connection (a connection cut mid-statement can leave one "in another operation",
-#: an InternalClientError, until the pool replaces it), the network, a timeout
-_PG_FAILURES = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
+def _pg_failures() -> tuple[type[BaseException], ...]:
+    """What a PostgreSQL statement can fail with: the server's errors, a lost or broken
+    connection (a connection cut mid-statement can leave one "in another operation",
+    an InternalClientError, until the pool replaces it), the network, a timeout.
+
+    A function, read only as an exception is matched: asyncpg (megabytes resident)
+    is imported by the PostgreSQL driver alone, never on SQLite."""
+    import asyncpg
+
+    return (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
+        OSError,
+        asyncio.TimeoutError,
+    )
 
 
 def _pg_in_list(placeholder: str) -> str:
@@ -225,11 +233,13 @@ class PostgresDriver:
         cls, dsn: str, *, size: int, connect_args: Mapping[str, Any] | None = None
     ) -> PostgresDriver:
         """A pool of up to ``size`` connections; ``connect_args`` go to asyncpg."""
+        import asyncpg
+
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=size, reset=_keep_as_is, **dict(connect_args or {})
             )
-        except _PG_FAILURES as exc:
+        except _pg_failures() as exc:
             raise StoreError(f"store open failed: {type(exc).__name__}: {exc}") from exc
         return cls(pool)
 
@@ -237,14 +247,14 @@ class PostgresDriver:
         try:
             async with self._pool.acquire() as connection:
                 return list(await connection.fetch(sql, *args))
-        except _PG_FAILURES as exc:
+        except _pg_failures() as exc:
             raise StoreError(f"store statement failed: {type(exc).__name__}: {exc}") from exc
 
     async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
         try:
             async with self._pool.acquire() as connection:
                 await connection.executemany(sql, args)
-        except _PG_FAILURES as exc:
+        except _pg_failures() as exc:
             raise StoreError(f"store statement failed: {type(exc).__name__}: {exc}") from exc
 
     async def write(self, sql: str, *args: Any) -> Rows:
@@ -255,7 +265,7 @@ class PostgresDriver:
         try:
             async with self._pool.acquire() as connection, connection.transaction():
                 yield _PgTx(connection)
-        except _PG_FAILURES as exc:
+        except _pg_failures() as exc:
             raise StoreError(f"store transaction failed: {type(exc).__name__}: {exc}") from exc
 
     def in_list(self, placeholder: str) -> str:

@@ -23,8 +23,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import asyncpg
-
 __all__ = ["CHANNEL", "EventNotifier", "EventWatch", "PgListener"]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +102,8 @@ class PgListener:
     async def _listen(self) -> None:
         while True:
             lost = asyncio.Event()
+            import asyncpg  # PostgreSQL only: never loaded on SQLite
+
             try:
                 connection = await asyncpg.connect(self._dsn)
             except (OSError, asyncpg.PostgresError) as exc:
