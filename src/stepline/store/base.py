@@ -2,7 +2,9 @@
 
 Everything a process needs to continue a response another process started is
 behind this Protocol: the original request body, every step with its payloads,
-the event log, and the lease that says which process runs the loop.
+the event log, and the lease that says which process runs the loop. The API
+keys stored with them sit behind a protocol of their own,
+:class:`~stepline.store.keys.KeyStore`, which a store gives as ``keys``.
 
 Invariants every implementation keeps:
 
@@ -45,6 +47,7 @@ from stepline.engine.steps import NewStep, Step, StepState
 from stepline.store.notify import EventWatch
 
 if TYPE_CHECKING:  # listing.py builds on this module's types
+    from stepline.store.keys import KeyStore
     from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
 
 __all__ = [
@@ -302,6 +305,13 @@ class StepStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    # -- API keys --
+
+    @property
+    def keys(self) -> KeyStore:
+        """The API keys stored with the responses (``stepline keys create``)."""
+        ...
 
     # -- conversations --
 

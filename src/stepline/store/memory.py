@@ -39,6 +39,7 @@ from stepline.store.base import (
     new_steps,
     unique_item_ids,
 )
+from stepline.store.keys import KeyStore, MemoryKeyStore
 from stepline.store.listing import (
     ResponsePage,
     ResponseQuery,
@@ -114,6 +115,11 @@ class MemoryStore:
         self._conversations: dict[str, ConversationRecord] = {}
         #: each conversation's items in position order
         self._conversation_items: dict[str, list[ConversationItem]] = {}
+        self._keys = MemoryKeyStore()
+
+    @property
+    def keys(self) -> KeyStore:
+        return self._keys
 
     # -- responses --
 

@@ -18,6 +18,9 @@ Invariants:
   a conversation's ``next_position`` is where its next append starts, so
   positions only grow. Conversations and their items do not depend on any
   response: they outlive the responses that appended to them.
+* ``stepline_api_keys`` holds a key's hash, never its token; ``name`` and
+  ``hash`` are unique, and ``id`` too where it is set (a row from before
+  keys had ids has none: its id is its name).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "VERSION_TABLE",
     "JsonText",
+    "api_keys",
     "conversation_items",
     "conversations",
     "events",
@@ -170,4 +174,22 @@ conversation_items = sa.Table(
     sa.Column("id", sa.String, nullable=False),
     sa.Column("data", JsonText, nullable=False),
     sa.Index(None, "conversation_id", "id"),
+)
+
+#: API keys made with ``stepline keys create`` (the config's keys are not stored);
+#: named for stepline, as the version table is, beside an application's tables
+api_keys = sa.Table(
+    "stepline_api_keys",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("hash", sa.String, nullable=False, unique=True),
+    sa.Column("models", JsonText, nullable=True),
+    sa.Column("tools", JsonText, nullable=True),
+    sa.Column("rate", JsonText, nullable=True),
+    sa.Column("max_concurrent", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("id", sa.String, nullable=True),
+    # a default, so that an older stepline still running during an upgrade can insert
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index(None, "id", unique=True),
 )

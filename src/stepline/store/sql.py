@@ -53,6 +53,7 @@ from stepline.store.engines import (
     create_store_engine,
     describe_error,
 )
+from stepline.store.keys import KeyStore, SqlKeyStore
 from stepline.store.listing import ResponsePage, ResponseQuery, ResponseTree
 from stepline.store.notify import EventNotifier, EventWatch, PgListener
 from stepline.store.revisions import engine_revision, migrate_engine
@@ -106,10 +107,15 @@ class SqlStore:
         self._listener: PgListener | None = None
         self._driver: Driver | None = None
         self._opening = asyncio.Lock()
+        self._keys = SqlKeyStore(self)
 
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def keys(self) -> KeyStore:
+        return self._keys
 
     async def current_revision(self) -> str | None:
         """The schema revision of the database; compare with
@@ -390,7 +396,7 @@ class SqlStore:
             # Mark the outcome as seen: a caller cancelled mid-write never reads it.
             task.exception()
 
-    # -- for the store's other modules (retention, usage) --
+    # -- for the store's other modules (keys, retention, usage) --
 
     async def run_read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run ``work`` on an autocommit connection, as the store's own reads run."""
