@@ -39,7 +39,7 @@ from rich.tree import Tree
 
 from stepline.config import DEFAULT_DATABASE_URL, KeyConfig, RateConfig, Settings, load_settings
 from stepline.engine.steps import StepKind, StepState
-from stepline.errors import ConfigError, StepLineError
+from stepline.errors import ConfigError, StepLineError, StoreError
 from stepline.protocol.assemble import sum_usage
 from stepline.server.logs import configure_logging
 
@@ -48,11 +48,11 @@ from stepline.server.logs import configure_logging
 # `stepline --help`, answers in a fraction of the time.
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from stepline.engine.steps import Step
     from stepline.server.auth import StoredKey
     from stepline.store.base import ResponseRecord
+    from stepline.store.keys import KeyStore
     from stepline.store.retention import PurgeCounts, RetentionPolicy
     from stepline.tools.registry import ServerTool
 
@@ -140,19 +140,17 @@ def _is_loopback(host: str) -> bool:
 
 
 async def _stored_key_count(database_url: str) -> int:
-    """Keys in the database; 0 when it has none (or no keys table yet)."""
-    from sqlalchemy.exc import SQLAlchemyError
+    """Keys in the database, before it is migrated; 0 when it has none (or no keys
+    table yet)."""
+    from stepline.store.sql import open_store
 
-    from stepline.server.auth import list_stored_keys
-    from stepline.store.engines import create_store_engine
-
-    engine = create_store_engine(database_url, pool_size=1)
+    store = await open_store(database_url, migrate=False, pool_size=1)
     try:
-        return len(await list_stored_keys(engine))
-    except (SQLAlchemyError, OSError):
+        return await store.keys.count_keys()
+    except StoreError:
         return 0  # no keys table yet
     finally:
-        await engine.dispose()
+        await store.close()
 
 
 def _access(settings: Settings, host: str, insecure: bool, stored: int) -> tuple[bool, str]:
@@ -378,50 +376,29 @@ def mock_upstream(
 
 
 async def _store_new_key(database_url: str, name: str, key: KeyConfig) -> bool:
-    """Store ``key``, creating the database and its keys table when missing; False when
-    the name is taken."""
-    from stepline.server.auth import ensure_key_table, store_key
-    from stepline.server.preflight import check_creatable, probe_database
-    from stepline.store.engines import create_store_engine
+    """Store ``key``, creating the database or migrating it first (as `stepline migrate`
+    does: the keys table is the schema's); False when the name is taken."""
+    from stepline.server.auth import store_key
+    from stepline.server.preflight import check_creatable, migrate_database, probe_database
 
     await probe_database(database_url)
     check_creatable(database_url)
-    engine = create_store_engine(database_url, pool_size=1)
+    await migrate_database(database_url)
+    return await _on_stored_keys(database_url, lambda keys: store_key(keys, name, key))
+
+
+async def _on_stored_keys(database_url: str, work: Callable[[KeyStore], Awaitable[_T]]) -> _T:
+    """``work`` on the stored keys of an existing, migrated database, never creating a
+    database (a ConfigError says which database and what to run)."""
+    from stepline.server.preflight import check_schema
+    from stepline.store.sql import open_store
+
+    await check_schema(database_url)
+    store = await open_store(database_url, migrate=False, pool_size=1)
     try:
-        await ensure_key_table(engine)
-        return await store_key(engine, name, key)
+        return await work(store.keys)
     finally:
-        await engine.dispose()
-
-
-async def _on_stored_keys(
-    database_url: str, work: Callable[[AsyncEngine], Awaitable[_T]], *, missing: _T
-) -> _T:
-    """``work`` on the keys table of an existing database, never creating a database:
-    one without the table gives ``missing``, unless it has no schema either (then,
-    as for a database that does not exist, a ConfigError says which and what to run)."""
-    import sqlalchemy as sa
-
-    from stepline.server.auth import api_keys, ensure_key_table
-    from stepline.server.preflight import check_schema, probe_database
-    from stepline.store.engines import create_store_engine
-
-    if not await probe_database(database_url):
-        await check_schema(database_url)
-    engine = create_store_engine(database_url, pool_size=1)
-    try:
-        async with engine.connect() as connection:
-            has_keys = await connection.run_sync(
-                lambda sync: sa.inspect(sync).has_table(api_keys.name)
-            )
-        if not has_keys:
-            await check_schema(database_url)
-            return missing  # migrated, but no key stored yet
-        # a keys table of an older stepline gets the columns this one reads
-        await ensure_key_table(engine)
-        return await work(engine)
-    finally:
-        await engine.dispose()
+        await store.close()
 
 
 @keys_app.command("create")
@@ -444,6 +421,9 @@ def create_key(
     max_concurrent: Annotated[
         int | None, typer.Option(min=1, help="Requests running at once.")
     ] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An operator's key: usage, the console, every key's.")
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Create an API key: its token is printed once; only its hash is stored."""
@@ -466,6 +446,7 @@ def create_key(
         tools=tools,
         rate=None if rps is None else RateConfig(requests_per_second=rps, burst=burst),
         max_concurrent=max_concurrent,
+        admin=admin,
     )
 
     with _one_line_errors(debug):
@@ -486,6 +467,8 @@ def _limits_text(key: KeyConfig) -> tuple[str, str, str]:
         limits.append(f"{key.rate.requests_per_second:g}/s, burst {key.rate.capacity:g}")
     if key.max_concurrent is not None:
         limits.append(f"{key.max_concurrent} at once")
+    if key.admin:
+        limits.append("admin")
     return models, tools, "; ".join(limits) or "-"
 
 
@@ -509,7 +492,7 @@ def list_keys(
         settings = _settings(config, database)
         try:
             stored: list[StoredKey] = asyncio.run(
-                _on_stored_keys(settings.database_url, list_stored_keys, missing=[])
+                _on_stored_keys(settings.database_url, list_stored_keys)
             )
         except ConfigError as exc:
             if not settings.keys:
@@ -543,10 +526,10 @@ def revoke_key(
     with _one_line_errors(debug):
         settings = _settings(config, database)
 
-        async def work(engine: AsyncEngine) -> bool:
-            return await delete_stored_key(engine, name)
+        async def work(keys: KeyStore) -> bool:
+            return await delete_stored_key(keys, name)
 
-        revoked = asyncio.run(_on_stored_keys(settings.database_url, work, missing=False))
+        revoked = asyncio.run(_on_stored_keys(settings.database_url, work))
     if not revoked:
         hint = " (it is in the config: remove it there)" if name in settings.keys else ""
         _fail(f"no stored key named {name!r}{hint}", 1)
@@ -700,7 +683,7 @@ async def _usage_document(
     store = await open_store(settings.database_url, migrate=False, pool_size=1)
     try:
         keys = KeyRing(settings.keys)
-        await keys.attach(store.engine)  # the stored keys name their rows too
+        await keys.attach(store.keys)  # the stored keys name their rows too
         return await usage_report(
             store, keys, start=start, end=end, key=key, model=model, group_by=group_by
         )

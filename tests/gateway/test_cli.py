@@ -5,26 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from stepline.cli import _is_loopback
+from stepline.cli import _is_loopback, _stored_key_count
 from stepline.cli import app as cli
 from stepline.server.auth import KeyRing, hash_token, list_stored_keys
-from stepline.store.engines import create_store_engine
+from stepline.store.revisions import current_revision, head_revision
+from stepline.store.sql import open_store
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def _stored(database_url: str) -> dict[str, str]:
     async def read() -> dict[str, str]:
-        engine = create_store_engine(database_url)
+        store = await open_store(database_url, migrate=False)
         try:
-            return {key.name: key.config.hash for key in await list_stored_keys(engine)}
+            return {key.name: key.config.hash for key in await list_stored_keys(store.keys)}
         finally:
-            await engine.dispose()
+            await store.close()
 
     return asyncio.run(read())
 
@@ -45,10 +47,10 @@ def test_keys_create_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -
     assert _stored(url) == {"ci": hash_token(token)}
 
     async def authenticate() -> str | None:
-        engine = create_store_engine(url)
+        store = await open_store(url, migrate=False)
         try:
             ring = KeyRing({})
-            await ring.attach(engine)
+            await ring.attach(store.keys)
             caller = await ring.authenticate(f"Bearer {token}")
             assert caller.key is not None
             assert caller.key.config.models == ("alpha", "team-*")
@@ -57,9 +59,10 @@ def test_keys_create_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -
             assert caller.key.config.max_concurrent == 3
             assert ring.tools_for(caller.key_id) == frozenset({"weather"})
             assert caller.key_id is not None and caller.key_id.startswith("key_")
+            assert not caller.is_admin
             return caller.key.name
         finally:
-            await engine.dispose()
+            await store.close()
 
     assert asyncio.run(authenticate()) == "ci"
 
@@ -77,6 +80,46 @@ def test_keys_create_prints_the_token_once_and_stores_its_hash(tmp_path: Path) -
     assert revoked.exit_code == 0
     assert _stored(url) == {}
     assert runner.invoke(cli, ["keys", "revoke", "ci", "--database", url]).exit_code == 1
+
+
+def test_keys_create_migrates_the_database_and_may_make_an_admin_key(tmp_path: Path) -> None:
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/keys.db"
+    created = runner.invoke(cli, ["keys", "create", "ops", "--admin", "--database", url])
+    assert created.exit_code == 0, created.output
+    (token,) = re.findall(r"^sk-stepline-\S+$", created.output, flags=re.M)
+    assert asyncio.run(current_revision(url)) == head_revision()
+
+    async def is_admin() -> bool:
+        store = await open_store(url, migrate=False)
+        try:
+            ring = KeyRing({})
+            await ring.attach(store.keys)
+            return (await ring.authenticate(f"Bearer {token}")).is_admin
+        finally:
+            await store.close()
+
+    assert asyncio.run(is_admin())
+    listed = runner.invoke(cli, ["keys", "list", "--database", url], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0
+    assert "admin" in listed.output
+
+
+def test_serve_counts_the_keys_of_a_database_before_it_migrates_it(tmp_path: Path) -> None:
+    """A database of an older stepline, its keys table without ids: its keys count, so
+    ``serve`` does not take it for a server without keys."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE stepline_api_keys (name VARCHAR PRIMARY KEY, hash VARCHAR NOT NULL "
+            "UNIQUE, models TEXT, tools TEXT, rate TEXT, max_concurrent INTEGER, "
+            "created_at FLOAT NOT NULL)"
+        )
+        connection.execute(
+            "INSERT INTO stepline_api_keys (name, hash, created_at) VALUES ('ci', 'sha256:x', 0)"
+        )
+    assert asyncio.run(_stored_key_count(f"sqlite:///{path}")) == 1
+    assert asyncio.run(_stored_key_count(f"sqlite:///{tmp_path}/empty.db")) == 0
 
 
 def test_keys_create_checks_tools_against_the_config(tmp_path: Path) -> None:

@@ -12,19 +12,18 @@ import openai
 import pytest
 
 from stepline.config import KeyConfig
-from stepline.errors import RequestError
+from stepline.errors import RequestError, StoreError
 from stepline.server.auth import (
     KeyRing,
     delete_stored_key,
-    ensure_key_table,
     hash_token,
     list_stored_keys,
     new_token,
     store_key,
 )
 from stepline.store.base import ResponseRecord
-from stepline.store.engines import create_store_engine
 from stepline.store.sql import open_store
+from tests._backends import backend_params, store_backend
 from tests.gateway.conftest import Gateway, GatewayFactory, read_sse
 
 pytestmark = pytest.mark.timeout(30)
@@ -229,20 +228,21 @@ async def test_without_keys_the_server_is_open_only_when_allowed(
     )
 
 
-async def test_stored_keys_are_read_from_the_database(tmp_path: Path) -> None:
-    """A key created in the database works once the ring re-reads it, a revoked one stops."""
+@pytest.mark.parametrize("kind", backend_params())
+async def test_stored_keys_are_read_from_the_store(kind: str, tmp_path: Path) -> None:
+    """A key created in the store works once the ring re-reads it, a revoked one stops."""
     now = [0.0]
-    engine = create_store_engine(f"sqlite:///{tmp_path}/keys.db")
-    try:
+    async with store_backend(kind, tmp_path) as store:
+        keys = store.keys
         ring = KeyRing({}, allow_anonymous=True, clock=lambda: now[0])
-        await ring.attach(engine)
+        await ring.attach(keys)
         assert not ring.enabled
         assert (await ring.authenticate(None)).key is None  # open: no keys yet
 
         token, other = new_token(), new_token()
-        assert await store_key(engine, "ci", KeyConfig(hash=hash_token(token), tools=()))
-        assert await store_key(engine, "ops", KeyConfig(hash=hash_token(other)))
-        assert not await store_key(engine, "ci", KeyConfig(hash=hash_token(new_token())))
+        assert await store_key(keys, "ci", KeyConfig(hash=hash_token(token), tools=()))
+        assert await store_key(keys, "ops", KeyConfig(hash=hash_token(other), admin=True))
+        assert not await store_key(keys, "ci", KeyConfig(hash=hash_token(new_token())))
         # an unknown token makes the ring look again, at most once a second
         now[0] += 1.0
         caller = await ring.authenticate(f"Bearer {token}")
@@ -250,6 +250,7 @@ async def test_stored_keys_are_read_from_the_database(tmp_path: Path) -> None:
         ci_id = caller.key_id
         assert ci_id is not None
         ops = await ring.authenticate(f"Bearer {other}")
+        assert ops.is_admin and not caller.is_admin
         assert ring.tools_for(ci_id) == frozenset()
         assert ring.tools_for(ops.key_id) is None
         assert ring.tools_for(None) is None
@@ -258,7 +259,7 @@ async def test_stored_keys_are_read_from_the_database(tmp_path: Path) -> None:
         with pytest.raises(RequestError, match="Missing API key"):
             await ring.authenticate(None)
 
-        assert await delete_stored_key(engine, "ci")
+        assert await delete_stored_key(keys, "ci")
         assert (await ring.authenticate(f"Bearer {token}")).key_id == ci_id  # until re-read
         now[0] += 5.0
         with pytest.raises(RequestError, match="Incorrect API key") as refused:
@@ -266,8 +267,28 @@ async def test_stored_keys_are_read_from_the_database(tmp_path: Path) -> None:
         assert refused.value.status_code == 401
         assert (await ring.authenticate(f"bearer {other}")).key_id == ops.key_id
         assert ring.tools_for(ci_id) == frozenset()  # revoked: no tools for its responses
+
+
+async def test_keys_that_cannot_be_read_stop_the_start_but_not_a_running_ring(
+    tmp_path: Path,
+) -> None:
+    """A server that could not read its stored keys must not start as if it had none;
+    once running, a failed re-read keeps the keys it knows."""
+    store = await open_store(f"sqlite:///{tmp_path}/keys.db")
+    try:
+        token = new_token()
+        assert await store_key(store.keys, "ci", KeyConfig(hash=hash_token(token)))
+        now = [0.0]
+        ring = KeyRing({}, allow_anonymous=True, clock=lambda: now[0])
+        await ring.attach(store.keys)
+        async with store.engine.begin() as connection:
+            await connection.exec_driver_sql("DROP TABLE stepline_api_keys")
+        now[0] += 10.0
+        assert (await ring.authenticate(f"Bearer {token}")).key is not None
+        with pytest.raises(StoreError):
+            await KeyRing({}, allow_anonymous=True).attach(store.keys)
     finally:
-        await engine.dispose()
+        await store.close()
 
 
 def test_tokens_are_random_and_kept_as_hashes() -> None:
@@ -282,21 +303,21 @@ def test_tokens_are_random_and_kept_as_hashes() -> None:
 async def _create_key(gw: Gateway, name: str) -> str:
     """A key created as ``stepline keys create`` does, known to the server at once."""
     token = new_token()
-    engine = create_store_engine(f"sqlite:///{gw.database_path}")
+    store = await open_store(f"sqlite:///{gw.database_path}", migrate=False)
     try:
-        assert await store_key(engine, name, KeyConfig(hash=hash_token(token)))
+        assert await store_key(store.keys, name, KeyConfig(hash=hash_token(token)))
     finally:
-        await engine.dispose()
+        await store.close()
     await gw.app.state.gateway.keys.reload()
     return token
 
 
 async def _revoke_key(gw: Gateway, name: str) -> None:
-    engine = create_store_engine(f"sqlite:///{gw.database_path}")
+    store = await open_store(f"sqlite:///{gw.database_path}", migrate=False)
     try:
-        assert await delete_stored_key(engine, name)
+        assert await delete_stored_key(store.keys, name)
     finally:
-        await engine.dispose()
+        await store.close()
     await gw.app.state.gateway.keys.reload()
 
 
@@ -400,8 +421,8 @@ async def test_responses_stored_before_key_ids_stay_with_their_keys(tmp_path: Pa
 
     ring = KeyRing({"alice": KeyConfig(hash=hash_token(config_token))})
     try:
-        await ring.attach(store.engine)
-        await ring.attach(store.engine)  # the upgrade happens once, and again is a no-op
+        await ring.attach(store.keys)
+        await ring.attach(store.keys)
         legacy = await ring.authenticate(f"Bearer {legacy_token}")
         alice = await ring.authenticate(f"Bearer {config_token}")
         assert legacy.owns("old") and not legacy.owns("alice")
@@ -413,14 +434,14 @@ async def test_responses_stored_before_key_ids_stay_with_their_keys(tmp_path: Pa
             assert record is not None and caller.owns(record.key_id)
 
         # the old key revoked and its name used again: the new key owns none of it
-        assert await delete_stored_key(store.engine, "old")
+        assert await delete_stored_key(store.keys, "old")
         new_token_ = new_token()
-        assert await store_key(store.engine, "old", KeyConfig(hash=hash_token(new_token_)))
+        assert await store_key(store.keys, "old", KeyConfig(hash=hash_token(new_token_)))
         await ring.reload()
         reused = await ring.authenticate(f"Bearer {new_token_}")
         assert reused.key_id != "old" and not reused.owns("old")
         assert ring.tools_for("old") == frozenset()
-        (row,) = await list_stored_keys(store.engine)
+        (row,) = await list_stored_keys(store.keys)
         assert row.id == reused.key_id
     finally:
         await store.close()
@@ -430,15 +451,14 @@ async def test_reading_the_stored_keys_takes_no_write_lock_on_sqlite(tmp_path: P
     """The key reload runs every few seconds: it must not queue behind (or block) a
     writer, as a BEGIN IMMEDIATE read would."""
     path = tmp_path / "keys.db"
-    engine = create_store_engine(f"sqlite:///{path}")
+    store = await open_store(f"sqlite:///{path}")
     try:
-        await ensure_key_table(engine)
         writer = sqlite3.connect(path, isolation_level=None)
         try:
             writer.execute("BEGIN IMMEDIATE")  # another process mid-write
-            assert await asyncio.wait_for(list_stored_keys(engine), timeout=5) == []
+            assert await asyncio.wait_for(list_stored_keys(store.keys), timeout=5) == []
         finally:
             writer.execute("ROLLBACK")
             writer.close()
     finally:
-        await engine.dispose()
+        await store.close()

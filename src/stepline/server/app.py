@@ -50,7 +50,7 @@ from stepline.server.routes import router
 from stepline.server.runner import Runner
 from stepline.server.tracing import Tracing, tracing_options
 from stepline.server.usage import router as usage_router
-from stepline.store import SqlStore, normalize_database_url, open_store
+from stepline.store import normalize_database_url, open_store
 from stepline.store.base import StepStore
 from stepline.tools.mcp_tools import McpTools
 from stepline.tools.registry import ServerTool, ToolRegistry
@@ -210,7 +210,7 @@ def create_app(
             follow_redirects=False,
         )
         try:
-            await keys.attach(the_store.engine if isinstance(the_store, SqlStore) else None)
+            await keys.attach(the_store.keys)
             if not keys.enabled:
                 if allow_anonymous:
                     logger.warning("no API keys configured: every request is accepted")

@@ -3,10 +3,10 @@
 A key is a random token the client sends as ``Authorization: Bearer <token>``;
 stepline keeps only its SHA-256 hash. Keys come from the config
 (``[keys.NAME] hash = "sha256:..."``) or from ``stepline keys create``, which
-stores them in the database, in the ``stepline_api_keys`` table this module
-owns. The database is where created keys live because every process of a
-deployment already shares it (PostgreSQL for several processes), so a key
-created once works everywhere, with nothing to copy or keep in sync.
+stores them with the responses, behind the store's
+:class:`~stepline.store.keys.KeyStore` (the database every process of a
+deployment shares, so a key created once works everywhere). This module
+reads and writes stored keys only through that protocol.
 
 Invariants:
 
@@ -17,7 +17,7 @@ Invariants:
 * Stored keys are re-read at most every ``reload_seconds`` (and on an
   unknown token, at most every ``miss_reload_seconds``): a created key works
   and a revoked key stops within seconds, and unknown tokens cannot hammer
-  the database.
+  the database. A request between reloads reads nothing but the ring.
 * A key limited to some models or tools is refused others with a 403; the
   loop never offers it a server tool outside its list (``tools_for``).
 * A response belongs to a key's ``id``, never to its name, so a name used
@@ -39,18 +39,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import sqlalchemy as sa
 from fastapi import Request
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.config import KeyConfig
-from stepline.errors import Forbidden, Unauthorized
+from stepline.errors import Forbidden, StoreError, Unauthorized
 from stepline.protocol.request import ResponseRequest, allowed_tool_names
-from stepline.store.engines import autocommit_engine
-from stepline.store.schema import JsonText
+from stepline.store.keys import KeyRecord, KeyStore
 
 __all__ = [
     "ANONYMOUS",
@@ -61,7 +56,6 @@ __all__ = [
     "caller_of",
     "config_key_id",
     "delete_stored_key",
-    "ensure_key_table",
     "hash_token",
     "list_stored_keys",
     "new_key_id",
@@ -75,22 +69,6 @@ logger = logging.getLogger(__name__)
 _TOKEN_PREFIX = "sk-stepline-"
 #: where the gateway leaves the authenticated caller in the ASGI scope
 CALLER_SCOPE_KEY = "stepline.caller"
-
-_metadata = sa.MetaData()
-api_keys = sa.Table(
-    "stepline_api_keys",
-    _metadata,
-    sa.Column("name", sa.String, primary_key=True),
-    sa.Column("hash", sa.String, nullable=False, unique=True),
-    sa.Column("models", JsonText, nullable=True),
-    sa.Column("tools", JsonText, nullable=True),
-    sa.Column("rate", JsonText, nullable=True),
-    sa.Column("max_concurrent", sa.Integer, nullable=True),
-    sa.Column("created_at", sa.Double, nullable=False),
-    # NULL in rows created before keys had ids: such a key's id is its name
-    sa.Column("id", sa.String, nullable=True),
-)
-_key_id_index = sa.Index("ix_stepline_api_keys_id", api_keys.c.id, unique=True)
 
 
 def new_token() -> str:
@@ -252,7 +230,7 @@ class KeyRing:
         }
         self._stored: dict[str, ApiKey] = {}
         self._by_id = {key.id: key for key in self._configured.values()}
-        self._engine: AsyncEngine | None = None
+        self._store: KeyStore | None = None
         self._clock = clock
         self._reload_seconds = reload_seconds
         self._miss_reload_seconds = miss_reload_seconds
@@ -264,22 +242,27 @@ class KeyRing:
         """True when any key exists: then every request needs one."""
         return bool(self._configured or self._stored)
 
-    async def attach(self, engine: AsyncEngine | None) -> None:
-        """Read stored keys from the database behind ``engine`` (None: config keys only)."""
-        self._engine = engine
-        if engine is not None:
-            await ensure_key_table(engine)
-            await self.reload()
+    async def attach(self, keys: KeyStore | None) -> None:
+        """Read the keys stored in ``keys`` (None: the config's keys only).
+
+        A :class:`~stepline.errors.StoreError` here stops the caller: a server
+        that could not read its keys must not start as if it had none."""
+        self._store = keys
+        if keys is not None:
+            self._use(await list_stored_keys(keys))
 
     async def reload(self) -> None:
-        if self._engine is None:
+        if self._store is None:
             return
         try:
-            stored = await list_stored_keys(self._engine)
-        except SQLAlchemyError as exc:
+            stored = await list_stored_keys(self._store)
+        except StoreError as exc:
             logger.warning("reading API keys failed; keeping the ones known: %s", exc)
             self._loaded_at = self._clock()
             return
+        self._use(stored)
+
+    def _use(self, stored: Iterable[StoredKey]) -> None:
         keys: dict[str, ApiKey] = {}
         for row in stored:
             if row.name in self._configured:
@@ -291,7 +274,7 @@ class KeyRing:
         self._loaded_at = self._clock()
 
     async def _reload_if_older(self, seconds: float) -> None:
-        if self._engine is None or self._clock() - self._loaded_at < seconds:
+        if self._store is None or self._clock() - self._loaded_at < seconds:
             return
         async with self._lock:
             if self._clock() - self._loaded_at >= seconds:
@@ -359,77 +342,45 @@ class StoredKey:
     created_at: float
 
 
-async def ensure_key_table(engine: AsyncEngine) -> None:
-    """Create the keys table if it is missing, or give an older one its ``id`` column
-    (two processes may race: both succeed)."""
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_create_key_table)
-    except SQLAlchemyError:
-        # another process created or upgraded it between our check and our DDL
-        async with engine.begin() as connection:
-            await connection.run_sync(_create_key_table)
-
-
-def _create_key_table(connection: sa.Connection) -> None:
-    _metadata.create_all(connection)  # a new table comes with its index
-    columns = {column["name"] for column in sa.inspect(connection).get_columns(api_keys.name)}
-    if "id" not in columns:
-        column_type = api_keys.c.id.type.compile(dialect=connection.dialect)
-        connection.execute(sa.text(f"ALTER TABLE {api_keys.name} ADD COLUMN id {column_type}"))
-    _key_id_index.create(connection, checkfirst=True)
-
-
-def _config_of(row: Any) -> KeyConfig:
+def _config_of(record: KeyRecord) -> KeyConfig:
     return KeyConfig.model_validate(
         {
-            "hash": row.hash,
-            "models": row.models,
-            "tools": row.tools,
-            "rate": row.rate,
-            "max_concurrent": row.max_concurrent,
+            "hash": record.hash,
+            "models": record.models,
+            "tools": record.tools,
+            "rate": record.rate,
+            "max_concurrent": record.max_concurrent,
+            "admin": record.admin,
         }
     )
 
 
-async def list_stored_keys(engine: AsyncEngine) -> list[StoredKey]:
-    # one read in autocommit: on SQLite it takes no write lock (the reload runs often)
-    async with autocommit_engine(engine).connect() as connection:
-        rows = await connection.execute(sa.select(api_keys).order_by(api_keys.c.name))
-        return [
-            StoredKey(
-                name=row.name,
-                id=row.id or row.name,
-                config=_config_of(row),
-                created_at=row.created_at,
-            )
-            for row in rows
-        ]
+async def list_stored_keys(keys: KeyStore) -> list[StoredKey]:
+    """The stored keys, by name, as the server uses them."""
+    return [
+        StoredKey(
+            name=record.name, id=record.id, config=_config_of(record), created_at=record.created_at
+        )
+        for record in await keys.list_keys()
+    ]
 
 
-async def store_key(engine: AsyncEngine, name: str, config: KeyConfig) -> bool:
-    """Insert a key with a new id; False when the name is taken."""
-    rate = None if config.rate is None else config.rate.model_dump(exclude_none=True)
-    values = {
-        "name": name,
-        "id": new_key_id(),
-        "hash": config.hash,
-        "models": None if config.models is None else list(config.models),
-        "tools": None if config.tools is None else list(config.tools),
-        "rate": rate,
-        "max_concurrent": config.max_concurrent,
-        "created_at": time.time(),
-    }
-    async with engine.begin() as connection:
-        taken = await connection.execute(sa.select(api_keys.c.name).where(api_keys.c.name == name))
-        if taken.first() is not None:
-            return False
-        await connection.execute(sa.insert(api_keys), values)
-    return True
+async def store_key(keys: KeyStore, name: str, config: KeyConfig) -> bool:
+    """Store a key with a new id; False when the name is taken."""
+    record = KeyRecord(
+        name=name,
+        id=new_key_id(),
+        hash=config.hash,
+        created_at=time.time(),
+        models=config.models,
+        tools=config.tools,
+        rate=None if config.rate is None else config.rate.model_dump(exclude_none=True),
+        max_concurrent=config.max_concurrent,
+        admin=config.admin,
+    )
+    return await keys.add_key(record)
 
 
-async def delete_stored_key(engine: AsyncEngine, name: str) -> bool:
+async def delete_stored_key(keys: KeyStore, name: str) -> bool:
     """Delete a stored key; False when there was none of that name."""
-    async with engine.begin() as connection:
-        result = await connection.execute(sa.delete(api_keys).where(api_keys.c.name == name))
-        return result.rowcount == 1
+    return await keys.delete_key(name)
