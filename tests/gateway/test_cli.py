@@ -122,6 +122,34 @@ def test_serve_counts_the_keys_of_a_database_before_it_migrates_it(tmp_path: Pat
     assert asyncio.run(_stored_key_count(f"sqlite:///{tmp_path}/empty.db")) == 0
 
 
+def test_migrate_adopts_the_keys_an_older_stepline_stored(tmp_path: Path) -> None:
+    """A database that has only the keys table an older ``keys create`` made: the
+    reading commands ask for ``stepline migrate``, which keeps the keys."""
+    path = tmp_path / "old.db"
+    token = "sk-stepline-old"
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE stepline_api_keys (name VARCHAR PRIMARY KEY, hash VARCHAR NOT NULL "
+            "UNIQUE, models TEXT, tools TEXT, rate TEXT, max_concurrent INTEGER, "
+            "created_at FLOAT NOT NULL, id VARCHAR)"
+        )
+        connection.execute(
+            "INSERT INTO stepline_api_keys (name, hash, tools, created_at, id) "
+            "VALUES ('old', ?, '[\"weather\"]', 0, 'key_old')",
+            (hash_token(token),),
+        )
+    url = f"sqlite:///{path}"
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["keys", "list", "--database", url])
+    assert refused.exit_code == 2
+    assert "has no schema yet: run `stepline migrate`" in refused.output
+    migrated = runner.invoke(cli, ["migrate", "--database", url])
+    assert migrated.exit_code == 0, migrated.output
+    assert _stored(url) == {"old": hash_token(token)}
+    listed = runner.invoke(cli, ["keys", "list", "--database", url], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "old" in listed.output and "weather" in listed.output
+
+
 def test_keys_create_checks_tools_against_the_config(tmp_path: Path) -> None:
     config = tmp_path / "stepline.toml"
     config.write_text(
