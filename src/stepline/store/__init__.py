@@ -1,10 +1,12 @@
-"""The durable store: responses, their step chains, event logs and leases.
+"""The durable store: responses, their step chains, event logs and leases, and the
+API keys created with ``stepline keys create``.
 
-:class:`StepStore` is the interface the loop and the server use;
+:class:`StepStore` is the interface the loop and the server use (its ``keys``
+are a :class:`~stepline.store.keys.KeyStore` of their own);
 :class:`MemoryStore` keeps everything in memory, :class:`SqlStore` keeps it
 in SQLite or PostgreSQL (open one with :func:`open_store`). Both pass the same
-test suite. The SQL schema changes only through the numbered migrations that
-ship in ``stepline/store/migrations``.
+test suite. Every SQL table is declared in ``store/schema.py`` and changes
+only through the numbered migrations that ship in ``stepline/store/migrations``.
 """
 
 from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore
