@@ -4,10 +4,12 @@ Before this revision the server made ``stepline_api_keys`` itself, outside
 the migrations (SQLAlchemy's ``create_all``, then an ``id`` column added when
 missing), so a database may have it already, holding keys, with or without
 ``id``, with the database's own constraint names, or without any other
-stepline table. Such a table is adopted in place, its rows kept: the columns
-it lacks are added (``admin`` false for every key it holds), its ``id`` index
-made, and on PostgreSQL its constraints renamed to the schema's names, so an
-adopted table is the table a new database gets.
+stepline table. Such a table is adopted, its rows kept: the columns it lacks
+are added (``admin`` false for every key it holds); on PostgreSQL its
+constraints are renamed to the schema's names and its ``id`` index made, and
+on SQLite, whose unnamed constraints can be neither renamed nor dropped, the
+table is made again with the schema's and its rows copied. An adopted table
+is the table a new database gets (a test compares it with the schema).
 
 Downgrading keeps the table and its keys: the steplines before this revision
 make and use it themselves.
