@@ -17,6 +17,7 @@ from stepline.config import HttpToolConfig
 from stepline.errors import ToolError
 from stepline.scripted import serve_app
 from stepline.tools.http import call_http_tool
+from stepline.transport import AiohttpTransport, HttpxTransport, Transport
 
 
 class Flaky:
@@ -35,14 +36,20 @@ class Flaky:
         return Response("done")
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
-        yield http
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[Transport]:
+    """The server's network transport, and an httpx client (the library's)."""
+    if request.param == "aiohttp":
+        transport: Transport = AiohttpTransport()
+        yield transport
+        await transport.aclose()
+    else:
+        async with httpx.AsyncClient() as http:
+            yield HttpxTransport(client=http)
 
 
 async def _call(
-    client: httpx.AsyncClient, flaky: Flaky, retries: int, sleeps: list[float] | None = None
+    client: Transport, flaky: Flaky, retries: int, sleeps: list[float] | None = None
 ) -> str:
     """Call the flaky tool; each backoff is recorded in ``sleeps`` (when given) instead
     of waited out."""
@@ -59,14 +66,14 @@ async def _call(
         return await call_http_tool(client, "flaky", config, {}, step_id="step_1", sleep=record)
 
 
-async def test_a_5xx_is_tried_again_as_often_as_configured(client: httpx.AsyncClient) -> None:
+async def test_a_5xx_is_tried_again_as_often_as_configured(client: Transport) -> None:
     flaky = Flaky(failures=2, status=503)
 
     assert await _call(client, flaky, retries=2) == "done"
     assert flaky.keys == ["step_1", "step_1", "step_1"]
 
 
-async def test_without_retries_a_call_is_tried_once(client: httpx.AsyncClient) -> None:
+async def test_without_retries_a_call_is_tried_once(client: Transport) -> None:
     flaky = Flaky(failures=1, status=500)
 
     with pytest.raises(ToolError, match="answered HTTP 500"):
@@ -74,7 +81,7 @@ async def test_without_retries_a_call_is_tried_once(client: httpx.AsyncClient) -
     assert flaky.keys == ["step_1"]
 
 
-async def test_a_4xx_is_never_tried_again(client: httpx.AsyncClient) -> None:
+async def test_a_4xx_is_never_tried_again(client: Transport) -> None:
     flaky = Flaky(failures=1, status=422)
 
     with pytest.raises(ToolError, match="answered HTTP 422"):
@@ -84,7 +91,7 @@ async def test_a_4xx_is_never_tried_again(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("status", [408, 409, 429])
 async def test_a_timeout_a_conflict_and_a_rate_limit_are_tried_again(
-    client: httpx.AsyncClient, status: int
+    client: Transport, status: int
 ) -> None:
     flaky = Flaky(failures=1, status=status)
 
@@ -92,7 +99,7 @@ async def test_a_timeout_a_conflict_and_a_rate_limit_are_tried_again(
     assert flaky.keys == ["step_1", "step_1"]
 
 
-async def test_retry_after_is_waited_instead_of_the_backoff(client: httpx.AsyncClient) -> None:
+async def test_retry_after_is_waited_instead_of_the_backoff(client: Transport) -> None:
     sleeps: list[float] = []
     flaky = Flaky(failures=2, status=429, headers={"Retry-After": "3"})
 
@@ -100,7 +107,7 @@ async def test_retry_after_is_waited_instead_of_the_backoff(client: httpx.AsyncC
     assert sleeps == [3.0, 3.0]
 
 
-async def test_a_retry_after_too_long_to_wait_ends_the_retries(client: httpx.AsyncClient) -> None:
+async def test_a_retry_after_too_long_to_wait_ends_the_retries(client: Transport) -> None:
     sleeps: list[float] = []
     flaky = Flaky(failures=1, status=503, headers={"Retry-After": "60"})
 
@@ -110,7 +117,7 @@ async def test_a_retry_after_too_long_to_wait_ends_the_retries(client: httpx.Asy
     assert flaky.keys == ["step_1"]
 
 
-async def test_a_connection_refused_is_tried_again(client: httpx.AsyncClient) -> None:
+async def test_a_connection_refused_is_tried_again(client: Transport) -> None:
     sleeps: list[float] = []
 
     async def record(delay: float) -> None:
@@ -125,7 +132,7 @@ async def test_a_connection_refused_is_tried_again(client: httpx.AsyncClient) ->
     assert len(sleeps) == 2
 
 
-async def test_retries_give_up_with_the_last_error(client: httpx.AsyncClient) -> None:
+async def test_retries_give_up_with_the_last_error(client: Transport) -> None:
     flaky = Flaky(failures=5, status=502)
 
     with pytest.raises(ToolError, match="answered HTTP 502"):
@@ -133,7 +140,7 @@ async def test_retries_give_up_with_the_last_error(client: httpx.AsyncClient) ->
     assert len(flaky.keys) == 3
 
 
-async def test_backoffs_grow_within_their_bounds(client: httpx.AsyncClient) -> None:
+async def test_backoffs_grow_within_their_bounds(client: Transport) -> None:
     sleeps: list[float] = []
 
     assert await _call(client, Flaky(failures=3, status=503), retries=3, sleeps=sleeps) == "done"
@@ -143,7 +150,7 @@ async def test_backoffs_grow_within_their_bounds(client: httpx.AsyncClient) -> N
 
 
 async def test_calls_that_failed_together_wait_different_jittered_times(
-    client: httpx.AsyncClient,
+    client: Transport,
 ) -> None:
     """Full jitter: a tool server that failed many calls at once (a restart) does not get
     them all back at the same moment."""
@@ -157,3 +164,23 @@ async def test_calls_that_failed_together_wait_different_jittered_times(
     # spread over the whole range (each bound fails by chance with p = 0.75**40, ~1e-5)
     assert min(sleeps) < 0.025
     assert max(sleeps) > 0.075
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "output"),
+    [
+        ("text/plain; charset=latin-1", "café".encode("latin-1"), "café"),
+        ("application/json", '{"city": "Zürich"}'.encode(), '{"city": "Zürich"}'),
+        ("text/plain; charset=no-such-charset", "naïve".encode(), "naïve"),
+    ],
+)
+async def test_an_answer_is_read_in_the_charset_it_names(
+    client: Transport, content_type: str, body: bytes, output: str
+) -> None:
+    async def answer(request: Request) -> Response:
+        return Response(body, headers={"Content-Type": content_type})
+
+    app = Starlette(routes=[Route("/tool", answer, methods=["POST"])])
+    async with serve_app(app) as url:
+        config = HttpToolConfig(url=f"{url}/tool")
+        assert await call_http_tool(client, "text", config, {}, step_id="step_1") == output

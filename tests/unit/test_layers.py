@@ -37,6 +37,7 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 RULES = {
     "errors": (),
     "retry": (),
+    "transport": (),
     "config": ("stepline.errors",),
     "scripted": ("stepline.errors",),
     "store": ("stepline.errors", "stepline.engine.steps"),
@@ -46,6 +47,7 @@ RULES = {
         "stepline.config",
         "stepline.masking",
         "stepline.retry",
+        "stepline.transport",
         "stepline.protocol",
     ),
     "tools": (
@@ -53,6 +55,7 @@ RULES = {
         "stepline.config",
         "stepline.masking",
         "stepline.retry",
+        "stepline.transport",
         "stepline.protocol",
     ),
 }

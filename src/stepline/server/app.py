@@ -54,6 +54,7 @@ from stepline.store import normalize_database_url, open_store
 from stepline.store.base import StepStore
 from stepline.tools.mcp_tools import McpTools
 from stepline.tools.registry import ServerTool, ToolRegistry
+from stepline.transport import AiohttpTransport
 from stepline.upstream.client import ChatClient
 
 __all__ = ["create_app", "sealer_of", "sealing_keys"]
@@ -117,10 +118,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-async def _close(chat: ChatClient | None, http: httpx.AsyncClient, store: StepStore | None) -> None:
+async def _close(
+    chat: ChatClient | None,
+    http: httpx.AsyncClient,
+    store: StepStore | None,
+    tool_transport: AiohttpTransport,
+) -> None:
     if chat is not None:
         await chat.aclose()
     await http.aclose()
+    await tool_transport.aclose()
     if store is not None:
         await store.close()
 
@@ -209,6 +216,8 @@ def create_app(
             limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
             follow_redirects=False,
         )
+        # the HTTP tools' network, as fast per call as the upstream client's
+        tool_transport = AiohttpTransport(max_connections=500)
         try:
             await keys.attach(the_store.keys)
             if not keys.enabled:
@@ -216,7 +225,7 @@ def create_app(
                     logger.warning("no API keys configured: every request is accepted")
                 else:
                     logger.warning("no API keys configured: every /v1 request will be refused")
-            registry = ToolRegistry(settings.tools)
+            registry = ToolRegistry(settings.tools, transport=tool_transport)
             for tool in python_tools:
                 registry.add(tool)
             engine = Engine(
@@ -242,7 +251,12 @@ def create_app(
             retention = retention_worker(settings, the_store)
             app.state.retention = retention
         except BaseException:
-            await _close(the_chat if chat is None else None, http, the_store if own_store else None)
+            await _close(
+                the_chat if chat is None else None,
+                http,
+                the_store if own_store else None,
+                tool_transport,
+            )
             if tracing is not None:
                 await asyncio.to_thread(tracing.shutdown)
             raise
@@ -254,7 +268,12 @@ def create_app(
             await runner.stop(grace=shutdown_grace)
             if engine.mcp is not None:
                 await engine.mcp.aclose()
-            await _close(the_chat if chat is None else None, http, the_store if own_store else None)
+            await _close(
+                the_chat if chat is None else None,
+                http,
+                the_store if own_store else None,
+                tool_transport,
+            )
             if tracing is not None:
                 # the spans still buffered are exported before the process goes
                 await asyncio.to_thread(tracing.shutdown)

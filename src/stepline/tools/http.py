@@ -26,13 +26,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from stepline.config import HttpToolConfig
 from stepline.errors import ToolError
 from stepline.masking import is_maskable
 from stepline.retry import Backoff, retry_after, retryable_status
+from stepline.transport import Transport, TransportError
 
 __all__ = ["call_http_tool", "mask_secrets", "truncate_output"]
 
@@ -61,7 +61,7 @@ def mask_secrets(text: str, secrets: tuple[str, ...]) -> str:
 
 
 async def call_http_tool(
-    client: httpx.AsyncClient,
+    transport: Transport,
     name: str,
     config: HttpToolConfig,
     arguments: dict[str, Any],
@@ -77,7 +77,7 @@ async def call_http_tool(
     while True:
         try:
             return await _call_once(
-                client, name, config, arguments, step_id=step_id, passed_on=headers or {}
+                transport, name, config, arguments, step_id=step_id, passed_on=headers or {}
             )
         except _Retryable as exc:
             if attempt >= config.retries or (exc.retry_after or 0.0) > _RETRY_AFTER_CAP:
@@ -96,7 +96,7 @@ class _Retryable(Exception):
 
 
 async def _call_once(
-    client: httpx.AsyncClient,
+    transport: Transport,
     name: str,
     config: HttpToolConfig,
     arguments: dict[str, Any],
@@ -113,36 +113,51 @@ async def _call_once(
     }
     secrets = config.secret_values()
     try:
-        reply = await client.post(
-            config.url,
-            content=orjson.dumps(arguments),
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout),
-            follow_redirects=False,
-        )
-    except httpx.TimeoutException:
+        # the tool's timeout bounds the whole call: connecting, waiting, reading
+        async with asyncio.timeout(config.timeout):
+            reply = await transport.post(
+                config.url,
+                headers=headers,
+                content=orjson.dumps(arguments),
+                connect_timeout=config.timeout,
+            )
+            try:
+                status = reply.status
+                text = _text(b"".join([block async for block in reply.body()]), reply.headers)
+            finally:
+                await reply.aclose()
+    except TimeoutError:
         raise _Retryable(
             ToolError(
                 f"tool {name!r} timed out after {config.timeout:g}s", tool=name, step_id=step_id
             )
         ) from None
-    except httpx.HTTPError as exc:
+    except TransportError as exc:
         raise _Retryable(
-            ToolError(
-                f"tool {name!r} could not be reached: {type(exc).__name__}",
-                tool=name,
-                step_id=step_id,
-            )
+            ToolError(f"tool {name!r} could not be reached: {exc}", tool=name, step_id=step_id)
         ) from None
-    if not reply.is_success:
-        body = mask_secrets(reply.text, secrets)[:_MAX_ERROR_BODY]
+    if not 200 <= status < 300:
+        body = mask_secrets(text, secrets)[:_MAX_ERROR_BODY]
         error = ToolError(
-            f"tool {name!r} answered HTTP {reply.status_code}: {body}",
+            f"tool {name!r} answered HTTP {status}: {body}",
             tool=name,
-            status=reply.status_code,
+            status=status,
             step_id=step_id,
         )
-        if retryable_status(reply.status_code):
+        if retryable_status(status):
             raise _Retryable(error, retry_after(reply.headers))
         raise error
-    return truncate_output(mask_secrets(reply.text, secrets), config.max_output_chars)
+    return truncate_output(mask_secrets(text, secrets), config.max_output_chars)
+
+
+def _text(body: bytes, headers: Mapping[str, str]) -> str:
+    """A body as text, in the charset its ``Content-Type`` names (UTF-8 otherwise)."""
+    charset = "utf-8"
+    for parameter in headers.get("content-type", "").split(";")[1:]:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"')
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:  # a charset Python does not know
+        return body.decode("utf-8", "replace")

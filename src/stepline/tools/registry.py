@@ -28,6 +28,7 @@ from stepline.config import AgentToolConfig, HttpToolConfig, ToolConfig
 from stepline.errors import ConfigError, ToolError
 from stepline.protocol.items import SERVER_LABEL
 from stepline.tools.http import call_http_tool
+from stepline.transport import HttpxTransport, Transport
 
 __all__ = [
     "AgentSpec",
@@ -154,17 +155,25 @@ class ServerTool:
         return arguments
 
 
-def _http_run(name: str, config: HttpToolConfig) -> ToolRun:
+def _http_run(name: str, config: HttpToolConfig, transport: Transport | None) -> ToolRun:
     async def run(arguments: dict[str, Any], context: ToolCallContext) -> str:
         return await call_http_tool(
-            context.http, name, config, arguments, step_id=context.step_id, headers=context.headers
+            transport or HttpxTransport(client=context.http),
+            name,
+            config,
+            arguments,
+            step_id=context.step_id,
+            headers=context.headers,
         )
 
     return run
 
 
-def configured_tool(name: str, config: ToolConfig) -> ServerTool:
-    """The server tool a config entry describes (HTTP tool or sub-agent)."""
+def configured_tool(
+    name: str, config: ToolConfig, *, transport: Transport | None = None
+) -> ServerTool:
+    """The server tool a config entry describes (HTTP tool or sub-agent). An HTTP tool
+    sends through ``transport``, or (None) through the call context's httpx client."""
     if isinstance(config, AgentToolConfig):
         spec = AgentSpec(model=config.model, instructions=config.instructions, tools=config.tools)
         return ServerTool.build(
@@ -175,18 +184,23 @@ def configured_tool(name: str, config: ToolConfig) -> ServerTool:
             name,
             description=config.description,
             parameters=config.parameters,
-            run=_http_run(name, config),
+            run=_http_run(name, config, transport),
         ),
         limits_output=True,
     )
 
 
 class ToolRegistry:
-    """The server tools, by name: the configured ones and any added later."""
+    """The server tools, by name: the configured ones and any added later. The
+    configured HTTP tools send through ``transport`` (the server passes its
+    network transport; None: each call's httpx client)."""
 
-    def __init__(self, tools: Mapping[str, ToolConfig] | None = None) -> None:
+    def __init__(
+        self, tools: Mapping[str, ToolConfig] | None = None, *, transport: Transport | None = None
+    ) -> None:
         self._tools: dict[str, ServerTool] = {
-            name: configured_tool(name, config) for name, config in (tools or {}).items()
+            name: configured_tool(name, config, transport=transport)
+            for name, config in (tools or {}).items()
         }
 
     def add(self, tool: ServerTool) -> None:

@@ -29,7 +29,7 @@ Invariants:
   targets, takes failing ones out for a cool-down and bounds calls in flight.
 * An upstream's API key never leaves in an error (:mod:`~stepline.upstream.failures`).
 
-The network is an :class:`~stepline.upstream.transport.Transport`: aiohttp's by
+The network is an :class:`~stepline.transport.Transport`: aiohttp's by
 default, or any httpx transport given as ``transport``.
 """
 
@@ -52,7 +52,7 @@ from stepline.upstream.failures import Phase, error_kind, read_failure, status_e
 from stepline.upstream.forward import ForwardedReply
 from stepline.upstream.routing import TargetPool, UpstreamTarget
 from stepline.upstream.sse import SSEParser, completion_chunks
-from stepline.upstream.transport import (
+from stepline.transport import (
     AiohttpTransport,
     ConnectFailed,
     ConnectTimedOut,

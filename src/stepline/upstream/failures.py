@@ -21,7 +21,7 @@ from stepline.errors import UpstreamError, UpstreamTimeout
 from stepline.masking import MASK, is_maskable, mask
 from stepline.retry import retry_after, retryable_status
 from stepline.upstream.sse import error_message
-from stepline.upstream.transport import ReadFailed
+from stepline.transport import ReadFailed
 
 __all__ = ["Phase", "error_kind", "mask_secret", "read_failure", "status_error", "timeout"]
 

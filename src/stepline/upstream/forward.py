@@ -25,7 +25,7 @@ import orjson
 from stepline.config import TimeoutsConfig
 from stepline.masking import StreamMasker, mask_bytes, stream_masker
 from stepline.upstream.failures import Phase, read_failure, timeout
-from stepline.upstream.transport import ReadFailed, Reply
+from stepline.transport import ReadFailed, Reply
 
 __all__ = ["ForwardedReply", "MaskedRelay"]
 

@@ -1,21 +1,22 @@
-"""The upstream client's transport: one POST out; its status, headers and body back.
+"""The network edge of a step: one POST out; its status, headers and body back.
 
-Two implementations sit behind the one small :class:`Transport` seam:
+The upstream client (a model call) and the HTTP tools (a tool call) send
+through the one small :class:`Transport` seam, which two implementations fill:
 
 * :class:`AiohttpTransport`, the network: aiohttp's keep-alive pool and C
   HTTP parser. A streamed model call through it costs a third of what httpx
-  costs per call (``benchmarks``' ``floor`` scenario measures both), and a
-  model call is what every step of every response makes.
-* :class:`HttpxTransport`, any ``httpx`` transport: ``httpx.MockTransport`` in
-  tests, ``httpx.ASGITransport`` for a model served in-process by the library.
+  costs per call (``benchmarks``' ``floor`` scenario measures both), and
+  every step of every response makes a model call or a tool call.
+* :class:`HttpxTransport`, any ``httpx`` transport or client: ``httpx.MockTransport``
+  in tests, ``httpx.ASGITransport`` for a model served in-process by the library.
 
 Invariants:
 
 * Failures leave as the :class:`TransportError` kinds below, and nothing else;
-  the client turns them into :class:`~stepline.errors.UpstreamError`.
+  the caller turns them into its own errors (``UpstreamError``, ``ToolError``).
   Cancellation always propagates untouched.
 * A transport has no timeout of its own besides ``connect_timeout``: the
-  client's deadlines bound every other wait.
+  caller's deadlines bound every other wait.
 * A reply is closed once (:meth:`Reply.aclose` may be called again); a body
   read to its end gives the connection back to the pool, a body left unread
   closes it.
@@ -292,10 +293,19 @@ class _HttpxReply:
 
 
 class HttpxTransport:
-    """Any httpx transport, through an ``httpx.AsyncClient`` of its own."""
+    """Any httpx transport, through an ``httpx.AsyncClient`` of its own, or ``client``
+    (which stays the caller's to close)."""
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._client = httpx.AsyncClient(transport=transport, timeout=None, follow_redirects=False)
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._owned = client is None
+        self._client = client or httpx.AsyncClient(
+            transport=transport, timeout=None, follow_redirects=False
+        )
 
     async def post(
         self, url: str, *, headers: Mapping[str, str], content: bytes, connect_timeout: float
@@ -312,7 +322,7 @@ class HttpxTransport:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise InvalidURL(str(exc)) from exc
         try:
-            response = await client.send(request, stream=True)
+            response = await client.send(request, stream=True, follow_redirects=False)
         except httpx.ConnectTimeout as exc:
             raise ConnectTimedOut(str(exc) or "connect timeout") from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
@@ -324,4 +334,5 @@ class HttpxTransport:
         return _HttpxReply(response)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owned:
+            await self._client.aclose()
