@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks._chain import chain
 from benchmarks._floor import floor
 from benchmarks._litellm import litellm
 from benchmarks._report import Row, Target, percentile
@@ -38,6 +39,7 @@ SCENARIOS = (
     "litellm",
     "websocket",
     "tracing",
+    "chain",
 )
 
 # the targets of the performance issue (#15), on SQLite, durable storage on
@@ -452,6 +454,7 @@ _RUNNERS: dict[str, Callable[[Options, Results], None]] = {
     "litellm": litellm,
     "websocket": websocket,
     "tracing": tracing,
+    "chain": chain,
 }
 
 
