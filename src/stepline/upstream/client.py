@@ -48,10 +48,6 @@ import orjson
 from stepline.errors import UpstreamError, UpstreamTimeout
 from stepline.masking import stream_masker
 from stepline.retry import Backoff
-from stepline.upstream.failures import Phase, error_kind, read_failure, status_error, timeout
-from stepline.upstream.forward import ForwardedReply
-from stepline.upstream.routing import TargetPool, UpstreamTarget
-from stepline.upstream.sse import SSEParser, completion_chunks
 from stepline.transport import (
     AiohttpTransport,
     ConnectFailed,
@@ -63,6 +59,10 @@ from stepline.transport import (
     RequestFailed,
     Transport,
 )
+from stepline.upstream.failures import Phase, error_kind, read_failure, status_error, timeout
+from stepline.upstream.forward import ForwardedReply
+from stepline.upstream.routing import TargetPool, UpstreamTarget
+from stepline.upstream.sse import SSEParser, completion_chunks
 from stepline.upstream.watchdog import Watchdog
 
 __all__ = ["ChatClient", "ForwardedReply", "NullUpstreamObserver", "UpstreamObserver"]

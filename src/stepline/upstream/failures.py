@@ -20,8 +20,8 @@ from stepline.config import TimeoutsConfig
 from stepline.errors import UpstreamError, UpstreamTimeout
 from stepline.masking import MASK, is_maskable, mask
 from stepline.retry import retry_after, retryable_status
-from stepline.upstream.sse import error_message
 from stepline.transport import ReadFailed
+from stepline.upstream.sse import error_message
 
 __all__ = ["Phase", "error_kind", "mask_secret", "read_failure", "status_error", "timeout"]
 

@@ -24,8 +24,8 @@ import orjson
 
 from stepline.config import TimeoutsConfig
 from stepline.masking import StreamMasker, mask_bytes, stream_masker
-from stepline.upstream.failures import Phase, read_failure, timeout
 from stepline.transport import ReadFailed, Reply
+from stepline.upstream.failures import Phase, read_failure, timeout
 
 __all__ = ["ForwardedReply", "MaskedRelay"]
 
