@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from stepline.config import Settings
+from stepline.engine.steps import Step
 from stepline.errors import StoreError
 from stepline.scripted import serve_app
 from stepline.server.app import create_app
@@ -16,7 +17,7 @@ from stepline.store.memory import MemoryStore
 class UnreachableStore(MemoryStore):
     """A store whose database stopped answering after start-up."""
 
-    async def create_response(self, *args: Any, **kwargs: Any) -> None:
+    async def create_response(self, *args: Any, **kwargs: Any) -> list[Step]:
         raise StoreError("connection refused")
 
     async def get_response(self, *args: Any, **kwargs: Any) -> None:

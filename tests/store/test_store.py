@@ -552,7 +552,8 @@ async def test_events_alone_with_an_owner_are_written_only_for_the_responses_it_
         [event("resp_1", 0), event("resp_2", 0), event("resp_1", 1)], owner="worker-a"
     )
 
-    assert (appended.fenced, appended.ends) == ({"resp_2"}, [])
+    assert appended.fenced == {"resp_2"}
+    assert appended.ends == []
     assert await store.read_events("resp_1", after=-1, limit=10) == [
         event("resp_1", 0),
         event("resp_1", 1),
@@ -909,6 +910,36 @@ async def test_a_watch_wakes_for_events_another_process_stored(tmp_path: Path) -
         finally:
             await follower.close()
             await writer.close()
+
+
+async def test_a_response_is_created_with_its_first_steps_already_started(
+    store: StepStore,
+) -> None:
+    first = await store.create_response(make_record(), steps=[model_call()])
+
+    (step,) = first
+    assert (step.state, step.attempt, step.sequence, step.scope, step.previous_step_id) == (
+        StepState.PROCESSING,
+        1,
+        1,
+        None,
+        None,
+    )
+    assert await store.load_chain("resp_1", scope=None) == first
+    # the chain goes on from there, as after record_steps
+    (second,) = await store.record_steps("resp_1", scope=None, steps=[model_call(2)])
+    assert (second.sequence, second.previous_step_id) == (2, step.id)
+    assert await store.create_response(make_record("resp_2")) == []
+    assert await store.load_chain("resp_2", scope=None) == []
+
+
+async def test_a_duplicate_response_records_none_of_its_steps(store: StepStore) -> None:
+    await store.create_response(make_record())
+
+    with pytest.raises(StoreError):
+        await store.create_response(make_record(), steps=[model_call()])
+
+    assert await store.load_chain("resp_1", scope=None) == []
 
 
 async def test_record_steps_can_record_them_already_started(store: StepStore) -> None:

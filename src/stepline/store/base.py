@@ -173,7 +173,16 @@ class Appended:
 class StepStore(Protocol):
     """Durable storage for responses, their step chains, event logs and leases."""
 
-    async def create_response(self, record: ResponseRecord) -> None: ...
+    async def create_response(
+        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+    ) -> list[Step]:
+        """Store a new response; a second one with its id is a StoreError.
+
+        ``steps``: its first steps, recorded in the same write already
+        ``processing`` (attempt 1), as :meth:`record_steps` with ``start=True``
+        would, and returned: a run that starts at once costs one write, not two.
+        """
+        ...
 
     async def get_response(self, response_id: str) -> ResponseRecord | None: ...
 

@@ -147,23 +147,42 @@ def _for(driver: Tx, lock: str) -> str:
 # -- responses ------------------------------------------------------------------
 
 
-async def create_response(driver: Driver, record: ResponseRecord) -> None:
-    await driver.write(
+async def create_response(
+    driver: Driver, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+) -> list[Step]:
+    """The response, and its first ``steps`` recorded started, in one transaction."""
+    sql, args = _insert_response(record)
+    if not steps:
+        await driver.write(sql, *args)
+        return []
+    recorded = new_steps(
+        record.id, scope=None, previous_step_id=None, last_sequence=0, steps=steps, start=True
+    )
+    async with driver.transaction() as tx:
+        await tx.fetch(sql, *args)
+        await _insert_steps(tx, recorded)
+    return recorded
+
+
+def _insert_response(record: ResponseRecord) -> tuple[str, tuple[Any, ...]]:
+    return (
         f"INSERT INTO responses ({_RESPONSE_COLUMNS})"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        record.id,
-        record.created_at,
-        record.status,
-        record.model,
-        _dump(record.body),
-        record.previous_response_id,
-        record.store,
-        record.background,
-        record.owner,
-        record.lease_expires_at,
-        _dump(record.result),
-        record.completed_at,
-        record.key_id,
+        (
+            record.id,
+            record.created_at,
+            record.status,
+            record.model,
+            _dump(record.body),
+            record.previous_response_id,
+            record.store,
+            record.background,
+            record.owner,
+            record.lease_expires_at,
+            _dump(record.result),
+            record.completed_at,
+            record.key_id,
+        ),
     )
 
 
@@ -306,31 +325,35 @@ async def record_steps(
             steps=steps,
             start=start,
         )
-        await tx.executemany(
-            f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
-            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-            [
-                (
-                    step.id,
-                    step.response_id,
-                    step.scope,
-                    step.previous_step_id,
-                    step.sequence,
-                    step.kind.value,
-                    step.state.value,
-                    _dump(step.request),
-                    _dump(step.response),
-                    _dump(step.error),
-                    step.call_id,
-                    step.attempt,
-                    step.created_at,
-                    step.started_at,
-                    step.finished_at,
-                )
-                for step in recorded
-            ],
-        )
+        await _insert_steps(tx, recorded)
     return recorded
+
+
+async def _insert_steps(tx: Tx, recorded: Sequence[Step]) -> None:
+    await tx.executemany(
+        f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
+        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        [
+            (
+                step.id,
+                step.response_id,
+                step.scope,
+                step.previous_step_id,
+                step.sequence,
+                step.kind.value,
+                step.state.value,
+                _dump(step.request),
+                _dump(step.response),
+                _dump(step.error),
+                step.call_id,
+                step.attempt,
+                step.created_at,
+                step.started_at,
+                step.finished_at,
+            )
+            for step in recorded
+        ],
+    )
 
 
 async def start_step(driver: Driver, step_id: str) -> Step:

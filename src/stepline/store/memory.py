@@ -123,11 +123,14 @@ class MemoryStore:
 
     # -- responses --
 
-    async def create_response(self, record: ResponseRecord) -> None:
+    async def create_response(
+        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+    ) -> list[Step]:
         if record.id in self._responses:
             raise StoreError(f"response {record.id!r} already exists")
         self._responses[record.id] = _copy_record(record)
         self._steps[record.id] = []
+        return await self.record_steps(record.id, scope=None, steps=steps, start=True)
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
         record = self._responses.get(response_id)

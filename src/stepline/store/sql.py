@@ -124,8 +124,10 @@ class SqlStore:
 
     # -- responses --
 
-    async def create_response(self, record: ResponseRecord) -> None:
-        await self._guard(hot.create_response(await self._hot(), record))
+    async def create_response(
+        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+    ) -> list[Step]:
+        return await self._guard(hot.create_response(await self._hot(), record, steps=steps))
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
         return await hot.get_response(await self._hot(), response_id)
