@@ -120,11 +120,10 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
-        name="loop-resend-done-after-crash",
-        module="engine/loop.py",
-        old='            done_sent = any(event_type(row.data) == b"response.output_item.done"'
-        " for row in sent)",
-        new="            done_sent = False",
+        name="view-resend-done-after-crash",
+        module="protocol/response_events.py",
+        old="        done_sent = any(event_type(row.data) == _ITEM_DONE for row in sent)",
+        new="        done_sent = False",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
         reason=(
             "equivalent while a step's end commits with its events: a step whose done event"
@@ -132,10 +131,10 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
-        name="loop-resend-started-after-crash",
-        module="engine/loop.py",
-        old="            started_sent = bool(sent)",
-        new="            started_sent = False",
+        name="view-resend-started-after-crash",
+        module="protocol/response_events.py",
+        old="if self.events is not None and index is not None and not sent:",
+        new="if self.events is not None and index is not None:",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
     ),
     Mutant(
@@ -160,18 +159,17 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=LIBRARY,
     ),
     Mutant(
-        name="loop-compaction-announced-twice",
-        module="engine/loop.py",
-        old="            announced = bool(await self.engine.store.step_events(self.response_id,"
-        " step.id))",
-        new="            announced = False",
+        name="view-compaction-announced-twice",
+        module="protocol/response_events.py",
+        old="        if self.events is None or await self._sent(step):",
+        new="        if self.events is None:",
         tests=("tests/durability/test_compaction_recovery.py",),
     ),
     Mutant(
         name="loop-max-depth-off-by-one",
         module="engine/loop.py",
-        old="if self.depth + 1 > settings.limits.max_depth:",
-        new="if self.depth + 1 >= settings.limits.max_depth:",
+        old="if self.depth + 1 > limits.max_depth:",
+        new="if self.depth + 1 >= limits.max_depth:",
         tests=LIBRARY,
     ),
     Mutant(
@@ -228,12 +226,12 @@ MUTANTS: tuple[Mutant, ...] = (
         new="approved = list(policy.approved_calls)",
         tests=TRANSITION,
     ),
-    # -- engine/response.py -------------------------------------------------
+    # -- run/response.py ----------------------------------------------------
     Mutant(
         name="response-terminal-event-not-found",
-        module="engine/response.py",
-        old="rows = await store.read_events(response_id, after=last_seq - 1, limit=1)",
-        new="rows = await store.read_events(response_id, after=last_seq, limit=1)",
+        module="run/response.py",
+        old="store.read_events(response_id, after=last_seq - 1, limit=1)",
+        new="store.read_events(response_id, after=last_seq, limit=1)",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
         reason=(
             "equivalent while the terminal event commits with the response's end: a response"
@@ -242,21 +240,21 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="response-created-resent-on-resume",
-        module="engine/response.py",
-        old="if events is not None and events.next_seq == 0:",
-        new="if events is not None:",
+        module="run/response.py",
+        old="if view.sends and view.next_seq == 0:",
+        new="if view.sends:",
         tests=("tests/durability/test_kill_points.py",),
     ),
     Mutant(
         name="response-store-false-kept",
-        module="engine/response.py",
+        module="run/response.py",
         old="    if not request.store:\n        await engine.store.delete_response(record.id)",
         new="    if not request.store:\n        pass",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
         name="response-failed-joins-conversation",
-        module="engine/response.py",
+        module="run/response.py",
         old='_JOINS_CONVERSATION = frozenset({"completed", "incomplete"})',
         new='_JOINS_CONVERSATION = frozenset({"completed", "incomplete", "failed"})',
         tests=("tests/library/test_conversation.py", "tests/e2e/test_conversations.py"),

@@ -8,7 +8,7 @@ yields the run's typed events as they happen, and :func:`collect` turns such
 a stream into the same result ``run`` returns.
 
 There is no second loop here: a run is a response in a store (in memory by
-default), driven by :func:`stepline.engine.loop.run_response` with the
+default), driven by :func:`stepline.run.response.run_response` with the
 agent's tools in a registry and its models as upstreams — what the server
 does, without HTTP. Pass a SQL store to keep every step durably;
 :meth:`Agent.resume` continues a run from its stored steps.
@@ -35,11 +35,11 @@ from stepline.config import HttpToolConfig, UpstreamConfig
 from stepline.engine.limits import Limits
 from stepline.engine.loop import Engine
 from stepline.engine.policies import StopPolicy
-from stepline.engine.response import run_response
 from stepline.engine.run_events import RUN_EVENT_TYPES, RunCompleted, RunEvent
 from stepline.engine.sinks import SinkEvent
 from stepline.errors import ConfigError, RunError
 from stepline.protocol.request import ResponseRequest, new_id, parse_request
+from stepline.run.response import run_response
 from stepline.scripted import ScriptedModel, create_scripted_app
 from stepline.store.base import ResponseRecord, StepStore
 from stepline.store.memory import MemoryStore

@@ -10,7 +10,7 @@ Invariants:
 
 * A step is recorded before it runs and its outcome is recorded before the
   loop looks at the chain again; a process that dies between any two lines
-  leaves a chain that :func:`~stepline.engine.response.run_response`
+  leaves a chain that :func:`~stepline.run.response.run_response`
   resumes from.
 * A failing step is recorded as failed and the transition decides what
   follows; only a storage failure aborts the loop (the lease then lets a
@@ -70,34 +70,19 @@ from stepline.engine.steps import (
     StepState,
 )
 from stepline.engine.transition import next_action
+from stepline.engine.view import ResponseView, ToolShown
 from stepline.errors import StoreError, ToolError, UpstreamError
-from stepline.protocol.assemble import approved_call_item
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.compaction import SEAL_LABEL, compaction_item, compaction_item_id
-from stepline.protocol.events import OutputList, ResponseEvents, event_type
-from stepline.protocol.items import (
-    InputContext,
-    chain_messages,
-    input_messages,
-    leading_tool_messages,
-)
-from stepline.protocol.model_events import (
-    CLIENT,
-    SERVER,
-    ItemOptions,
-    ModelCallEvents,
-    PriorEmission,
-    ToolView,
-)
+from stepline.protocol.items import base_messages, chain_messages, leading_tool_messages
+from stepline.protocol.model_events import CLIENT, SERVER, ItemOptions, ToolView
 from stepline.protocol.request import (
     MessageItem,
     ResponseRequest,
     allowed_tool_names,
 )
 from stepline.protocol.sealing import Sealer
-from stepline.protocol.server_items import server_item_events, server_item_state
 from stepline.protocol.validate import conversation_problem
 from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output
@@ -108,11 +93,10 @@ from stepline.upstream.routing import UpstreamTarget
 __all__ = [
     "ChatStreamer",
     "Engine",
+    "Failure",
     "LoopDrained",
     "Outcome",
     "ScopeLoop",
-    "base_messages",
-    "wire_error",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,15 +111,6 @@ class ChatStreamer(Protocol):
     def stream(
         self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
     ) -> AsyncIterator[dict[str, Any]]: ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class _ToolEnding:
-    """Where a tool call's end is shown: its item, and whether an earlier attempt did."""
-
-    item_id: str | None
-    index: int | None
-    done_sent: bool
 
 
 def _ended(state: StepState) -> Literal["completed", "failed", "cancelled"]:
@@ -224,6 +199,17 @@ class Engine:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Failure:
+    """Why a run failed, as the engine knows it; the wire words it (``protocol``)."""
+
+    #: the failed step's error code (``model_error``, ``context_length_exceeded``...)
+    code: str
+    message: str
+    #: the upstream's HTTP status, when an upstream answer failed it
+    status: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Outcome:
     """How a scope's loop ended."""
 
@@ -231,7 +217,7 @@ class Outcome:
     #: what ended the run: a policy's name, a cap, or why it completed
     stop_reason: str
     text: str = ""
-    error: dict[str, Any] | None = None
+    failure: Failure | None = None
     incomplete_details: dict[str, Any] | None = None
 
 
@@ -247,9 +233,9 @@ class ScopeLoop:
     server_tools: dict[str, ServerTool]
     base_messages: list[dict[str, Any]]
     policy: LoopPolicy
+    #: what the response shows of this scope: its events and output items
+    view: ResponseView
     depth: int = 0
-    events: ResponseEvents | None = None
-    output: OutputList = field(default_factory=OutputList)
     #: stop policies, checked after every step of this scope
     stops: tuple[StopPolicy, ...] = ()
     #: what the whole run did so far; sub-agents share their parent's
@@ -322,7 +308,11 @@ class ScopeLoop:
                 return Outcome(
                     status="failed",
                     stop_reason="error",
-                    error=wire_error(action.code, action.message, action.details.get("status")),
+                    failure=Failure(
+                        code=action.code,
+                        message=action.message,
+                        status=action.details.get("status"),
+                    ),
                 )
 
     def _stop_reason(self) -> str | None:
@@ -406,7 +396,7 @@ class ScopeLoop:
         response: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> Step | None:
-        if self.events is not None and self.events.commits:
+        if self.view.commits:
             # the end is stored in one transaction with the events held since hold():
             # a client is told of an outcome exactly when the store has it
             end = StepEnd(
@@ -417,13 +407,12 @@ class ScopeLoop:
                 error=error,
             )
             # a write that started completes even if the loop is cancelled meanwhile
-            result = await asyncio.shield(self.events.commit(end))
+            result = await asyncio.shield(self.view.commit(end))
             assert result is None or isinstance(result, Step)
             return result
         # without a log's commit: the step's events are stored before its end is, so a
         # resumed run never misses the events of a step it will not run again
-        if self.events is not None:
-            await self.events.durable()
+        await self.view.durable()
         return await asyncio.shield(
             self.engine.store.finish_step(step.id, state=state, response=response, error=error)
         )
@@ -510,18 +499,8 @@ class ScopeLoop:
             self._model_call_done(done)
             return done
         payload = fitted.payload
-        prior = None
-        if self.events is not None and step.attempt > 1:
-            # run again after a crash: continue what the earlier attempt sent
-            sent = await self.engine.store.step_events(self.response_id, step.id)
-            prior = PriorEmission(sent) if sent else None
-        items_sink = ModelCallEvents(
-            self.events,
-            self.output,
-            step_id=step.id,
-            describe=self._describe,
-            prior=prior,
-            options=self.item_options,
+        items_sink = await self.view.model_call(
+            step, describe=self._describe, options=self.item_options
         )
         if self.scope is None and step.request.get("iteration") == 1:
             for listing in self.listings:
@@ -536,14 +515,15 @@ class ScopeLoop:
             next_yield = 0.0
             # a plain request's client reads only the end: nobody waits for its first events
             streamed = self.request.stream or self.request.background
-            first_seq = self.events.next_seq if self.events is not None and streamed else None
+            view = self.view
+            first_seq = view.next_seq if view.sends and streamed else None
             async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
                 accumulator.feed(chunk)
-                if first_seq is not None and self.events is not None:
-                    if self.events.next_seq > first_seq:
+                if first_seq is not None:
+                    if view.next_seq > first_seq:
                         # clients see only stored events: store the first ones of
                         # this call before relaying the rest (time to first token)
-                        await self.events.durable()
+                        await view.durable()
                         first_seq = None
                 elif clock() >= next_yield:
                     # one network read can carry hundreds of chunks: let the event
@@ -552,8 +532,7 @@ class ScopeLoop:
                     next_yield = clock() + _YIELD_SECONDS
             turn = accumulator.result()
         except UpstreamError as exc:
-            if self.events is not None:
-                self.events.hold()
+            self.view.hold()
             items_sink.abort()
             code = CONTEXT_OVERFLOW if is_context_overflow(exc) else exc.code
             done = await self._finish(
@@ -563,9 +542,8 @@ class ScopeLoop:
             )
             self._model_call_done(done)
             return done
-        if self.events is not None:
-            # the items' done events are stored with the step's end (see _finish)
-            self.events.hold()
+        # the items' done events are stored with the step's end (see _finish)
+        self.view.hold()
         items = items_sink.close(turn)
         message = turn.message()
         if turn.reasoning:
@@ -604,22 +582,7 @@ class ScopeLoop:
         step's end, and a rerun after a crash does not announce it twice."""
         if not started:
             step = await self.engine.store.start_step(step.id)
-        item = compaction_item(compaction_item_id(step.id), "")
-        index = self.output.index_of(item["id"])
-        if index is None:
-            index = self.output.add(item)
-        announced = False
-        if self.events is not None and step.attempt > 1:
-            announced = bool(await self.engine.store.step_events(self.response_id, step.id))
-        if self.events is not None and not announced:
-            self.events.emit(
-                "response.output_item.added", {"output_index": index, "item": item}, step_id=step.id
-            )
-            self.events.emit(
-                "response.compaction.compacting",
-                {"item_id": item["id"], "output_index": index},
-                step_id=step.id,
-            )
+        await self.view.compaction_started(step)
         try:
             summary = await summarise(
                 self.engine.chat,
@@ -631,18 +594,8 @@ class ScopeLoop:
         except UpstreamError as exc:
             error = {"message": f"compaction failed: {exc.message}", "code": exc.code}
             return await self._finish(step, StepState.FAILED, error={**error, "status": exc.status})
-        done_item = compaction_item(
-            item["id"], self.engine.sealer.seal(summary.text, label=SEAL_LABEL)
-        )
-        self.output.replace(index, done_item)
-        if self.events is not None:
-            # the item's done event is stored with the step's end (see _finish)
-            self.events.hold()
-            self.events.emit(
-                "response.output_item.done",
-                {"output_index": index, "item": done_item},
-                step_id=step.id,
-            )
+        # the item's done event is stored with the step's end (see _finish)
+        done_item = self.view.compaction_done(step, summary.text)
         self.state.input_tokens += summary.usage.get("input_tokens", 0)
         self.state.output_tokens += summary.usage.get("output_tokens", 0)
         return await self._finish(
@@ -694,22 +647,7 @@ class ScopeLoop:
                 arguments=step.arguments,
             )
         )
-        item_id = self._item_of_call(step)
-        index = self.output.index_of(item_id) if item_id is not None else None
-        if item_id is None and step.approval is not None:
-            item_id, index = self._approved_item(step)
-        done_sent = started_sent = False
-        if self.events is not None and step.attempt > 1:
-            # run again after a crash: what its earlier attempt made durable stays said
-            sent = await self.engine.store.step_events(self.response_id, step.id)
-            done_sent = any(event_type(row.data) == b"response.output_item.done" for row in sent)
-            started_sent = bool(sent)
-        if self.events is not None and index is not None and not started_sent:
-            for type_ in server_item_events(self.output.items[index], "started"):
-                self.events.emit(
-                    type_, {"item_id": item_id, "output_index": index}, step_id=step.id
-                )
-        ending = _ToolEnding(item_id=item_id, index=index, done_sent=done_sent)
+        ending = await self.view.tool_started(step, self._item_of_call(step))
         try:
             result = await self._execute_tool(step)
         except ToolError as exc:
@@ -739,32 +677,13 @@ class ScopeLoop:
         state: StepState,
         response: dict[str, Any] | None,
         error: dict[str, Any] | None,
-        ending: _ToolEnding,
+        ending: ToolShown,
     ) -> Step | None:
         """Show how a tool call ended, then store it (its events first, see ``_finish``)."""
         assert step.call_id is not None
         ended = dataclasses.replace(step, state=state, response=response, error=error)
-        if self.events is not None:
-            # the item's done events are stored with the step's end (see _finish)
-            self.events.hold()
-        if ending.index is not None:
-            item = server_item_state(
-                self.output.items[ending.index], ended, frozenset(self.request.include)
-            )
-            self.output.replace(ending.index, item)
-            if self.events is not None and not ending.done_sent:
-                phase = "completed" if state is StepState.COMPLETED else "failed"
-                for type_ in server_item_events(item, phase):
-                    self.events.emit(
-                        type_,
-                        {"item_id": ending.item_id, "output_index": ending.index},
-                        step_id=step.id,
-                    )
-                self.events.emit(
-                    "response.output_item.done",
-                    {"output_index": ending.index, "item": item},
-                    step_id=step.id,
-                )
+        # the item's done events are stored with the step's end (see _finish)
+        self.view.tool_ended(ended, ending, frozenset(self.request.include))
         done = await self._finish(step, state, response=response, error=error)
         if done is None:
             return None
@@ -785,21 +704,6 @@ class ScopeLoop:
             StepCompleted(step_id=step.id, kind="tool_call", scope=self.scope, state=_ended(state))
         )
         return done
-
-    def _approved_item(self, step: Step) -> tuple[str, int]:
-        """The ``mcp_call`` item of an approved call (added now unless a crash left it)."""
-        assert step.call_id is not None
-        item = approved_call_item(step)
-        index = self.output.index_of(item["id"])
-        if index is None:
-            index = self.output.add(item)
-            if self.events is not None:
-                self.events.emit(
-                    "response.output_item.added",
-                    {"output_index": index, "item": item},
-                    step_id=step.id,
-                )
-        return item["id"], index
 
     def _item_of_call(self, step: Step) -> str | None:
         """The output item of the model call this tool step answers."""
@@ -882,39 +786,16 @@ class ScopeLoop:
                 join=limits.tool_join,
                 validation=limits.validation,
             ),
+            view=self.view.nested(),
             depth=self.depth + 1,
             state=self.state,
         )
         outcome = await sub.run()
         if outcome.status != "completed":
-            detail = (outcome.error or outcome.incomplete_details or {}).get("message") or (
-                outcome.incomplete_details or {}
-            ).get("reason", "")
+            detail = (
+                outcome.failure.message
+                if outcome.failure is not None
+                else (outcome.incomplete_details or {}).get("reason", "")
+            )
             raise ToolError(f"agent {name!r} ended {outcome.status}: {detail}", tool=name)
         return outcome.text
-
-
-def wire_error(code: str, message: str, status: int | None = None) -> dict[str, Any]:
-    """``response.error``: ``code`` from the OpenAI set that strict clients validate,
-    ``type`` the Open Responses category (``model_error``, ``too_many_requests``...)."""
-    if status == 429:
-        return {"code": "rate_limit_exceeded", "type": "too_many_requests", "message": message}
-    if code == CONTEXT_OVERFLOW:
-        # what Codex and the SDKs recognise: the context must shrink before a retry
-        return {"code": CONTEXT_OVERFLOW, "type": "invalid_request", "message": message}
-    category = "model_error" if code == "model_error" else "server_error"
-    return {"code": "server_error", "type": category, "message": message}
-
-
-def base_messages(
-    request: ResponseRequest,
-    history: list[dict[str, Any]],
-    held: Mapping[str, str] | None = None,
-    context: InputContext | None = None,
-) -> list[dict[str, Any]]:
-    """System instructions, then the earlier conversation, then this request's input.
-
-    ``held`` maps the previous response's approval request ids to their calls.
-    """
-    system = [{"role": "system", "content": request.instructions}] if request.instructions else []
-    return [*system, *history, *input_messages(request.input, held, context)]

@@ -45,11 +45,13 @@ from stepline.protocol.request import (
     OutputText,
     ReasoningItem,
     Refusal,
+    ResponseRequest,
 )
 
 __all__ = [
     "SERVER_LABEL",
     "InputContext",
+    "base_messages",
     "chain_messages",
     "finalize_messages",
     "input_messages",
@@ -496,3 +498,17 @@ def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[
 
 def dumps_arguments(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+
+
+def base_messages(
+    request: ResponseRequest,
+    history: list[dict[str, Any]],
+    held: Mapping[str, str] | None = None,
+    context: InputContext | None = None,
+) -> list[dict[str, Any]]:
+    """System instructions, then the earlier conversation, then this request's input.
+
+    ``held`` maps the previous response's approval request ids to their calls.
+    """
+    system = [{"role": "system", "content": request.instructions}] if request.instructions else []
+    return [*system, *history, *input_messages(request.input, held, context)]

@@ -29,12 +29,10 @@ from stepline.engine.compaction import (
     summarise,
 )
 from stepline.engine.conversation import load_conversation, previous_chain_records
-from stepline.engine.loop import base_messages
-from stepline.engine.prepare import Prepared, prepare
-from stepline.engine.response import offered_tools
 from stepline.errors import InvalidRequest, NotFound, RequestError, Unavailable, UpstreamError
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, user_message_items
+from stepline.protocol.items import base_messages
 from stepline.protocol.request import (
     ResponseRequest,
     allowed_tool_names,
@@ -42,6 +40,8 @@ from stepline.protocol.request import (
     new_id,
     parse_request,
 )
+from stepline.run.prepare import Prepared, prepare
+from stepline.run.response import offered_tools
 from stepline.server.auth import Caller, caller_of
 from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway

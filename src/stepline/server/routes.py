@@ -27,11 +27,9 @@ from fastapi.responses import Response
 
 from stepline.config import Settings
 from stepline.engine.conversation import approvals, load_conversation
-from stepline.engine.loop import base_messages
-from stepline.engine.prepare import Prepared, prepare
-from stepline.engine.response import snapshot, stored_response
 from stepline.errors import InvalidRequest, NotFound, Unavailable
 from stepline.protocol.chat_request import forced_tool
+from stepline.protocol.items import base_messages
 from stepline.protocol.request import (
     FunctionTool,
     ResponseRequest,
@@ -43,6 +41,8 @@ from stepline.protocol.request import (
     references,
     unknown_fields,
 )
+from stepline.run.prepare import Prepared, prepare
+from stepline.run.response import snapshot, stored_response
 from stepline.server.auth import Caller, caller_of
 from stepline.server.conversations import pin_conversation
 from stepline.server.gateway import Gateway
@@ -50,7 +50,7 @@ from stepline.server.logs import response_id_var
 from stepline.server.openapi import errors, response_body, streamed
 from stepline.server.replies import JSON
 from stepline.server.runner import Runner
-from stepline.server.sse import EventStream, sse_frames
+from stepline.server.sse import EventStream
 from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
@@ -75,7 +75,9 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _sse(request: Request, runner: Runner, response_id: str, after: int) -> EventStream:
     return EventStream(
-        sse_frames(runner, response_id, after),
+        runner,
+        response_id,
+        after,
         headers=_SSE_HEADERS,
         open_streams=_gateway(request).metrics.open_streams,
     )
@@ -92,7 +94,7 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
             param="input",
         )
     engine = runner.engine
-    # the one preparation the run makes too (engine.prepare): the same upstream, the
+    # the one preparation the run makes too (run.prepare): the same upstream, the
     # same offered tools, the same validation
     prepared = prepare(engine, request, key_id=caller.key_id)
     if prepared.target is None:

@@ -22,9 +22,9 @@ from typing import Any
 from stepline.config import Settings
 from stepline.engine.event_log import EventLog, EventWriter
 from stepline.engine.loop import Engine, LoopDrained
-from stepline.engine.response import run_response, stored_response
 from stepline.errors import LeaseLost
 from stepline.protocol.request import ResponseRequest
+from stepline.run.response import run_response, stored_response
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
 __all__ = ["Runner"]

@@ -6,6 +6,10 @@ tools it is offered (the model route's and the server's defaults, before and
 after the caller's key), which tools the client runs, how items are read and
 written, what policy its loop runs under and how strictly its transcript is
 checked. All of them call :func:`prepare`, so no rule is computed twice.
+
+It lives above the engine and the protocol (``stepline.run``) because it is
+where both meet: the engine's limits and routes, the wire's reading of a
+request's tools and items.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Drive one response to its terminal state, from a stored record; or finish it.
 
 :func:`run_response` is where a response's run begins and ends, in the
-server and in the library alike: it rebuilds what the response continues
-(earlier responses, held calls) from storage, resolves its model and tools
-(MCP servers listed, the caller's key applied), runs its top-level
-:class:`~stepline.engine.loop.ScopeLoop`, then assembles the response
-object, emits the one terminal event, waits until the log is durable and
-stores the result. A run resumed after a crash that finds its terminal
-event already stored just stores that result.
+server and in the library alike: it prepares the response
+(:mod:`stepline.run.prepare`), rebuilds what it continues (earlier
+responses, held calls) from storage, lists its MCP tools, runs its
+top-level :class:`~stepline.engine.loop.ScopeLoop` with the Open Responses
+view of its event log (:mod:`stepline.protocol.response_events`), then
+assembles the response object, emits the one terminal event, waits until
+the log is durable and stores the result. A run resumed after a crash that
+finds its terminal event already stored just stores that result.
 
 Every accepted response ends with a terminal status, whatever fails in
 between, except a storage failure or a drain, which leave it to be resumed.
@@ -21,28 +22,20 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from stepline.engine.conversation import approvals, conversation_items, load_conversation
 from stepline.engine.event_log import EventLog
-from stepline.engine.loop import (
-    Engine,
-    LoopDrained,
-    Outcome,
-    ScopeLoop,
-    base_messages,
-    wire_error,
-)
+from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
 from stepline.engine.policies import StopPolicy
-from stepline.engine.prepare import Prepared, prepare
 from stepline.engine.run_events import RunCompleted, RunFailed, RunStarted
 from stepline.engine.sinks import ResponseEnded, ResponseStarted
 from stepline.engine.steps import Step, StepKind
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
-from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.items import chain_messages
+from stepline.protocol.events import OutputList, ResponseEvents
+from stepline.protocol.items import base_messages, chain_messages
 from stepline.protocol.request import ResponseRequest, parse_request
+from stepline.protocol.response_events import OpenResponsesView, terminal_response, wire_error
+from stepline.run.prepare import Prepared, prepare
 from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
@@ -57,13 +50,6 @@ def _results_at(messages: list[dict[str, Any]], start: int) -> int:
     while start < len(messages) and messages[start]["role"] == "tool":
         start += 1
     return start
-
-
-_TERMINAL_EVENT = {
-    "completed": "response.completed",
-    "failed": "response.failed",
-    "incomplete": "response.incomplete",
-}
 
 
 async def run_response(
@@ -101,6 +87,12 @@ async def run_response(
         if log
         else None
     )
+    view = OpenResponsesView(
+        events,
+        OutputList(),
+        sealer=engine.sealer,
+        step_events=lambda step_id: store.step_events(record.id, step_id),
+    )
     transcript: list[dict[str, Any]] = []
     if engine.sink.run_events:
         engine.sink.emit(RunStarted(response_id=record.id, resumed=not fresh))
@@ -111,11 +103,11 @@ async def run_response(
             if finished is not None:
                 return await _store_result(engine, record, request, finished)
         chain = [] if fresh else await store.load_chain(record.id, scope=None)
-        output = OutputList(output_items(chain, frozenset(request.include)))
-        if events is not None and events.next_seq == 0:
-            started = snapshot(record, request, "in_progress", [])
-            events.lifecycle("response.created", started)
-            events.lifecycle("response.in_progress", started)
+        # what the earlier runs showed, where a resumed run goes on from
+        view.output = OutputList(output_items(chain, frozenset(request.include)))
+        if view.sends and view.next_seq == 0:
+            # a fresh run's first events (a resumed run already sent them)
+            view.started(snapshot(record, request, "in_progress", []))
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
         prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
@@ -124,7 +116,9 @@ async def run_response(
             outcome = Outcome(
                 status="failed",
                 stop_reason="error",
-                error=wire_error("model_error", f"no upstream for model {request.model!r}"),
+                failure=Failure(
+                    code="model_error", message=f"no upstream for model {request.model!r}"
+                ),
             )
         else:
             server_tools, listings = await offered_tools(engine, request, prepared)
@@ -152,8 +146,7 @@ async def run_response(
                 policy=prepared.policy(request, server_tools, approvals(request, conversation)),
                 client_tools=prepared.client_tools,
                 item_options=prepared.options,
-                events=events,
-                output=output,
+                view=view,
                 stops=stops,
                 listings=listings,
                 chain=chain,
@@ -168,16 +161,16 @@ async def run_response(
         outcome = Outcome(
             status="failed",
             stop_reason="error",
-            error={"code": "invalid_prompt", "type": "invalid_request", "message": exc.message},
+            failure=Failure(code="invalid_prompt", message=exc.message),
         )
     except Exception as exc:
         logger.exception("response %s failed unexpectedly", record.id)
         outcome = Outcome(
             status="failed",
             stop_reason="error",
-            error=wire_error("server_error", f"internal error: {type(exc).__name__}"),
+            failure=Failure(code="server_error", message=f"internal error: {type(exc).__name__}"),
         )
-    return await _finish_response(engine, record, request, outcome, events, transcript)
+    return await _finish_response(engine, record, request, outcome, view, transcript)
 
 
 async def offered_tools(
@@ -246,9 +239,11 @@ async def _finish_response(
     record: ResponseRecord,
     request: ResponseRequest,
     outcome: Outcome,
-    events: ResponseEvents | None,
+    view: OpenResponsesView,
     transcript: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    failure = outcome.failure
+    error = None if failure is None else wire_error(failure.code, failure.message, failure.status)
     steps = await engine.store.load_steps(record.id)
     completed_at = engine.clock() if outcome.status == "completed" else None
     response = response_object(
@@ -260,25 +255,19 @@ async def _finish_response(
             [step for step in steps if step.scope is None], frozenset(request.include)
         ),
         usage=sum_usage(steps),
-        error=outcome.error,
+        error=error,
         incomplete_details=outcome.incomplete_details,
         completed_at=completed_at,
     )
-    if events is not None:
-        events.hold()
-        if outcome.error is not None:
-            events.emit(
-                "error",
-                {"code": outcome.error["code"], "message": outcome.error["message"], "param": None},
-            )
-        events.lifecycle(_TERMINAL_EVENT[outcome.status], response)
+    if view.sends:
+        view.ended(outcome.status, response, error)
         # the terminal event and the stored result are one write: once a client saw
         # the end, every route on every process reports it
-        await asyncio.shield(events.commit(_response_end(record, request, response)))
+        await asyncio.shield(view.commit(_response_end(record, request, response)))
         stored = await _after_result(engine, record, request, response)
     else:
         stored = await _store_result(engine, record, request, response)
-    _report_end(engine, outcome, stored, steps, transcript)
+    _report_end(engine, outcome, error, stored, steps, transcript)
     return stored
 
 
@@ -333,14 +322,15 @@ async def _after_result(
 def _report_end(
     engine: Engine,
     outcome: Outcome,
+    error: dict[str, Any] | None,
     response: dict[str, Any],
     steps: list[Step],
     transcript: list[dict[str, Any]],
 ) -> None:
     if not engine.sink.run_events:
         return
-    if outcome.error is not None:
-        engine.sink.emit(RunFailed(message=outcome.error["message"], code=outcome.error["type"]))
+    if error is not None:
+        engine.sink.emit(RunFailed(message=error["message"], code=error["type"]))
     top = [step for step in steps if step.scope is None]
     engine.sink.emit(
         RunCompleted(
@@ -358,9 +348,4 @@ async def _already_finished(
     store: StepStore, response_id: str, last_seq: int
 ) -> dict[str, Any] | None:
     """The response object of a stored terminal event: the run ended but was not recorded."""
-    rows = await store.read_events(response_id, after=last_seq - 1, limit=1)
-    if rows and event_type(rows[0].data).decode() in TERMINAL_EVENT_TYPES:
-        event: dict[str, Any] = orjson.loads(rows[0].data)
-        response: dict[str, Any] = event["response"]
-        return response
-    return None
+    return terminal_response(await store.read_events(response_id, after=last_seq - 1, limit=1))
