@@ -70,7 +70,7 @@ def _lease_lost(response_id: str) -> LeaseLost:
 
 #: durable rows a log keeps beyond those of its newest commit; a follower further
 #: behind reads from the store (a live follower reads each commit as it lands)
-WINDOW = 8
+WINDOW = 4
 #: rows read from the store at a time by a follower behind the window
 _PAGE = 1000
 
@@ -168,12 +168,9 @@ class EventLog:
         if self.failure is not None:
             raise EventLogFailed(f"events of {self.response_id} not stored") from self.failure
 
-    async def follow(self, after: int) -> AsyncIterator[list[EventRow]]:
-        """Batches of durable rows with ``seq > after``, in order, until the log closes.
-
-        Rows no longer in memory (before ``start``) are read from the store.
-        """
-        position = after + 1
+    async def read(self, position: int) -> list[EventRow] | None:
+        """The durable rows from seq ``position`` on, once there are any; None once the
+        log is closed and read to its end. Rows before ``start`` come from the store."""
         while True:
             if position < self.start:
                 stored = await self._writer.store.read_events(
@@ -182,20 +179,22 @@ class EventLog:
                 # only what memory no longer holds (the window may have moved meanwhile)
                 stored = [row for row in stored if row.seq < self.start]
                 if stored:
-                    position = stored[-1].seq + 1
-                    yield stored
-                else:  # nothing stored below the window (a resumed log's gap): go on
-                    position = self.start
+                    return stored
+                position = self.start  # nothing stored below the window (a resumed log's gap)
                 continue
             if position <= self.durable:
-                batch = self.rows[position - self.start : self.durable - self.start + 1]
-                position = self.durable + 1
-                yield batch
-                continue
+                return self.rows[position - self.start : self.durable - self.start + 1]
             self._raise_failure()
             if self.closed and position > self.appended:
-                return
+                return None
             await self._changed()
+
+    async def follow(self, after: int) -> AsyncIterator[list[EventRow]]:
+        """Batches of durable rows with ``seq > after``, in order, until the log closes."""
+        position = after + 1
+        while (batch := await self.read(position)) is not None:
+            yield batch
+            position = batch[-1].seq + 1
 
 
 class EventWriter:

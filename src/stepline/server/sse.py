@@ -13,9 +13,9 @@ together. The stream ends after the terminal event with ``data: [DONE]``.
 
 :class:`EventStream` is the HTTP response. It writes the frames while one
 task listens for the client leaving: a client that leaves stops the frames,
-frames that end stop the listener, and the frames are closed however the
-response ends. A stream open for minutes holds one coroutine chain and one
-small task, no more.
+frames that end stop the listener, and the reader is closed however the
+response ends. A thousand open streams are a thousand of these, so an open
+stream holds one reader object and one small task, no generators.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from stepline.errors import LeaseLost
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, event_type
 from stepline.server.runner import Runner
 from stepline.store.base import TERMINAL_STATUSES, EventRow
+from stepline.store.notify import EventWatch
 
 __all__ = ["EventStream", "follow_events", "sse_frames"]
 
@@ -49,45 +50,89 @@ def _local_log(runner: Runner, response_id: str) -> EventLog | None:
     return log
 
 
+class _Follower:
+    """One reader's place in a response's events, read batch by batch.
+
+    A plain object rather than nested generators: an open stream holds this
+    and no more. The store watch is registered only to follow another
+    process, before the first read, so a wake-up between a read and the wait
+    is kept; :meth:`close` drops it.
+    """
+
+    def __init__(self, runner: Runner, response_id: str, after: int) -> None:
+        self._runner = runner
+        self._response_id = response_id
+        self._after = after
+        self._watch: EventWatch | None = None
+        self._ended = False
+
+    async def next_batch(self) -> list[EventRow] | None:
+        """Events with ``seq > after`` (the last one returned); None once the stream ends."""
+        store = self._runner.engine.store
+        finished = False  # the response ended elsewhere: read once more, then stop
+        while not self._ended:
+            log = _local_log(self._runner, self._response_id)
+            if log is not None:
+                self.close()
+                try:
+                    rows = await log.read(self._after + 1)
+                except LeaseLost:
+                    continue  # another process runs it now: follow it through the store
+                if rows is None:
+                    break
+                self._after = rows[-1].seq
+                return rows
+            # the loop runs in another process (or awaits a claim)
+            if self._watch is None:
+                self._watch = store.watch_events(self._response_id)
+            rows = await store.read_events(self._response_id, after=self._after, limit=_PAGE)
+            if rows:
+                self._after = rows[-1].seq
+                self._ended = event_type(rows[-1].data) in _TERMINAL
+                return rows
+            if finished:
+                break
+            record = await store.get_response(self._response_id)
+            if record is None or record.status in TERMINAL_STATUSES:
+                # read once more: its last events were committed before its status
+                finished = True
+                continue
+            await self._watch.wait(_WAIT_SECONDS)
+        self._ended = True
+        self.close()
+        return None
+
+    def close(self) -> None:
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            watch.__exit__(None, None, None)  # unregisters it
+
+
 async def follow_events(
     runner: Runner, response_id: str, after: int
 ) -> AsyncIterator[list[EventRow]]:
     """Batches of events with ``seq > after`` until the response's stream ends."""
-    store = runner.engine.store
-    while True:
-        log = _local_log(runner, response_id)
-        if log is not None:
-            try:
-                async for rows in log.follow(after):
-                    yield rows
-                    after = rows[-1].seq
-            except LeaseLost:
-                continue  # another process runs it now: follow it through the store
-            return
-        # the loop runs in another process (or awaits a claim); the watch is registered
-        # before the first read, so a wake-up between a read and the wait is kept
-        with store.watch_events(response_id) as watch:
-            finished = False
-            while _local_log(runner, response_id) is None:
-                rows = await store.read_events(response_id, after=after, limit=_PAGE)
-                if rows:
-                    yield rows
-                    after = rows[-1].seq
-                    if event_type(rows[-1].data) in _TERMINAL:
-                        return
-                    continue
-                if finished:
-                    return
-                record = await store.get_response(response_id)
-                if record is None or record.status in TERMINAL_STATUSES:
-                    # read once more: its last events were committed before its status
-                    finished = True
-                    continue
-                await watch.wait(_WAIT_SECONDS)
+    follower = _Follower(runner, response_id, after)
+    try:
+        while (rows := await follower.next_batch()) is not None:
+            yield rows
+    finally:
+        follower.close()
 
 
-def _frame(row: EventRow) -> bytes:
-    return b"event: " + event_type(row.data) + b"\ndata: " + row.data + b"\n\n"
+def _frames(rows: list[EventRow]) -> bytes:
+    return b"".join(
+        b"event: " + event_type(row.data) + b"\ndata: " + row.data + b"\n\n" for row in rows
+    )
+
+
+_DONE = b"data: [DONE]\n\n"
+
+
+async def _ended(runner: Runner, response_id: str) -> bool:
+    """Whether the response has ended, so its stream closes with ``[DONE]``."""
+    record = await runner.engine.store.get_response(response_id)
+    return record is None or record.status in TERMINAL_STATUSES
 
 
 async def sse_frames(runner: Runner, response_id: str, after: int) -> AsyncGenerator[bytes, None]:
@@ -97,10 +142,9 @@ async def sse_frames(runner: Runner, response_id: str, after: int) -> AsyncGener
     closes, so the client knows to resume it with ``starting_after``.
     """
     async for rows in follow_events(runner, response_id, after):
-        yield b"".join(_frame(row) for row in rows)
-    record = await runner.engine.store.get_response(response_id)
-    if record is None or record.status in TERMINAL_STATUSES:
-        yield b"data: [DONE]\n\n"
+        yield _frames(rows)
+    if await _ended(runner, response_id):
+        yield _DONE
 
 
 class Counter(Protocol):
@@ -112,7 +156,8 @@ class Counter(Protocol):
 
 
 class EventStream(Response):
-    """An SSE response of ``frames``, counted in ``open_streams`` while they flow.
+    """The SSE response of a response's events, counted in ``open_streams`` while
+    they flow (the body of :func:`sse_frames`, without its generators).
 
     The count drops before the end of the body is sent, so a client that saw
     the end never sees the stream counted.
@@ -122,7 +167,9 @@ class EventStream(Response):
 
     def __init__(
         self,
-        frames: AsyncGenerator[bytes, None],
+        runner: Runner,
+        response_id: str,
+        after: int,
         *,
         headers: Mapping[str, str] | None = None,
         open_streams: Counter | None = None,
@@ -130,7 +177,9 @@ class EventStream(Response):
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
-        self._frames = frames
+        self._runner = runner
+        self._response_id = response_id
+        self._follower = _Follower(runner, response_id, after)
         self._open_streams = open_streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,7 +205,7 @@ class EventStream(Response):
                     "headers": self.raw_headers,
                 }
             )
-            await self._send_frames(send)
+            await self._send_events(send)
             ending = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -166,18 +215,20 @@ class EventStream(Response):
         finally:
             ending = True
             listener.cancel()
-            await self._frames.aclose()
+            self._follower.close()
             await asyncio.wait((listener,))
             if not listener.cancelled():
                 listener.exception()  # retrieved: a receive that failed ended the stream
 
-    async def _send_frames(self, send: Send) -> None:
+    async def _send_events(self, send: Send) -> None:
         counter = self._open_streams
         if counter is not None:
             counter.inc()
         try:
-            async for frame in self._frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            while (rows := await self._follower.next_batch()) is not None:
+                await send({"type": "http.response.body", "body": _frames(rows), "more_body": True})
+            if await _ended(self._runner, self._response_id):
+                await send({"type": "http.response.body", "body": _DONE, "more_body": True})
         finally:
             if counter is not None:
                 counter.dec()
