@@ -50,7 +50,7 @@ from stepline.server.logs import response_id_var
 from stepline.server.openapi import errors, response_body, streamed
 from stepline.server.replies import JSON
 from stepline.server.runner import Runner
-from stepline.server.sse import EventStream, sse_frames
+from stepline.server.sse import EventStream
 from stepline.server.tracing import TRACE_CONTEXT_FIELD, client_trace_context
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
@@ -75,7 +75,9 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _sse(request: Request, runner: Runner, response_id: str, after: int) -> EventStream:
     return EventStream(
-        sse_frames(runner, response_id, after),
+        runner,
+        response_id,
+        after,
         headers=_SSE_HEADERS,
         open_streams=_gateway(request).metrics.open_streams,
     )
