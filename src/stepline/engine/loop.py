@@ -61,13 +61,18 @@ from stepline.engine.sinks import (
 )
 from stepline.engine.steps import (
     AppendSteps,
+    CompactionResult,
     Complete,
     Fail,
     Finish,
+    ModelCallResult,
     RunSteps,
     Step,
+    StepError,
     StepKind,
+    StepResult,
     StepState,
+    ToolCallResult,
 )
 from stepline.engine.transition import next_action
 from stepline.engine.view import ResponseView, ToolShown
@@ -393,9 +398,12 @@ class ScopeLoop:
         step: Step,
         state: StepState,
         *,
-        response: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
+        result: StepResult | None = None,
+        failure: StepError | None = None,
     ) -> Step | None:
+        """Store a step's end: its typed result or error, as the store keeps them (JSON)."""
+        response = None if result is None else result.payload()
+        error = None if failure is None else failure.payload()
         if self.view.commits:
             # the end is stored in one transaction with the events held since hold():
             # a client is told of an outcome exactly when the store has it
@@ -407,9 +415,9 @@ class ScopeLoop:
                 error=error,
             )
             # a write that started completes even if the loop is cancelled meanwhile
-            result = await asyncio.shield(self.view.commit(end))
-            assert result is None or isinstance(result, Step)
-            return result
+            stored = await asyncio.shield(self.view.commit(end))
+            assert stored is None or isinstance(stored, Step)
+            return stored
         # without a log's commit: the step's events are stored before its end is, so a
         # resumed run never misses the events of a step it will not run again
         await self.view.durable()
@@ -467,11 +475,9 @@ class ScopeLoop:
             done = await self._finish(
                 step,
                 StepState.FAILED,
-                error={
-                    "message": f"invalid conversation: {problem}",
-                    "code": "invalid_conversation",
-                    "status": None,
-                },
+                failure=StepError(
+                    message=f"invalid conversation: {problem}", code="invalid_conversation"
+                ),
             )
             self._model_call_done(done)
             return done
@@ -494,8 +500,8 @@ class ScopeLoop:
             max_output_tokens=self.request.max_output_tokens,
         )
         if fitted.overflow is not None:
-            error = {"message": fitted.overflow, "code": CONTEXT_OVERFLOW, "status": None}
-            done = await self._finish(step, StepState.FAILED, error=error)
+            error = StepError(message=fitted.overflow, code=CONTEXT_OVERFLOW)
+            done = await self._finish(step, StepState.FAILED, failure=error)
             self._model_call_done(done)
             return done
         payload = fitted.payload
@@ -538,7 +544,7 @@ class ScopeLoop:
             done = await self._finish(
                 step,
                 StepState.FAILED,
-                error={"message": exc.message, "code": code, "status": exc.status},
+                failure=StepError(message=exc.message, code=code, status=exc.status),
             )
             self._model_call_done(done)
             return done
@@ -551,14 +557,14 @@ class ScopeLoop:
         done = await self._finish(
             step,
             StepState.COMPLETED,
-            response={
-                "message": message,
-                "items": items,
-                "call_items": items_sink.call_items,
-                "usage": turn.usage,
-                "finish_reason": turn.finish_reason,
-                "model": turn.model,
-            },
+            result=ModelCallResult(
+                message=message,
+                items=items,
+                call_items=items_sink.call_items,
+                usage=turn.usage,
+                finish_reason=turn.finish_reason,
+                model=turn.model,
+            ),
         )
         self._model_call_done(done)
         return done
@@ -592,8 +598,10 @@ class ScopeLoop:
                 prompt_cache_key=self.request.prompt_cache_key,
             )
         except UpstreamError as exc:
-            error = {"message": f"compaction failed: {exc.message}", "code": exc.code}
-            return await self._finish(step, StepState.FAILED, error={**error, "status": exc.status})
+            error = StepError(
+                message=f"compaction failed: {exc.message}", code=exc.code, status=exc.status
+            )
+            return await self._finish(step, StepState.FAILED, failure=error)
         # the item's done event is stored with the step's end (see _finish)
         done_item = self.view.compaction_done(step, summary.text)
         self.state.input_tokens += summary.usage.get("input_tokens", 0)
@@ -601,7 +609,7 @@ class ScopeLoop:
         return await self._finish(
             step,
             StepState.COMPLETED,
-            response={"summary": summary.text, "items": [done_item], "usage": summary.usage},
+            result=CompactionResult(summary=summary.text, items=[done_item], usage=summary.usage),
         )
 
     def _model_call_done(self, step: Step | None) -> None:
@@ -651,16 +659,14 @@ class ScopeLoop:
         try:
             result = await self._execute_tool(step)
         except ToolError as exc:
-            error = {"message": exc.message, "code": exc.code, "status": exc.status}
+            error = StepError(message=exc.message, code=exc.code, status=exc.status)
             return await self._end_tool_call(step, StepState.FAILED, None, error, ending)
         except asyncio.CancelledError:
             if self._failing_fast:
                 # a sibling failed: this call is abandoned, and says so
-                error = {
-                    "message": "tool call cancelled: a sibling call failed",
-                    "code": "cancelled",
-                    "status": None,
-                }
+                error = StepError(
+                    message="tool call cancelled: a sibling call failed", code="cancelled"
+                )
                 done = await self._end_tool_call(step, StepState.CANCELLED, None, error, ending)
                 if done is not None:
                     self._chain[step.id] = done
@@ -668,35 +674,40 @@ class ScopeLoop:
             # the step stays processing, and whoever resumes the run runs it again
             raise
         return await self._end_tool_call(
-            step, StepState.COMPLETED, {"output": result}, None, ending
+            step, StepState.COMPLETED, ToolCallResult(output=result), None, ending
         )
 
     async def _end_tool_call(
         self,
         step: Step,
         state: StepState,
-        response: dict[str, Any] | None,
-        error: dict[str, Any] | None,
+        result: ToolCallResult | None,
+        error: StepError | None,
         ending: ToolShown,
     ) -> Step | None:
         """Show how a tool call ended, then store it (its events first, see ``_finish``)."""
         assert step.call_id is not None
-        ended = dataclasses.replace(step, state=state, response=response, error=error)
+        ended = dataclasses.replace(
+            step,
+            state=state,
+            response=None if result is None else result.payload(),
+            error=None if error is None else error.payload(),
+        )
         # the item's done events are stored with the step's end (see _finish)
         self.view.tool_ended(ended, ending, frozenset(self.request.include))
-        done = await self._finish(step, state, response=response, error=error)
+        done = await self._finish(step, state, result=result, failure=error)
         if done is None:
             return None
         self.state.tool_invocations += 1
         self.state.tools_called.append(step.tool_name)
-        failure = (error or {}).get("message") if state is not StepState.COMPLETED else None
+        failure = error.message if error is not None and state is not StepState.COMPLETED else None
         self._tap(
             ToolCallFinished(
                 step_id=step.id,
                 scope=self.scope,
                 call_id=step.call_id,
                 name=step.tool_name,
-                output=(response or {}).get("output") if failure is None else None,
+                output=result.output if result is not None and failure is None else None,
                 error=failure,
             )
         )

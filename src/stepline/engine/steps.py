@@ -16,7 +16,9 @@ Invariants:
   a crash is safe.
 * State only moves forward: pending -> processing -> completed | failed |
   cancelled (processing may be re-entered by a retry after a crash).
-* Payloads are JSON-ready dicts (what the store persists).
+* Payloads are JSON-ready dicts (what the store persists); the loop makes
+  them from typed results (:class:`ModelCallResult`, :class:`ToolCallResult`,
+  :class:`CompactionResult`, :class:`StepError`), one ``payload()`` each.
 
 Payload shapes:
 
@@ -43,15 +45,20 @@ from typing import Any, Literal
 __all__ = [
     "AppendSteps",
     "Approval",
+    "CompactionResult",
     "Complete",
     "Fail",
     "Finish",
+    "ModelCallResult",
     "NewStep",
     "NextAction",
     "RunSteps",
     "Step",
+    "StepError",
     "StepKind",
+    "StepResult",
     "StepState",
+    "ToolCallResult",
     "batches",
     "call_arguments",
     "call_name",
@@ -128,6 +135,70 @@ class Step:
             server_label=str(self.request["server_label"]),
             shown_name=str(self.request["shown_name"]),
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepError:
+    """Why a step failed; stored as its ``error`` (the shape above)."""
+
+    message: str
+    code: str
+    #: the HTTP status of the answer that failed it (an upstream's, a tool's), if any
+    status: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {"message": self.message, "code": self.code, "status": self.status}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCallResult:
+    """What a completed model call stores as its ``response``."""
+
+    #: the assistant's chat message, as the next model call sees it
+    message: dict[str, Any]
+    #: its output items, in the order they were streamed
+    items: list[dict[str, Any]]
+    #: each tool call's id -> the id of the item that shows it
+    call_items: dict[str, str]
+    usage: dict[str, Any]
+    finish_reason: str | None
+    #: the model the upstream named
+    model: str | None
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "items": self.items,
+            "call_items": self.call_items,
+            "usage": self.usage,
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallResult:
+    """What a completed tool call stores: the tool's output, as the model reads it."""
+
+    output: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"output": self.output}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompactionResult:
+    """What a completed compaction stores: the summary, its item, what it cost."""
+
+    summary: str
+    items: list[dict[str, Any]]
+    usage: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return {"summary": self.summary, "items": self.items, "usage": self.usage}
+
+
+StepResult = ModelCallResult | ToolCallResult | CompactionResult
 
 
 @dataclass(frozen=True, kw_only=True)
