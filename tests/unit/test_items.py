@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from stepline.engine.steps import Step, StepKind, StepState
+from stepline.engine.validate import conversation_problem
 from stepline.protocol.items import (
     SERVER_LABEL,
     chain_messages,
@@ -16,7 +17,6 @@ from stepline.protocol.items import (
     tool_error_text,
 )
 from stepline.protocol.request import InputItem, parse_request
-from stepline.protocol.validate import conversation_problem
 
 RESPONSE_ID = "resp_test"
 

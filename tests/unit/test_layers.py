@@ -50,7 +50,6 @@ _UNTIL_INVERTED = frozenset(
         ("engine", "stepline.protocol.model_events"),
         ("engine", "stepline.protocol.request"),
         ("engine", "stepline.protocol.sealing"),
-        ("engine", "stepline.protocol.validate"),
         ("store", "stepline.engine.steps"),
         ("tools", "stepline.protocol.items"),
         ("tools", "stepline.protocol.request"),

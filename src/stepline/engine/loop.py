@@ -75,6 +75,7 @@ from stepline.engine.steps import (
     ToolCallResult,
 )
 from stepline.engine.transition import next_action
+from stepline.engine.validate import conversation_problem
 from stepline.engine.view import ResponseView, ToolShown
 from stepline.errors import StoreError, ToolError, UpstreamError
 from stepline.protocol.chat_request import chat_payload
@@ -88,7 +89,6 @@ from stepline.protocol.request import (
     allowed_tool_names,
 )
 from stepline.protocol.sealing import Sealer
-from stepline.protocol.validate import conversation_problem
 from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from stepline.engine.limits import Limits
 from stepline.engine.policies import ApprovedCall, LoopPolicy
+from stepline.engine.validate import conversation_problem
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import InputContext
 from stepline.protocol.model_events import ItemOptions
 from stepline.protocol.request import ResponseRequest
 from stepline.protocol.sealing import Sealer
-from stepline.protocol.validate import conversation_problem
 from stepline.upstream.routing import UpstreamTarget
 
 if TYPE_CHECKING:

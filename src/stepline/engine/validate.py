@@ -1,4 +1,5 @@
-"""Check a chat transcript before it goes to a model.
+"""Check a chat transcript before it goes to a model: a rule of the loop, as strict as
+``Limits.validation`` says (the route checks a request's transcript the same way).
 
 Strictness:
 
@@ -15,11 +16,11 @@ Strictness:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
+
+from stepline.engine.limits import Strictness
 
 __all__ = ["Strictness", "conversation_problem"]
-
-Strictness = Literal["strict", "lenient", "off"]
 
 
 def conversation_problem(
