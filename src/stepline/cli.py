@@ -304,7 +304,7 @@ def _prepare_app(
     sealing keys and the database are checked first (each a ConfigError), and the
     database is migrated."""
     settings.check_environment()
-    from stepline.server.preflight import check_creatable, migrate_database, probe_database
+    from stepline.server.preflight import check_creatable, migrate_in_child, probe_database
 
     exists = asyncio.run(probe_database(settings.database_url))
     check_creatable(settings.database_url)
@@ -317,7 +317,7 @@ def _prepare_app(
     # logs start here, every check passed: from the migration on, the server speaks
     # through its log (libraries imported above log their set-up before this, unseen)
     configure_logging(log_format="json" if log_format == "json" else "text")
-    asyncio.run(migrate_database(settings.database_url))
+    asyncio.run(migrate_in_child(settings.database_url))
     application = create_app(
         settings,
         migrate=False,

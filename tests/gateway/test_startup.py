@@ -349,6 +349,22 @@ def test_the_demo_on_a_free_port_answers_on_the_port_it_prints(tmp_path: Path) -
         assert reply.json()["status"] == "completed"
 
 
+def test_a_database_from_a_newer_stepline_stops_serve_in_one_line(tmp_path: Path) -> None:
+    """The migration runs in a child ``stepline migrate``: its error is serve's one line."""
+    assert stepline("migrate", "--database", "sqlite:///s.db", cwd=tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "s.db") as connection:
+        connection.execute("UPDATE stepline_alembic_version SET version_num = '9999_future'")
+    connection.close()
+    assert_fails_in_one_line(
+        tmp_path,
+        "--upstream", "http://127.0.0.1:9/v1", "--database", "sqlite:///s.db", "--port", "0",
+        names=(
+            f"cannot migrate the database sqlite:///s.db ({tmp_path / 's.db'})",
+            "'9999_future'",
+        ),
+    )  # fmt: skip
+
+
 # -- the commands that read the database ---------------------------------------------
 
 

@@ -21,6 +21,28 @@ def test_the_server_imports_the_mcp_sdk_and_alembic_only_when_used() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_a_server_migrates_its_database_in_a_child_and_never_imports_alembic() -> None:
+    """A fresh database is migrated by a child ``stepline migrate``; at the head, no
+    child runs (the revision is read with one query)."""
+    probe = (
+        "import asyncio, sys, tempfile\n"
+        "from stepline.server.preflight import migrate_in_child\n"
+        "from stepline.store.revisions import current_revision, head_revision\n"
+        "with tempfile.TemporaryDirectory() as where:\n"
+        "    url = f'sqlite:///{where}/s.db'\n"
+        "    asyncio.run(migrate_in_child(url))\n"
+        "    print(asyncio.run(current_revision(url)) == head_revision())\n"
+        "    def refuse(*args, **kwargs): raise AssertionError('a child ran')\n"
+        "    asyncio.create_subprocess_exec = refuse\n"
+        "    asyncio.run(migrate_in_child(url))\n"
+        "print(sorted(m for m in ('alembic', 'mako') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["True", "[]"]
+
+
 def test_a_sqlite_server_imports_neither_asyncpg_nor_cryptography_until_used() -> None:
     """asyncpg only for PostgreSQL; cryptography at the first seal or open of a
     token, not when the sealer is made from its keys at start."""

@@ -2,7 +2,10 @@
 
 ``stepline serve`` probes its database before it listens, then migrates it; a
 bad URL, a missing SQLite directory or an unreachable PostgreSQL stops it with
-a line that names the database (password hidden). The commands that only read
+a line that names the database (password hidden). The server reads the
+database's revision itself and, only when it is behind, runs ``stepline
+migrate`` in a child process: Alembic and its templates never load into the
+process that serves (some 7 MB it would keep for its whole life). The commands that only read
 (``responses list``, ``keys list``...) check that the database exists and has
 stepline's schema, and never create one: connecting to a SQLite file that is
 not there creates it, so a missing file is found by looking, not by connecting.
@@ -10,7 +13,10 @@ not there creates it, so a missing file is found by looking, not by connecting.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,6 +33,7 @@ __all__ = [
     "check_schema",
     "database_label",
     "migrate_database",
+    "migrate_in_child",
     "probe_database",
 ]
 
@@ -121,6 +128,56 @@ async def migrate_database(url: str) -> None:
         raise ConfigError(f"cannot migrate the database {label}: {exc}") from exc
     finally:
         await engine.dispose()
+
+
+async def _is_current(url: str) -> bool:
+    """Whether the database at ``url`` is at this stepline's head revision (read with
+    one query, no Alembic); False when its revision cannot be read."""
+    engine = _engine(url)
+    try:
+        return await engine_revision(engine) == shipped_revisions()[-1]
+    except StoreError:
+        return False  # the child migrating it says what is wrong
+    finally:
+        await engine.dispose()
+
+
+#: the prefix of the child's one error line (see ``stepline.cli._fail``)
+_CHILD_ERROR = "error: "
+
+
+async def migrate_in_child(url: str) -> None:
+    """As :func:`migrate_database`, but Alembic runs in a child ``stepline migrate``,
+    and only when the database exists and is behind (or does not exist yet).
+
+    The child's one error line becomes this ConfigError. The URL goes to it in its
+    environment, not its arguments: a password in it stays out of the process list."""
+    if await probe_database(url) and await _is_current(url):
+        return
+    environment = {**os.environ, "STEPLINE_DATABASE_URL": url}
+    for name in ("STEPLINE_DEBUG", "FORCE_COLOR"):  # the child's error: one plain line
+        environment.pop(name, None)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stepline",
+        "migrate",
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await child.communicate()
+    if child.returncode == 0:
+        return
+    lines = stderr.decode(errors="replace").splitlines()
+    errors = [line for line in lines if line.startswith(_CHILD_ERROR)]
+    if errors:
+        raise ConfigError(errors[-1].removeprefix(_CHILD_ERROR))
+    raise ConfigError(
+        f"cannot migrate the database {database_label(url)}: "
+        f"`stepline migrate` exited with status {child.returncode}"
+    )
 
 
 def _alembic_command_error() -> type[Exception]:
