@@ -49,7 +49,6 @@ _UNTIL_INVERTED = frozenset(
         ("engine", "stepline.protocol.items"),
         ("engine", "stepline.protocol.model_events"),
         ("engine", "stepline.protocol.request"),
-        ("engine", "stepline.protocol.sealing"),
         ("store", "stepline.engine.steps"),
         ("tools", "stepline.protocol.items"),
         ("tools", "stepline.protocol.request"),
@@ -72,6 +71,7 @@ RULES = {
         "stepline.engine.steps",
         "stepline.engine.view",
         "stepline.engine.compaction",
+        "stepline.engine.sealing",
         "stepline.store.base",
     ),
     "upstream": (

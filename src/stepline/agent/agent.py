@@ -39,6 +39,7 @@ from stepline.engine.run_events import RUN_EVENT_TYPES, RunCompleted, RunEvent
 from stepline.engine.sinks import SinkEvent
 from stepline.errors import ConfigError, RunError
 from stepline.protocol.request import ResponseRequest, new_id, parse_request
+from stepline.protocol.sealing import Sealer
 from stepline.run.response import run_response
 from stepline.scripted import ScriptedModel, create_scripted_app
 from stepline.store.base import ResponseRecord, StepStore
@@ -395,6 +396,8 @@ class _Run:
                 limits=self.limits(),
                 tools=self.registry,
                 http=http,
+                # a run's encrypted_content opens only in this run (no key is configured)
+                sealer=Sealer.ephemeral(),
                 sink=_Taps(queue, self.agent.taps),
             )
             request: ResponseRequest | None = None

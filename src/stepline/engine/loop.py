@@ -52,6 +52,7 @@ from stepline.engine.run_events import (
     ToolCallStarted,
     UsageDelta,
 )
+from stepline.engine.sealing import Sealing
 from stepline.engine.sinks import (
     ModelCallSending,
     NullSink,
@@ -88,7 +89,6 @@ from stepline.protocol.request import (
     ResponseRequest,
     allowed_tool_names,
 )
-from stepline.protocol.sealing import Sealer
 from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
@@ -179,6 +179,8 @@ class Engine:
     routes: ModelRoutes
     tools: ToolRegistry
     http: httpx.AsyncClient
+    #: seals and opens the ``encrypted_content`` clients carry between turns
+    sealer: Sealing
     limits: Limits = field(default_factory=Limits)
     clock: Callable[[], float] = time.time
     #: what watches every run (taps, metrics, traces): typed events, in order
@@ -193,8 +195,6 @@ class Engine:
     mcp: McpTools | None = None
     #: server tools offered to every model, beside its route's (``serve --tools``)
     default_tools: tuple[str, ...] = ()
-    #: seals and opens the ``encrypted_content`` clients carry between turns
-    sealer: Sealer = field(default_factory=Sealer.ephemeral)
     #: server tools that play hosted tools, by hosted type (``web_search`` -> a tool)
     hosted_tools: Mapping[str, str] = field(default_factory=dict)
     #: how reasoning stream events are named unless a request says

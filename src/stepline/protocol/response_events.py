@@ -27,13 +27,13 @@ from typing import Any
 import orjson
 
 from stepline.engine.compaction import CONTEXT_OVERFLOW
+from stepline.engine.sealing import Sealing
 from stepline.engine.steps import Step, StepState
 from stepline.engine.view import ModelCallView, ResponseView, ToolShown
 from stepline.protocol.assemble import approved_call_item
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, compaction_item_id
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission, ToolView
-from stepline.protocol.sealing import Sealer
 from stepline.protocol.server_items import server_item_events, server_item_state
 from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd
 
@@ -63,7 +63,7 @@ class OpenResponsesView:
         events: ResponseEvents | None,
         output: OutputList,
         *,
-        sealer: Sealer,
+        sealer: Sealing,
         step_events: StepEvents = _nothing_sent,
     ) -> None:
         self.events = events

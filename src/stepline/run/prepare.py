@@ -25,7 +25,6 @@ from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import InputContext
 from stepline.protocol.model_events import ItemOptions
 from stepline.protocol.request import ResponseRequest
-from stepline.protocol.sealing import Sealer
 from stepline.upstream.routing import UpstreamTarget
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ def prepare(
         if tools is not None
         else (*engine.routes.tools(request.model), *engine.default_tools)
     )
-    sealer: Sealer = engine.sealer
+    sealer = engine.sealer
     dialect = target.dialect if target is not None else None
     native = bool(dialect and dialect.native_custom)
     file_parts = bool(dialect and dialect.file_parts)
