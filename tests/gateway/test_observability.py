@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.requests import Request
 
 from stepline.config import Settings
 from stepline.errors import StoreError
@@ -239,6 +242,48 @@ async def test_logs_are_json_lines_with_request_response_and_step_ids(
         assert line["step_id"].startswith("step_")
         assert line["request_id"] == request_id  # the loop runs in the request's context
     assert steps[1]["tool"] == "weather"
+
+
+async def test_a_stream_is_sent_from_the_gateway_and_logged_when_it_ends(
+    gateway_factory: GatewayFactory, json_log: io.StringIO
+) -> None:
+    """While a stream is open its route has returned (no Request of it is alive: the
+    routing stack is gone), and its access line is written once it ends."""
+    gw = await gateway_factory(keys={"alice": {}})
+    gw.script("slow", [{"content": "one two three four", "token_delay": 0.1}])
+
+    def access_lines(request_id: str) -> list[dict[str, Any]]:
+        lines = [orjson.loads(line) for line in json_log.getvalue().splitlines()]
+        return [
+            line
+            for line in lines
+            if line["logger"] == "stepline.access" and line["request_id"] == request_id
+        ]
+
+    async with gw.http.stream(
+        "POST",
+        "/v1/responses",
+        headers=gw.auth("alice"),
+        json={"model": "slow", "input": "hi", "stream": True},
+    ) as stream:
+        assert stream.status_code == 200
+        request_id = stream.headers["x-request-id"]
+        lines = stream.aiter_lines()
+        async for line in lines:
+            if line == "event: response.output_text.delta":
+                break
+        gc.collect()
+        requests = [thing for thing in gc.get_objects() if isinstance(thing, Request)]
+        assert [r for r in requests if r.scope["path"] == "/v1/responses"] == []
+        assert access_lines(request_id) == []
+        opened = time.monotonic()
+        async for _ in lines:
+            pass
+        open_for = time.monotonic() - opened
+    (access,) = access_lines(request_id)
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/v1/responses", 200)
+    assert access["key"] == "alice"
+    assert access["duration_ms"] >= open_for * 1000
 
 
 async def test_healthz_and_readyz(gateway_factory: GatewayFactory) -> None:

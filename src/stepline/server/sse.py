@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from stepline.engine.event_log import EventLog
 from stepline.errors import LeaseLost
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, event_type
+from stepline.server.gateway import hand_off
 from stepline.server.runner import Runner
 from stepline.store.base import TERMINAL_STATUSES, EventRow
 from stepline.store.notify import EventWatch
@@ -183,6 +184,8 @@ class EventStream(Response):
         self._open_streams = open_streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if hand_off(scope, self):
+            return  # the gateway sends it, once the routing stack is gone
         streaming = asyncio.current_task()
         assert streaming is not None
         ending = False  # set before the last send: a client leaving after it stops nothing
