@@ -216,3 +216,93 @@ async def test_a_resumed_log_is_followed_from_the_rows_stored_before_it() -> Non
     assert got == [_numbered(seq) for seq in range(15)]
     assert await asyncio.wait_for(_all(log, 3), 5) == got[4:]
     await writer.aclose()
+
+
+class CountingStore(GatedStore):
+    """Records what each ``append_events`` call wrote: its rows' seqs and its ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[list[int], list[str]]] = []
+
+    async def append_events(
+        self,
+        rows: Sequence[EventRow],
+        *,
+        ends: Sequence[StepEnd | ResponseEnd] = (),
+        owner: str | None = None,
+    ) -> Appended:
+        kinds = ["step" if isinstance(end, StepEnd) else "response" for end in ends]
+        self.writes.append(([row.seq for row in rows], kinds))
+        return await super().append_events(rows, ends=ends, owner=owner)
+
+
+async def _counting() -> tuple[CountingStore, str]:
+    store = CountingStore()
+    await store.create_response(
+        ResponseRecord(id=RESPONSE, created_at=1.0, status="in_progress", model="m", body={})
+    )
+    [step] = await store.record_steps(
+        RESPONSE, scope=None, steps=[NewStep(kind=StepKind.MODEL_CALL, request={})], start=True
+    )
+    return store, step.id
+
+
+async def test_a_held_log_stores_its_rows_with_the_next_end_in_one_write() -> None:
+    store, step_id = await _counting()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, held=True)
+
+    for seq in range(3):
+        log.append(_row(seq))
+    # the writer runs a batch meanwhile (another response's row): the held rows stay out
+    other = EventLog("resp_other", writer)
+    other.append(EventRow(response_id="resp_other", seq=0, data=b"{}"))
+    await other.wait_durable()
+    end = StepEnd(response_id=RESPONSE, step_id=step_id, state=StepState.COMPLETED)
+    await log.commit([_row(3)], end)
+    log.append(_row(4))
+    await log.commit(
+        [], ResponseEnd(response_id=RESPONSE, status="completed", result={}, completed_at=2.0)
+    )
+    await writer.aclose()
+
+    assert store.writes == [([0], []), ([0, 1, 2, 3], ["step"]), ([4], ["response"])]
+    assert [row.seq for row in await store.read_events(RESPONSE, after=-1, limit=10)] == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+
+
+async def test_a_held_log_that_is_followed_sends_its_rows_as_they_come() -> None:
+    store, _ = await _counting()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, held=True)
+    log.append(_row(0))
+    follower = log.follow(-1)
+
+    first = await anext(follower)  # the follower sends what was held, and waits for it
+    log.append(_row(1))
+    second = await anext(follower)
+    log.close()
+    await writer.aclose()
+
+    assert ([row.seq for row in first], [row.seq for row in second]) == ([0], [1])
+    assert all(ends == [] for _, ends in store.writes)
+
+
+async def test_a_held_log_waited_on_or_closed_stores_what_it_held() -> None:
+    store, _ = await _counting()
+    writer = EventWriter(store)
+    waited = EventLog(RESPONSE, writer, held=True)
+    waited.append(_row(0))
+    await waited.wait_durable()
+    closed = EventLog(RESPONSE, writer, first_seq=1, held=True)
+    closed.append(_row(1))
+    closed.close()
+    await writer.aclose()
+
+    assert [row.seq for row in await store.read_events(RESPONSE, after=-1, limit=10)] == [0, 1]

@@ -25,6 +25,11 @@ Invariants:
   database is down or busy) is retried; any other failure of a write fails
   the writes that waited on it and closes their logs with that error, so no
   reader waits forever for rows that will never come.
+* A *held* log (a plain request's, whose client reads only the end) sends
+  its rows with its next commit or durability wait instead of as they come:
+  a step costs one transaction, its events and its end together. A follower,
+  a commit, a wait or the close sends what is held, and a followed log holds
+  nothing from then on.
 * Memory is bounded per response, not per event: the log keeps the rows not
   yet durable, those of the newest commit, and a window of older ones.
   Only durable rows leave memory, so a follower that falls behind the
@@ -51,11 +56,11 @@ class EventLogFailed(Exception):
 
 @dataclass(eq=False, kw_only=True)
 class _Unit:
-    """Rows and one end that commit together; ``done`` gets the end's result."""
+    """Rows and ends that commit together; ``done`` gets the last end's result."""
 
     log: EventLog
     rows: Sequence[EventRow]
-    end: StepEnd | ResponseEnd
+    ends: Sequence[StepEnd | ResponseEnd]
     done: asyncio.Future[EndResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -83,7 +88,13 @@ class EventLog:
     """
 
     def __init__(
-        self, response_id: str, writer: EventWriter, *, first_seq: int = 0, window: int = WINDOW
+        self,
+        response_id: str,
+        writer: EventWriter,
+        *,
+        first_seq: int = 0,
+        window: int = WINDOW,
+        held: bool = False,
     ) -> None:
         self.response_id = response_id
         self.first_seq = first_seq
@@ -95,6 +106,9 @@ class EventLog:
         self.failure: BaseException | None = None
         self._writer = writer
         self._window = window
+        self._held = held
+        #: rows of a held log not yet handed to the writer
+        self._unsent: list[EventRow] = []
         # futures of the tasks waiting for a change, None while nobody waits: an
         # idle log costs no asyncio.Event (a deque of its own) per response
         self._waiters: list[asyncio.Future[None]] | None = None
@@ -102,12 +116,23 @@ class EventLog:
     def append(self, row: EventRow) -> None:
         self.rows.append(row)
         self.appended = row.seq
-        self._writer.submit(self, row)
+        if self._held:
+            self._unsent.append(row)
+        else:
+            self._writer.submit(self, row)
+
+    def _send_held(self, *, stop_holding: bool = False) -> None:
+        """Hand the held rows to the writer (and, with ``stop_holding``, hold no more)."""
+        if stop_holding:
+            self._held = False
+        unsent, self._unsent = self._unsent, []
+        for row in unsent:
+            self._writer.submit(self, row)
 
     def commit(
-        self, rows: Sequence[EventRow], end: StepEnd | ResponseEnd
+        self, rows: Sequence[EventRow], *ends: StepEnd | ResponseEnd
     ) -> asyncio.Future[EndResult]:
-        """Append ``rows`` and store ``end`` with them, atomically; the end's result.
+        """Append ``rows`` and store ``ends`` with them, atomically; the last end's result.
 
         Submitted at once (nothing else can slip in between); every row
         appended before is committed first or in the same transaction, so the
@@ -117,7 +142,9 @@ class EventLog:
         for row in rows:
             self.rows.append(row)
             self.appended = row.seq
-        unit = _Unit(log=self, rows=rows, end=end)
+        if self._unsent:
+            rows, self._unsent = [*self._unsent, *rows], []
+        unit = _Unit(log=self, rows=rows, ends=ends)
         self._writer.submit_unit(unit)
         return unit.done
 
@@ -154,10 +181,12 @@ class EventLog:
 
     def close(self) -> None:
         """No more events will be appended; followers end once they read the rest."""
+        self._send_held(stop_holding=True)
         self.closed = True
         self._notify()
 
     async def wait_durable(self) -> None:
+        self._send_held()
         while self.durable < self.appended:
             self._raise_failure()
             await self._changed()
@@ -171,6 +200,8 @@ class EventLog:
     async def read(self, position: int) -> list[EventRow] | None:
         """The durable rows from seq ``position`` on, once there are any; None once the
         log is closed and read to its end. Rows before ``start`` come from the store."""
+        if self._held:
+            self._send_held(stop_holding=True)  # someone follows: rows go out as they come
         while True:
             if position < self.start:
                 stored = await self._writer.store.read_events(
@@ -256,7 +287,7 @@ class EventWriter:
         while True:
             try:
                 appended = await self.store.append_events(
-                    rows, ends=[u.end for u in units], owner=self._owner
+                    rows, ends=[end for u in units for end in u.ends], owner=self._owner
                 )
                 break
             except StoreError:
@@ -280,13 +311,18 @@ class EventWriter:
             elif log.failure is None:
                 logger.warning("response %s is run by another process now", log.response_id)
                 log.fail(_lease_lost(log.response_id))
-        for unit, result in zip(units, appended.ends, strict=True):
+        results = iter(appended.ends)
+        for unit in units:
+            unit_results = [next(results) for _ in unit.ends]
             if unit.done.done():
                 continue
             if unit.log.response_id in appended.fenced:
                 unit.done.set_exception(_lease_lost(unit.log.response_id))
             else:
-                unit.done.set_result(result)
+                for end, result in zip(unit.ends[:-1], unit_results, strict=False):
+                    if result is None and isinstance(end, StepEnd):
+                        logger.warning("step %s was no longer running when it ended", end.step_id)
+                unit.done.set_result(unit_results[-1])
 
     async def aclose(self) -> None:
         """Commit what is pending, then stop."""

@@ -258,6 +258,8 @@ class ScopeLoop:
     client_tools: ClientTools = field(default_factory=ClientTools)
     #: what the request asked its items to carry (summaries, sealed reasoning, logprobs)
     item_options: ItemOptions = field(default_factory=ItemOptions)
+    #: steps that ended in memory, their ends stored with the response's (see _finish)
+    deferred: list[Step] = field(default_factory=list)
     _chain: dict[str, Step] = field(default_factory=dict)
     _failing_fast: bool = False
 
@@ -407,13 +409,25 @@ class ScopeLoop:
         if self.view.commits:
             # the end is stored in one transaction with the events held since hold():
             # a client is told of an outcome exactly when the store has it
+            # stamped as the store stamps a step's start: the wall clock, not the run's
+            ended = dataclasses.replace(
+                step, state=state, response=response, error=error, finished_at=time.time()
+            )
             end = StepEnd(
                 response_id=self.response_id,
                 step_id=step.id,
                 state=state,
                 response=response,
                 error=error,
+                finished_at=ended.finished_at,
             )
+            if self._ends_the_run(ended):
+                # the run ends here: this end is stored with the response's, in the one
+                # transaction that stores the result (a crash before it runs the step
+                # again, and no client was told of its outcome)
+                self.view.defer(end)
+                self.deferred.append(ended)
+                return ended
             # a write that started completes even if the loop is cancelled meanwhile
             stored = await asyncio.shield(self.view.commit(end))
             assert stored is None or isinstance(stored, Step)
@@ -424,6 +438,14 @@ class ScopeLoop:
         return await asyncio.shield(
             self.engine.store.finish_step(step.id, state=state, response=response, error=error)
         )
+
+    def _ends_the_run(self, ended: Step) -> bool:
+        """Whether the top-level run ends right after ``ended``, a model call: the
+        transition, given the chain with it, completes, finishes or fails."""
+        if self.scope is not None or ended.kind is not StepKind.MODEL_CALL:
+            return False
+        chain = sorted({**self._chain, ended.id: ended}.values(), key=lambda s: s.sequence)
+        return isinstance(next_action(self.policy, chain), Complete | Finish | Fail)
 
     # -- model calls -------------------------------------------------------
 

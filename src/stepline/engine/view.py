@@ -87,6 +87,11 @@ class ResponseView(Protocol):
         """Store the held events and ``end`` in one transaction."""
         ...
 
+    def defer(self, end: StepEnd) -> None:
+        """Store ``end`` with the next commit instead (the run's end), the events held
+        until then."""
+        ...
+
     async def durable(self) -> None:
         """Wait until every event sent so far is stored."""
         ...

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -43,8 +43,13 @@ def event_type(data: bytes) -> bytes:
     return data[_TYPE_START : data.index(b'"', _TYPE_START)]
 
 
-#: submits rows together with an end, to be stored atomically (``EventLog.commit``)
-Committer = Callable[[Sequence[EventRow], "StepEnd | ResponseEnd"], "asyncio.Future[EndResult]"]
+class Committer(Protocol):
+    """Submits rows together with ends, to be stored atomically (``EventLog.commit``);
+    the future gets the last end's result."""
+
+    def __call__(
+        self, rows: Sequence[EventRow], *ends: StepEnd | ResponseEnd
+    ) -> asyncio.Future[EndResult]: ...
 
 
 class ResponseEvents:
@@ -71,6 +76,8 @@ class ResponseEvents:
         self._durable = durable
         self._commit = commit
         self._held: list[EventRow] | None = None
+        #: step ends that go with the next commit (see defer)
+        self._deferred: list[StepEnd] = []
 
     @property
     def commits(self) -> bool:
@@ -88,11 +95,20 @@ class ResponseEvents:
             self._held = []
 
     def commit(self, end: StepEnd | ResponseEnd) -> asyncio.Future[EndResult]:
-        """Submit the held events and ``end`` to be stored in one transaction, at once;
-        the future gets the end's result."""
+        """Submit the held events, the deferred ends and ``end`` to be stored in one
+        transaction, at once; the future gets ``end``'s result."""
         assert self._commit is not None
         held, self._held = self._held or [], None
-        return self._commit(held, end)
+        deferred, self._deferred = self._deferred, []
+        return self._commit(held, *deferred, end)
+
+    def defer(self, end: StepEnd) -> None:
+        """Store ``end`` with the next :meth:`commit`, in its transaction, and keep the
+        events held until then: for the last step of a run, whose end and the
+        response's can be stored together (a crash before that runs the step again,
+        and nobody was told of its outcome)."""
+        assert self._commit is not None
+        self._deferred.append(end)
 
     def emit(self, type_: str, fields: dict[str, Any], *, step_id: str | None = None) -> int:
         seq = self.next_seq

@@ -93,6 +93,10 @@ class OpenResponsesView:
         assert self.events is not None
         return self.events.commit(end)
 
+    def defer(self, end: StepEnd) -> None:
+        assert self.events is not None
+        self.events.defer(end)
+
     async def durable(self) -> None:
         if self.events is not None:
             await self.events.durable()

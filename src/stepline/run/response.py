@@ -94,6 +94,8 @@ async def run_response(
         step_events=lambda step_id: store.step_events(record.id, step_id),
     )
     transcript: list[dict[str, Any]] = []
+    #: the steps whose ends the loop left to the response's end (still running, stored)
+    deferred: list[Step] = []
     if engine.sink.run_events:
         engine.sink.emit(RunStarted(response_id=record.id, resumed=not fresh))
     engine.sink.emit(ResponseStarted(record=record, resumed=not fresh))
@@ -152,6 +154,7 @@ async def run_response(
                 chain=chain,
                 key_tools=prepared.key_tools,
             )
+            deferred = loop.deferred
             outcome = await loop.run()
     except (StoreError, LoopDrained):
         raise
@@ -170,7 +173,7 @@ async def run_response(
             stop_reason="error",
             failure=Failure(code="server_error", message=f"internal error: {type(exc).__name__}"),
         )
-    return await _finish_response(engine, record, request, outcome, view, transcript)
+    return await _finish_response(engine, record, request, outcome, view, transcript, deferred)
 
 
 async def offered_tools(
@@ -241,10 +244,13 @@ async def _finish_response(
     outcome: Outcome,
     view: OpenResponsesView,
     transcript: list[dict[str, Any]],
+    deferred: Sequence[Step] = (),
 ) -> dict[str, Any]:
     failure = outcome.failure
     error = None if failure is None else wire_error(failure.code, failure.message, failure.status)
-    steps = await engine.store.load_steps(record.id)
+    # as they will be stored, with the ends that go with this response's
+    ended = {step.id: step for step in deferred}
+    steps = [ended.get(step.id, step) for step in await engine.store.load_steps(record.id)]
     completed_at = engine.clock() if outcome.status == "completed" else None
     response = response_object(
         response_id=record.id,

@@ -75,7 +75,9 @@ class Runner:
         None means the response was just created, and ``request`` is its body
         as the route parsed it.
         """
-        log = EventLog(record.id, self.writer, first_seq=resume_from or 0)
+        # a plain request's client reads only the end: its events go with its steps' ends
+        plain = request is not None and not (request.stream or request.background)
+        log = EventLog(record.id, self.writer, first_seq=resume_from or 0, held=plain)
         self.logs[record.id] = log
         task = asyncio.get_running_loop().create_task(
             self._run(record, log, fresh=resume_from is None, request=request),

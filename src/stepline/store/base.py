@@ -137,6 +137,8 @@ class StepEnd:
     state: StepState
     response: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    #: when the step ended (its ``finished_at``); None: when the end is stored
+    finished_at: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -456,7 +456,7 @@ async def append_events(
                         state=end.state,
                         response=end.response,
                         error=end.error,
-                        now=now,
+                        now=now if end.finished_at is None else end.finished_at,
                     )
                 )
             else:

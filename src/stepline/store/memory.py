@@ -130,6 +130,8 @@ class MemoryStore:
             raise StoreError(f"response {record.id!r} already exists")
         self._responses[record.id] = _copy_record(record)
         self._steps[record.id] = []
+        if not steps:
+            return []
         return await self.record_steps(record.id, scope=None, steps=steps, start=True)
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
@@ -247,6 +249,16 @@ class MemoryStore:
         response: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> Step | None:
+        return self._finish_step(step_id, state, response, error, time.time())
+
+    def _finish_step(
+        self,
+        step_id: str,
+        state: StepState,
+        response: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        now: float,
+    ) -> Step | None:
         if not state.terminal:
             raise ValueError(f"finish_step needs a terminal state, not {state.value!r}")
         step = self._get_step(step_id)
@@ -257,7 +269,7 @@ class MemoryStore:
             state=state,
             response=_json_copy(response),
             error=_json_copy(error),
-            finished_at=time.time(),
+            finished_at=now,
         )
         self._put_step(finished)
         return _copy_step(finished)
@@ -313,10 +325,9 @@ class MemoryStore:
             if end.response_id in fenced:
                 results.append(None if isinstance(end, StepEnd) else False)
             elif isinstance(end, StepEnd):
+                now = time.time() if end.finished_at is None else end.finished_at
                 results.append(
-                    await self.finish_step(
-                        end.step_id, state=end.state, response=end.response, error=end.error
-                    )
+                    self._finish_step(end.step_id, end.state, end.response, end.error, now)
                 )
             else:
                 finished = await self.finish_response(

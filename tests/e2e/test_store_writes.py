@@ -1,0 +1,177 @@
+"""How many writes a response costs the store, counted at the store's interface.
+
+A plain response's client reads only its end: its events wait in memory and
+go with its steps' ends, and the last model call's end goes with the
+response's, so one model call costs three writes (the response, its first
+step, and everything else). A streamed response stores its events as they
+come (a client reads them), but its last step's end still goes with the
+response's. A step whose end a later step depends on is stored before that
+step starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from stepline.config import Settings
+from stepline.engine.steps import NewStep, Step
+from stepline.scripted import serve_app
+from stepline.scripted.script import Script
+from stepline.scripted.server import ScriptedModel, create_scripted_app
+from stepline.server.app import create_app
+from stepline.store.base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
+from stepline.store.memory import MemoryStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that notes each write a response makes, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    async def create_response(
+        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+    ) -> list[Step]:
+        self.writes.append(f"create+{len(steps)} steps" if steps else "create")
+        return await super().create_response(record, steps=steps)
+
+    async def record_steps(
+        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool = False
+    ) -> list[Step]:
+        self.writes.append(f"record {len(steps)}")
+        return await super().record_steps(response_id, scope=scope, steps=steps, start=start)
+
+    async def start_step(self, step_id: str) -> Step:
+        self.writes.append("start")
+        return await super().start_step(step_id)
+
+    async def append_events(
+        self,
+        rows: Sequence[EventRow],
+        *,
+        ends: Sequence[StepEnd | ResponseEnd] = (),
+        owner: str | None = None,
+    ) -> Appended:
+        kinds = "".join("S" if isinstance(end, StepEnd) else "R" for end in ends)
+        self.writes.append(f"events{'+' + kinds if kinds else ''}")
+        return await super().append_events(rows, ends=ends, owner=owner)
+
+
+async def _lookup(request: Request) -> Response:
+    return Response(b'{"found": true}', media_type="application/json")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[httpx.AsyncClient, CountingStore]]:
+    model = ScriptedModel(demo_token_delay=0)
+    model.register("one", Script.from_dict({"turns": [{"content": "forty-two"}]}))
+    for name, tool in (("two", "add"), ("looker", "lookup")):
+        calls = [{"name": tool, "arguments": {}}]
+        model.register(
+            name, Script.from_dict({"turns": [{"tool_calls": calls}, {"content": "done"}]})
+        )
+    tools = Starlette(routes=[Route("/lookup", _lookup, methods=["POST"])])
+    async with (
+        serve_app(create_scripted_app(model)) as upstream,
+        serve_app(tools) as tools_url,
+    ):
+        settings = Settings.model_validate(
+            {
+                "upstreams": {"u": {"base_url": f"{upstream}/v1"}},
+                "default_model": {"upstream": "u"},
+                "models": [{"name": "looker", "upstream": "u", "tools": ["lookup"]}],
+                "tools": {
+                    "lookup": {
+                        "type": "http",
+                        "description": "Look it up.",
+                        "url": f"{tools_url}/lookup",
+                        "parameters": {"type": "object"},
+                    }
+                },
+            }
+        )
+        store = CountingStore()
+        async with (
+            serve_app(create_app(settings, store=store, allow_anonymous=True)) as url,
+            httpx.AsyncClient(base_url=url, timeout=30) as client,
+        ):
+            yield client, store
+
+
+async def _create(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
+    reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 200, reply.text
+    return reply
+
+
+async def test_a_plain_model_call_is_three_writes(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    client, store = server
+
+    reply = await _create(client, {"model": "one", "input": "the answer?"})
+
+    [message] = reply.json()["output"]
+    assert (reply.json()["status"], message["content"][0]["text"]) == ("completed", "forty-two")
+    assert store.writes == ["create", "record 1", "events+SR"]
+    stored = await client.get(f"/v1/responses/{reply.json()['id']}")
+    assert stored.json() == reply.json()
+
+
+async def test_a_streamed_model_call_stores_its_events_and_ends_once(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    client, store = server
+
+    reply = await _create(client, {"model": "one", "input": "the answer?", "stream": True})
+
+    assert "response.completed" in reply.text
+    assert store.writes[:2] == ["create", "record 1"]
+    assert store.writes[-1] == "events+SR"
+    assert all(write == "events" for write in store.writes[2:-1])
+
+
+async def test_a_client_tool_call_ends_with_the_response(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    """The model asks for the client's tool: the run ends with that model call."""
+    client, store = server
+    tool = {"type": "function", "name": "add", "parameters": {"type": "object"}}
+
+    reply = await _create(client, {"model": "two", "input": "add", "tools": [tool]})
+
+    assert [item["type"] for item in reply.json()["output"]] == ["function_call"]
+    assert store.writes == ["create", "record 1", "events+SR"]
+
+
+async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    """Model call, server tool, model call: only the last model call's end waits."""
+    client, store = server
+
+    reply = await _create(client, {"model": "looker", "input": "look it up"})
+
+    types = [item["type"] for item in reply.json()["output"]]
+    assert (reply.json()["status"], types) == ("completed", ["mcp_call", "message"])
+    assert store.writes == [
+        "create",
+        "record 1",
+        "events+S",  # the model call that asked for the tool
+        "record 1",
+        "start",
+        "events+S",  # the tool call
+        "record 1",
+        "events+SR",  # the last model call, with the response
+    ]
