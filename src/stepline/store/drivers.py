@@ -21,6 +21,12 @@ Invariants:
   lock (shared with the store's SQLAlchemy writes in this process); a lock
   held by another process is waited for by sleeping, never by blocking the
   loop (the connection's busy timeout is zero).
+* SQLite: no commit on the event loop ever checkpoints. A checkpoint writes
+  the WAL back into the database file and syncs it: milliseconds that would
+  land on whichever request's commit crossed SQLite's threshold (one in
+  every few dozen). The hot connection has automatic checkpoints off, and a
+  :class:`WalCheckpointer` thread makes passive ones (they never wait for a
+  reader or a writer) on a connection of its own, with the GIL released.
 * PostgreSQL: an asyncpg pool of its own. Statements are prepared once per
   connection (asyncpg's cache); a connection goes back to the pool without
   the reset query, since only these statements use it and none leaves
@@ -32,8 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,7 +53,7 @@ from stepline.errors import StoreError
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["Driver", "PostgresDriver", "Rows", "SqliteDriver", "Tx"]
+__all__ = ["Driver", "PostgresDriver", "Rows", "SqliteDriver", "Tx", "WalCheckpointer"]
 
 #: what a statement returns: its rows, each indexable by column position
 Rows = list[Sequence[Any]]
@@ -53,6 +61,8 @@ Rows = list[Sequence[Any]]
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 #: how long a write waits for another process's SQLite write lock
 _SQLITE_BUSY_SECONDS = 10.0
+
+logger = logging.getLogger(__name__)
 
 
 class Tx(Protocol):
@@ -99,7 +109,9 @@ class SqliteDriver:
 
     postgres = False
 
-    def __init__(self, path: str, writer_lock: asyncio.Lock) -> None:
+    def __init__(
+        self, path: str, writer_lock: asyncio.Lock, *, checkpoint_every: float = 0.25
+    ) -> None:
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=0
@@ -108,8 +120,10 @@ class SqliteDriver:
                 "PRAGMA journal_mode=WAL",
                 "PRAGMA synchronous=NORMAL",
                 "PRAGMA foreign_keys=ON",
+                "PRAGMA wal_autocheckpoint=0",
             ):
                 self._db.execute(pragma)
+            self.checkpointer = WalCheckpointer(path, interval=checkpoint_every)
         except sqlite3.Error as exc:
             raise StoreError(f"store open failed: {type(exc).__name__}: {exc}") from exc
         self._lock = writer_lock
@@ -171,6 +185,44 @@ class SqliteDriver:
         return orjson.dumps(list(values)).decode()
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.checkpointer.stop)
+        self._db.close()
+
+
+class WalCheckpointer:
+    """Passive WAL checkpoints of one SQLite database, every ``interval`` seconds, on a
+    daemon thread and a connection of its own (see the module's invariants)."""
+
+    def __init__(self, path: str, *, interval: float = 0.25) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._interval = interval
+        self._stopping = threading.Event()
+        #: checkpoints made, and the WAL frames the last one found (for tests)
+        self.checkpoints = 0
+        self.last_frames = 0
+        self._thread = threading.Thread(
+            target=self._run, name="stepline-wal-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def checkpoint(self) -> None:
+        try:
+            [(_busy, frames, _done)] = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.exception("WAL checkpoint failed; trying again in %.2fs", self._interval)
+            return
+        self.checkpoints += 1
+        self.last_frames = frames
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self.checkpoint()
+
+    def stop(self) -> None:
+        """Stop after a last checkpoint (blocks; call it off the loop)."""
+        self._stopping.set()
+        self._thread.join()
+        self.checkpoint()
         self._db.close()
 
 
