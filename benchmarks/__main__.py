@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     open_files = raise_fd_limit()
     postgres: str | None = None if args.no_postgres or args.store == "memory" else args.postgres
     results = Results()
-    if postgres is not None and "throughput" in args.scenarios:
+    if postgres is not None and {"throughput", "single"} & set(args.scenarios):
         problem = postgres_reachable(postgres)
         if problem is not None:
             results.notes.append(f"PostgreSQL runs skipped: {postgres} unreachable ({problem})")

@@ -49,6 +49,9 @@ STEP_P50 = Target(
 STEP_P99 = Target(
     label="overhead per model step p99 <= 3 ms", op="<=", value=3, applies_to="difference"
 )
+STEP_P50_POSTGRES = Target(
+    label="overhead per model step p50 <= 2 ms", op="<=", value=2, applies_to="difference"
+)
 FIRST_TOKEN = Target(
     label="time to first token <= direct + 1 ms", op="<=", value=1, applies_to="difference"
 )
@@ -115,6 +118,35 @@ def single(options: Options, results: Results) -> None:
                 stepline=_ms(percentile(through["latencies"], q)),
                 direct=_ms(percentile(direct["latencies"], q)),
                 target=target,
+            )
+        )
+    if options.postgres is None:
+        return
+    with Stack("single-postgresql", options, database="postgresql") as stack:
+        assert stack.stepline is not None
+        http_json("POST", f"{stack.stepline.url}/v1/responses", body)
+        log(f"single: {count} requests through stepline on PostgreSQL")
+        on_postgres = run_load(
+            {
+                "kind": "sequence",
+                "stages": [[stack.stepline_part(body, '"status":"completed"')]],
+                "count": count,
+                "warmup": warmup,
+            },
+            stack,
+            "single call, stepline on PostgreSQL",
+            results,
+        )
+    targets: tuple[tuple[int, Target | None], ...] = ((50, STEP_P50_POSTGRES), (99, None))
+    for q, bound in targets:
+        results.rows.append(
+            Row(
+                scenario="1. one model call, c=1, PostgreSQL",
+                figure=f"latency p{q}",
+                unit="ms",
+                stepline=_ms(percentile(on_postgres["latencies"], q)),
+                direct=_ms(percentile(direct["latencies"], q)),
+                target=bound,
             )
         )
 
