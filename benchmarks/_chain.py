@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks._report import Row, Target, percentile
 from benchmarks._services import http_json
-from benchmarks._stack import Options, Results, Stack, log, run_load
+from benchmarks._stack import Options, Results, Stack, log, run_sequence
 
 __all__ = ["chain"]
 
@@ -45,28 +45,22 @@ def chain(options: Options, results: Results) -> None:
             http_json("POST", url, body)
             upstream_body = stack.upstream_requests("bench-single")[-1]
             log(f"chain: {count} continuations of turn {turns}, through stepline, then direct")
-            through = run_load(
-                {
-                    "kind": "sequence",
-                    "stages": [[stack.stepline_part(body, '"status":"completed"')]],
-                    "count": count,
-                    "warmup": warmup,
-                },
-                stack,
-                f"continuing turn {turns}, stepline",
-                results,
-            )["latencies"]
-            direct = run_load(
-                {
-                    "kind": "sequence",
-                    "stages": [[stack.upstream_part(upstream_body, "[DONE]")]],
-                    "count": count,
-                    "warmup": warmup,
-                },
-                stack,
-                f"continuing turn {turns}, direct",
-                results,
-            )["latencies"]
+            through = run_sequence(
+                [[stack.stepline_part(body, '"status":"completed"')]],
+                count=count,
+                warmup=warmup,
+                stack=stack,
+                run=f"continuing turn {turns}, stepline",
+                results=results,
+            )
+            direct = run_sequence(
+                [[stack.upstream_part(upstream_body, "[DONE]")]],
+                count=count,
+                warmup=warmup,
+                stack=stack,
+                run=f"continuing turn {turns}, direct",
+                results=results,
+            )
             overheads[turns] = {}
             for q in (50, 99):
                 results.rows.append(

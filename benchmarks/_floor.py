@@ -14,7 +14,7 @@ import orjson
 
 from benchmarks._report import Row, percentile
 from benchmarks._services import PYTHON, free_port
-from benchmarks._stack import HOST, Options, Results, Stack, log, run_load
+from benchmarks._stack import HOST, Options, Results, Stack, log, run_sequence
 
 __all__ = ["floor"]
 
@@ -57,20 +57,23 @@ def floor(options: Options, results: Results) -> None:
         for client, server in servers.items():
             stack.stepline = server  # what the load part addresses and the CPU table watches
             part = stack.stepline_part({"model": "bench-single", "input": "hi"}, "completed")
-            job = {"kind": "sequence", "stages": [[part]], "count": count, "warmup": warmup}
-            latencies[client] = run_load(job, stack, f"floor, {client}", results)["latencies"]
+            latencies[client] = run_sequence(
+                [[part]],
+                count=count,
+                warmup=warmup,
+                stack=stack,
+                run=f"floor, {client}",
+                results=results,
+            )
         stack.stepline = None
-        direct = run_load(
-            {
-                "kind": "sequence",
-                "stages": [[stack.upstream_part(_BODY, "[DONE]")]],
-                "count": count,
-                "warmup": warmup,
-            },
-            stack,
-            "floor, direct",
-            results,
-        )["latencies"]
+        direct = run_sequence(
+            [[stack.upstream_part(_BODY, "[DONE]")]],
+            count=count,
+            warmup=warmup,
+            stack=stack,
+            run="floor, direct",
+            results=results,
+        )
     for client, label in (("httpx", "httpx"), ("stepline", "stepline's upstream client")):
         for q in (50, 99):
             results.rows.append(

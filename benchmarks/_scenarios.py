@@ -23,7 +23,7 @@ from benchmarks._floor import floor
 from benchmarks._litellm import litellm
 from benchmarks._report import Row, Target, percentile
 from benchmarks._services import http_json
-from benchmarks._stack import Options, Results, Stack, log, run_load
+from benchmarks._stack import Options, Results, Stack, log, run_load, run_sequence
 from benchmarks._tracing import tracing
 from benchmarks._websocket import websocket
 
@@ -86,28 +86,22 @@ def single(options: Options, results: Results) -> None:
             raise RuntimeError(f"single: stepline answered {reply}")
         upstream_body = stack.upstream_requests("bench-single")[-1]
         log(f"single: {count} requests through stepline, then direct")
-        through = run_load(
-            {
-                "kind": "sequence",
-                "stages": [[stack.stepline_part(body, '"status":"completed"')]],
-                "count": count,
-                "warmup": warmup,
-            },
-            stack,
-            "single call, stepline",
-            results,
+        through = run_sequence(
+            [[stack.stepline_part(body, '"status":"completed"')]],
+            count=count,
+            warmup=warmup,
+            stack=stack,
+            run="single call, stepline",
+            results=results,
         )
         _keep_profile(stack, results)
-        direct = run_load(
-            {
-                "kind": "sequence",
-                "stages": [[stack.upstream_part(upstream_body, "[DONE]")]],
-                "count": count,
-                "warmup": warmup,
-            },
-            stack,
-            "single call, direct",
-            results,
+        direct = run_sequence(
+            [[stack.upstream_part(upstream_body, "[DONE]")]],
+            count=count,
+            warmup=warmup,
+            stack=stack,
+            run="single call, direct",
+            results=results,
         )
     for q, target in ((50, STEP_P50), (99, STEP_P99)):
         results.rows.append(
@@ -115,8 +109,8 @@ def single(options: Options, results: Results) -> None:
                 scenario="1. one model call, c=1",
                 figure=f"latency p{q}",
                 unit="ms",
-                stepline=_ms(percentile(through["latencies"], q)),
-                direct=_ms(percentile(direct["latencies"], q)),
+                stepline=_ms(percentile(through, q)),
+                direct=_ms(percentile(direct, q)),
                 target=target,
             )
         )
@@ -126,16 +120,13 @@ def single(options: Options, results: Results) -> None:
         assert stack.stepline is not None
         http_json("POST", f"{stack.stepline.url}/v1/responses", body)
         log(f"single: {count} requests through stepline on PostgreSQL")
-        on_postgres = run_load(
-            {
-                "kind": "sequence",
-                "stages": [[stack.stepline_part(body, '"status":"completed"')]],
-                "count": count,
-                "warmup": warmup,
-            },
-            stack,
-            "single call, stepline on PostgreSQL",
-            results,
+        on_postgres = run_sequence(
+            [[stack.stepline_part(body, '"status":"completed"')]],
+            count=count,
+            warmup=warmup,
+            stack=stack,
+            run="single call, stepline on PostgreSQL",
+            results=results,
         )
     targets: tuple[tuple[int, Target | None], ...] = ((50, STEP_P50_POSTGRES), (99, None))
     for q, bound in targets:
@@ -144,8 +135,8 @@ def single(options: Options, results: Results) -> None:
                 scenario="1. one model call, c=1, PostgreSQL",
                 figure=f"latency p{q}",
                 unit="ms",
-                stepline=_ms(percentile(on_postgres["latencies"], q)),
-                direct=_ms(percentile(direct["latencies"], q)),
+                stepline=_ms(percentile(on_postgres, q)),
+                direct=_ms(percentile(direct, q)),
                 target=bound,
             )
         )
@@ -177,32 +168,26 @@ def loop(options: Options, results: Results) -> None:
             for call in assistant["tool_calls"]
         ]
         log(f"loop: {count} three-step loops through stepline, then direct")
-        through = run_load(
-            {
-                "kind": "sequence",
-                "stages": [[stack.stepline_part(body, '"status":"completed"')]],
-                "count": count,
-                "warmup": warmup,
-            },
-            stack,
-            "three-step loop, stepline",
-            results,
+        through = run_sequence(
+            [[stack.stepline_part(body, '"status":"completed"')]],
+            count=count,
+            warmup=warmup,
+            stack=stack,
+            run="three-step loop, stepline",
+            results=results,
         )
         _keep_profile(stack, results)
-        direct = run_load(
-            {
-                "kind": "sequence",
-                "stages": [
-                    [stack.upstream_part(by_turn[0], "[DONE]")],
-                    tool_parts,
-                    [stack.upstream_part(by_turn[1], "[DONE]")],
-                ],
-                "count": count,
-                "warmup": warmup,
-            },
-            stack,
-            "three-step loop, direct",
-            results,
+        direct = run_sequence(
+            [
+                [stack.upstream_part(by_turn[0], "[DONE]")],
+                tool_parts,
+                [stack.upstream_part(by_turn[1], "[DONE]")],
+            ],
+            count=count,
+            warmup=warmup,
+            stack=stack,
+            run="three-step loop, direct",
+            results=results,
         )
     for q in (50, 99):
         results.rows.append(
@@ -210,8 +195,8 @@ def loop(options: Options, results: Results) -> None:
                 scenario="2. three-step loop, c=1",
                 figure=f"latency p{q}",
                 unit="ms",
-                stepline=_ms(percentile(through["latencies"], q)),
-                direct=_ms(percentile(direct["latencies"], q)),
+                stepline=_ms(percentile(through, q)),
+                direct=_ms(percentile(direct, q)),
             )
         )
     for q, target in ((50, STEP_P50), (99, STEP_P99)):
@@ -220,8 +205,8 @@ def loop(options: Options, results: Results) -> None:
                 scenario="2. three-step loop, c=1",
                 figure=f"latency p{q} ÷ {steps} steps",
                 unit="ms",
-                stepline=_ms(percentile(through["latencies"], q)) / steps,
-                direct=_ms(percentile(direct["latencies"], q)) / steps,
+                stepline=_ms(percentile(through, q)) / steps,
+                direct=_ms(percentile(direct, q)) / steps,
                 target=target,
             )
         )

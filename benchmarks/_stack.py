@@ -37,7 +37,17 @@ from benchmarks._services import (
     start_process,
 )
 
-__all__ = ["HOST", "ROOT", "SCRIPTS", "Options", "Results", "Stack", "log", "run_load"]
+__all__ = [
+    "HOST",
+    "ROOT",
+    "SCRIPTS",
+    "Options",
+    "Results",
+    "Stack",
+    "log",
+    "run_load",
+    "run_sequence",
+]
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,3 +367,19 @@ def run_load(
     result.update(extra)
     results.raw[run] = result
     return result
+
+
+def run_sequence(
+    stages: list[list[dict[str, Any]]],
+    *,
+    count: int,
+    warmup: int,
+    stack: Stack,
+    run: str,
+    results: Results,
+) -> list[float]:
+    """``count`` requests one after another (after ``warmup``), each the ``stages`` in
+    order (a stage's parts in parallel); their latencies, in seconds."""
+    job = {"kind": "sequence", "stages": stages, "count": count, "warmup": warmup}
+    latencies: list[float] = run_load(job, stack, run, results)["latencies"]
+    return latencies
