@@ -38,10 +38,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from stepline.config import DEFAULT_DATABASE_URL, KeyConfig, RateConfig, Settings, load_settings
-from stepline.engine.steps import StepKind, StepState
 from stepline.errors import ConfigError, StepLineError, StoreError
 from stepline.protocol.assemble import sum_usage
 from stepline.server.logs import configure_logging
+from stepline.steps import StepKind, StepState
 
 # The database and server machinery (SQLAlchemy, Alembic, FastAPI) is imported by the
 # commands that use it, after the checks that need none of it: a config error, or
@@ -49,8 +49,8 @@ from stepline.server.logs import configure_logging
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from stepline.engine.steps import Step
     from stepline.server.auth import StoredKey
+    from stepline.steps import Step
     from stepline.store.base import ResponseRecord
     from stepline.store.keys import KeyStore
     from stepline.store.retention import PurgeCounts, RetentionPolicy

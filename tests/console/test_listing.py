@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from stepline.engine.steps import NewStep, StepKind, StepState
+from stepline.steps import NewStep, StepKind, StepState
 from stepline.store import SqlStore, StepStore
 from stepline.store.base import ResponseRecord
 from stepline.store.listing import Cursor, ResponseQuery

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from stepline.engine.steps import Step
+from stepline.steps import Step
 from stepline.store.sql import open_store
 from tests.console._png import read_png
 from tests.console.conftest import DemoServer, KeyedServer, signed_in

@@ -7,10 +7,10 @@ from typing import Any
 import httpx
 
 from stepline.config import Settings
-from stepline.engine.steps import Step
 from stepline.errors import StoreError
 from stepline.scripted import serve_app
 from stepline.server.app import create_app
+from stepline.steps import Step
 from stepline.store.memory import MemoryStore
 
 

@@ -22,11 +22,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stepline.config import Settings
-from stepline.engine.steps import NewStep, Step
 from stepline.scripted import serve_app
 from stepline.scripted.script import Script
 from stepline.scripted.server import ScriptedModel, create_scripted_app
 from stepline.server.app import create_app
+from stepline.steps import NewStep, Step
 from stepline.store.base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
 from stepline.store.memory import MemoryStore
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stepline.engine.steps import NewStep, StepKind, StepState
+from stepline.steps import NewStep, StepKind, StepState
 from stepline.store import EventRow, ResponseRecord, SqlStore
 from stepline.store.base import TERMINAL_STATUSES
 from stepline.store.schema import metadata, responses

@@ -16,8 +16,8 @@ from alembic.script import ScriptDirectory
 
 import stepline.store
 import stepline.store.hot
-from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
+from stepline.steps import NewStep, Step, StepKind, StepState
 from stepline.store import (
     EventRow,
     ResponseRecord,

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from stepline.engine.steps import NewStep, StepKind, StepState
 from stepline.protocol.assemble import sum_usage
+from stepline.steps import NewStep, StepKind, StepState
 from stepline.store import SqlStore
 from stepline.store.base import TERMINAL_STATUSES
 from stepline.store.usage import GROUPS, Group, UsageQuery, UsageRow, read_usage

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from openai.types.responses import Response
 
-from stepline.engine.steps import Step, StepKind, StepState
 from stepline.protocol.assemble import (
     mcp_call_id,
     mcp_item_state,
@@ -17,6 +16,7 @@ from stepline.protocol.assemble import (
 )
 from stepline.protocol.items import SERVER_LABEL, message_item
 from stepline.protocol.request import parse_request
+from stepline.steps import Step, StepKind, StepState
 
 RESPONSE_ID = "resp_test"
 

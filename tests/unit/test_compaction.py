@@ -12,7 +12,6 @@ import pytest
 from stepline.config import UpstreamConfig
 from stepline.engine.compaction import drop_oldest, estimate_tokens, is_context_overflow
 from stepline.engine.policies import LoopPolicy
-from stepline.engine.steps import AppendSteps, Fail, Step, StepKind, StepState
 from stepline.engine.transition import next_action
 from stepline.errors import InvalidRequest, UpstreamError
 from stepline.protocol.assemble import output_items, sum_usage
@@ -26,6 +25,7 @@ from stepline.protocol.compaction import (
 from stepline.protocol.items import InputContext, chain_messages, finalize_messages, input_messages
 from stepline.protocol.request import parse_request
 from stepline.protocol.sealing import Sealer
+from stepline.steps import AppendSteps, Fail, Step, StepKind, StepState
 from stepline.upstream.routing import UpstreamTarget
 from stepline.upstream.tokenize import tokenizer_for
 

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from stepline.engine.event_log import EventLog, EventLogFailed, EventWriter
-from stepline.engine.steps import NewStep, StepKind, StepState
 from stepline.errors import LeaseLost, StoreError
+from stepline.steps import NewStep, StepKind, StepState
 from stepline.store.base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
 from stepline.store.memory import MemoryStore
 

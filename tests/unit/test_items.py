@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from stepline.engine.steps import Step, StepKind, StepState
 from stepline.engine.validate import conversation_problem
 from stepline.protocol.items import (
     SERVER_LABEL,
@@ -17,6 +16,7 @@ from stepline.protocol.items import (
     tool_error_text,
 )
 from stepline.protocol.request import InputItem, parse_request
+from stepline.steps import Step, StepKind, StepState
 
 RESPONSE_ID = "resp_test"
 

@@ -36,10 +36,9 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 #: imports that still cross a layer today, each a step of the inversion still to do
 #: (``docs/architecture.md``): the loop's chat payload, chat stream, input items and
 #: request come from the wire, where the engine should declare what it needs
-#: (as ``engine.view`` does for the events); the store keeps the engine's step
-#: records (they belong below both); tools and upstream read two wire types (the
-#: server label, MCP request tools; the chat dialect). Take an entry out once its
-#: import is gone; never add one.
+#: (as ``engine.view`` does for the events); tools and upstream read two wire
+#: types (the server label, MCP request tools; the chat dialect). Take an entry
+#: out once its import is gone; never add one.
 _UNTIL_INVERTED = frozenset(
     {
         ("engine", "stepline.protocol.chat_request"),
@@ -49,7 +48,6 @@ _UNTIL_INVERTED = frozenset(
         ("engine", "stepline.protocol.items"),
         ("engine", "stepline.protocol.model_events"),
         ("engine", "stepline.protocol.request"),
-        ("store", "stepline.engine.steps"),
         ("tools", "stepline.protocol.items"),
         ("tools", "stepline.protocol.request"),
         ("upstream", "stepline.protocol.chat_request"),
@@ -64,11 +62,13 @@ RULES = {
     "transport": (),
     "config": ("stepline.errors",),
     "scripted": ("stepline.errors",),
-    "store": ("stepline.errors", "stepline.engine.steps"),
+    # the step records every layer reads sit below them all
+    "steps": (),
+    "store": ("stepline.errors", "stepline.steps"),
     # the wire reads the engine's typed steps, events and view (never the loop)
     "protocol": (
         "stepline.errors",
-        "stepline.engine.steps",
+        "stepline.steps",
         "stepline.engine.view",
         "stepline.engine.compaction",
         "stepline.engine.sealing",
@@ -94,6 +94,7 @@ RULES = {
     # the wire only what UNTIL_INVERTED names
     "engine": (
         "stepline.errors",
+        "stepline.steps",
         "stepline.store",
         "stepline.tools",
         "stepline.upstream",
@@ -102,6 +103,7 @@ RULES = {
     # a response's run: where the engine and the wire meet
     "run": (
         "stepline.errors",
+        "stepline.steps",
         "stepline.engine",
         "stepline.protocol",
         "stepline.store",

@@ -21,7 +21,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from stepline.config import TracingConfig, UpstreamConfig
-from stepline.engine.steps import Step, StepKind, StepState
 from stepline.errors import ConfigError
 from stepline.server.tracing import (
     TRACE_CONTEXT_FIELD,
@@ -30,6 +29,7 @@ from stepline.server.tracing import (
     client_trace_context,
     tracing_options,
 )
+from stepline.steps import Step, StepKind, StepState
 from stepline.store.base import ResponseRecord
 from stepline.upstream.routing import UpstreamTarget
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from stepline.engine.policies import ApprovedCall, LoopPolicy
-from stepline.engine.steps import (
+from stepline.engine.transition import model_call, next_action, tool_calls_of
+from stepline.steps import (
     AppendSteps,
     Complete,
     Fail,
@@ -19,7 +20,6 @@ from stepline.engine.steps import (
     StepState,
     batches,
 )
-from stepline.engine.transition import model_call, next_action, tool_calls_of
 
 RESPONSE_ID = "resp_test"
 UNFINISHED = [StepState.PENDING, StepState.PROCESSING]

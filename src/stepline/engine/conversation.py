@@ -33,7 +33,6 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from stepline.engine.policies import ApprovedCall
-from stepline.engine.steps import Step, StepKind, call_arguments, call_name
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import (
@@ -48,6 +47,7 @@ from stepline.protocol.request import (
     ResponseRequest,
     parse_request,
 )
+from stepline.steps import Step, StepKind, call_arguments, call_name
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord, StepStore
 
 __all__ = [

@@ -60,21 +60,6 @@ from stepline.engine.sinks import (
     StepEnded,
     ToolCallRunning,
 )
-from stepline.engine.steps import (
-    AppendSteps,
-    CompactionResult,
-    Complete,
-    Fail,
-    Finish,
-    ModelCallResult,
-    RunSteps,
-    Step,
-    StepError,
-    StepKind,
-    StepResult,
-    StepState,
-    ToolCallResult,
-)
 from stepline.engine.transition import next_action
 from stepline.engine.validate import conversation_problem
 from stepline.engine.view import ResponseView, ToolShown
@@ -88,6 +73,21 @@ from stepline.protocol.request import (
     MessageItem,
     ResponseRequest,
     allowed_tool_names,
+)
+from stepline.steps import (
+    AppendSteps,
+    CompactionResult,
+    Complete,
+    Fail,
+    Finish,
+    ModelCallResult,
+    RunSteps,
+    Step,
+    StepError,
+    StepKind,
+    StepResult,
+    StepState,
+    ToolCallResult,
 )
 from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output

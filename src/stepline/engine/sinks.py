@@ -3,7 +3,7 @@
 Everything that watches a run is a consumer of this one sink: the library's
 ``stream()`` and taps (the public :data:`~stepline.engine.run_events.RunEvent`
 events), metrics, logs and traces (the events that carry the stored
-:class:`~stepline.engine.steps.Step`: a response started — the hook a
+:class:`~stepline.steps.Step`: a response started — the hook a
 consumer opens its view of a run in —, a model call about to be sent, a tool
 call running, a step ended, a response ended). The engine names no consumer
 and no wire format; a sink never changes a run.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stepline.engine.run_events import RunEvent
-from stepline.engine.steps import Step, StepKind
+from stepline.steps import Step, StepKind
 from stepline.store.base import ResponseRecord
 from stepline.upstream.routing import UpstreamTarget
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepline.engine.policies import ApprovedCall, LoopPolicy
-from stepline.engine.steps import (
+from stepline.steps import (
     AppendSteps,
     Complete,
     Fail,

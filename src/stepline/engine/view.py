@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stepline.engine.steps import Step
 from stepline.protocol.chat_stream import AssistantTurn, DeltaSink
 from stepline.protocol.model_events import ItemOptions, ToolView
+from stepline.steps import Step
 from stepline.store.base import EndResult, StepEnd
 
 __all__ = ["ModelCallView", "ResponseView", "ToolShown"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from stepline.engine.steps import Step, StepKind, StepState, batches
 from stepline.protocol.request import FunctionTool, McpTool, ResponseRequest
 from stepline.protocol.server_items import (
     is_server_item,
@@ -26,6 +25,7 @@ from stepline.protocol.server_items import (
     mcp_item_state,
     server_item_state,
 )
+from stepline.steps import Step, StepKind, StepState, batches
 
 __all__ = [
     "approved_call_item",

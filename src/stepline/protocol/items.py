@@ -23,7 +23,6 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from stepline.engine.steps import Step, StepKind, StepState, batches
 from stepline.errors import InvalidRequest
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.compaction import SEAL_LABEL, compacted, summary_message
@@ -47,6 +46,7 @@ from stepline.protocol.request import (
     Refusal,
     ResponseRequest,
 )
+from stepline.steps import Step, StepKind, StepState, batches
 
 __all__ = [
     "SERVER_LABEL",

@@ -28,13 +28,13 @@ import orjson
 
 from stepline.engine.compaction import CONTEXT_OVERFLOW
 from stepline.engine.sealing import Sealing
-from stepline.engine.steps import Step, StepState
 from stepline.engine.view import ModelCallView, ResponseView, ToolShown
 from stepline.protocol.assemble import approved_call_item
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, compaction_item_id
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission, ToolView
 from stepline.protocol.server_items import server_item_events, server_item_state
+from stepline.steps import Step, StepState
 from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd
 
 __all__ = ["OpenResponsesView", "terminal_response", "wire_error"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from stepline.engine.steps import Step, StepState
+from stepline.steps import Step, StepState
 
 __all__ = [
     "HOSTED_ITEMS",

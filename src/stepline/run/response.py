@@ -28,7 +28,6 @@ from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoo
 from stepline.engine.policies import StopPolicy
 from stepline.engine.run_events import RunCompleted, RunFailed, RunStarted
 from stepline.engine.sinks import ResponseEnded, ResponseStarted
-from stepline.engine.steps import Step, StepKind
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.events import OutputList, ResponseEvents
@@ -36,6 +35,7 @@ from stepline.protocol.items import base_messages, chain_messages
 from stepline.protocol.request import ResponseRequest, parse_request
 from stepline.protocol.response_events import OpenResponsesView, terminal_response, wire_error
 from stepline.run.prepare import Prepared, prepare
+from stepline.steps import Step, StepKind
 from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool

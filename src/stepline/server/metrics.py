@@ -35,7 +35,7 @@ from prometheus_client import (
 
 from stepline.config import Settings
 from stepline.engine.sinks import StepObserver
-from stepline.engine.steps import Step, StepKind, StepState
+from stepline.steps import Step, StepKind, StepState
 
 __all__ = ["Metrics", "router"]
 

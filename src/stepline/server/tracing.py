@@ -53,8 +53,8 @@ from opentelemetry.util.types import AttributeValue
 
 from stepline.config import AgentToolConfig, Settings, TracingConfig
 from stepline.engine.sinks import StepObserver
-from stepline.engine.steps import Step, StepState, call_arguments, call_name
 from stepline.errors import ConfigError
+from stepline.steps import Step, StepState, call_arguments, call_name
 from stepline.store.base import ResponseRecord
 from stepline.upstream.routing import UpstreamTarget
 

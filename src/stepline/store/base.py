@@ -43,7 +43,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stepline.engine.steps import NewStep, Step, StepState
+from stepline.steps import NewStep, Step, StepState
 from stepline.store.notify import EventWatch
 
 if TYPE_CHECKING:  # listing.py builds on this module's types

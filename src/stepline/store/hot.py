@@ -36,8 +36,8 @@ from typing import Any
 
 import orjson
 
-from stepline.engine.steps import NewStep, Step, StepKind, StepState
 from stepline.errors import StoreError
+from stepline.steps import NewStep, Step, StepKind, StepState
 from stepline.store.base import (
     TERMINAL_STATUSES,
     Appended,

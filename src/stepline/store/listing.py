@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stepline.engine.steps import Step, StepKind, StepState
+from stepline.steps import Step, StepKind, StepState
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 from stepline.store.schema import responses, steps
 

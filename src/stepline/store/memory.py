@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
+from stepline.steps import NewStep, Step, StepState
 from stepline.store.base import (
     TERMINAL_STATUSES,
     Appended,

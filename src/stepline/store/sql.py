@@ -33,8 +33,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from stepline.engine.steps import NewStep, Step, StepState
 from stepline.errors import StoreError
+from stepline.steps import NewStep, Step, StepState
 from stepline.store import conversations, hot, listing
 from stepline.store.base import (
     TERMINAL_STATUSES,

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from stepline.engine.steps import StepState
+from stepline.steps import StepState
 from stepline.store.base import ResponseRecord
 from stepline.store.schema import events, items, responses, steps
 

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stepline.engine.steps import StepKind
+from stepline.steps import StepKind
 from stepline.store.base import TERMINAL_STATUSES
 from stepline.store.schema import responses, steps
 from stepline.store.sql import SqlStore

@@ -26,8 +26,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from stepline.engine.steps import Step, StepKind
 from stepline.server.console.html import Html, join, render, template
+from stepline.steps import Step, StepKind
 from stepline.store.base import ResponseRecord
 from stepline.store.listing import ResponsePage, ResponseSummary, ResponseTree
 

@@ -1,5 +1,8 @@
 """The vocabulary of the loop: steps, their states, and the transition's answers.
 
+Below every package that reads them (the engine that runs steps, the store that
+keeps them, the wire that shows them), so none of those imports another for them.
+
 A response is a chain of steps. A step is one ``model_call`` (one Chat
 Completions request), one ``tool_call`` (one tool run), or one ``compaction``
 (a model call that summarises the context so far, for the calls after it). Steps of a
