@@ -11,8 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from stepline.steps import NewStep, StepKind, StepState
 from stepline.store import StepStore
-from stepline.store.base import EventRow, ResponseRecord
+from stepline.store.base import EventRow, ResponseRecord, StepEnd
 from stepline.store.notify import CHANNEL
 from tests._backends import postgres_url, store_backend
 
@@ -103,3 +104,25 @@ async def test_a_fenced_response_is_not_named(
 
     assert appended.fenced == {"resp_taken"}
     assert "resp_taken" not in listener.named()
+
+
+async def test_events_stored_with_an_end_name_their_response_too(
+    store: StepStore, connection: asyncpg.Connection
+) -> None:
+    await store.create_response(
+        ResponseRecord(id="resp_ended", created_at=1.0, status="in_progress", model="m", body={})
+    )
+    [step] = await store.record_steps(
+        "resp_ended", scope=None, steps=[NewStep(kind=StepKind.MODEL_CALL, request={})], start=True
+    )
+    listener = Listener({"resp_ended"})
+    await connection.add_listener(CHANNEL, listener.receive)
+
+    await store.append_events(
+        [event("resp_ended")],
+        ends=[StepEnd(response_id="resp_ended", step_id=step.id, state=StepState.COMPLETED)],
+    )
+    async with asyncio.timeout(10):
+        await listener.all_named.wait()
+
+    assert await store.read_events("resp_ended", after=-1, limit=10) == [event("resp_ended")]

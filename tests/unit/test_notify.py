@@ -1,21 +1,9 @@
-"""The payloads of the event notifications between processes (PostgreSQL NOTIFY)."""
+"""The payloads of the event notifications between processes (PostgreSQL NOTIFY), as a
+listener reads them (``tests/store/test_event_notifications.py`` checks what writers send)."""
 
 from __future__ import annotations
 
-from stepline.store.hot import notify_payloads
 from stepline.store.notify import EventNotifier, PgListener
-
-
-def test_many_responses_go_in_few_payloads_under_postgresqls_limit() -> None:
-    ids = [f"resp_{index:032x}" for index in range(1000)]
-
-    payloads = notify_payloads(ids)
-
-    assert len(payloads) == 5  # 1000 ids of 37 characters, 7900 bytes a payload at most
-    assert all(len(payload.encode()) < 8000 for payload in payloads)
-    assert [i for payload in payloads for i in payload.split(",")] == ids
-    assert notify_payloads(["resp_a"]) == ["resp_a"]
-    assert notify_payloads([]) == []
 
 
 def test_a_payload_wakes_the_watch_of_every_response_it_names() -> None:

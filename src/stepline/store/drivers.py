@@ -197,8 +197,7 @@ class WalCheckpointer:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._interval = interval
         self._stopping = threading.Event()
-        #: checkpoints made, and the WAL frames the last one found (for tests)
-        self.checkpoints = 0
+        #: the WAL frames the last checkpoint found
         self.last_frames = 0
         self._thread = threading.Thread(
             target=self._run, name="stepline-wal-checkpoint", daemon=True
@@ -211,7 +210,6 @@ class WalCheckpointer:
         except sqlite3.Error:
             logger.exception("WAL checkpoint failed; trying again in %.2fs", self._interval)
             return
-        self.checkpoints += 1
         self.last_frames = frames
 
     def _run(self) -> None:

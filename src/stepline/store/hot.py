@@ -66,7 +66,6 @@ __all__ = [
     "last_event_seq",
     "load_chain",
     "load_steps",
-    "notify_payloads",
     "read_events",
     "record_steps",
     "release_lease",
@@ -462,43 +461,39 @@ async def append_events(
             else:
                 results.append(await finish_response(tx, end))
         kept = [row for row in rows if row.response_id not in fenced]
-        written = [response_id for response_id in with_rows if response_id not in fenced]
         if kept and driver.postgres:
-            await tx.fetch(
-                "INSERT INTO events (response_id, seq, step_id, data)"
-                " SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])"
-                " ON CONFLICT (response_id, seq) DO NOTHING",
-                [row.response_id for row in kept],
-                [row.seq for row in kept],
-                [row.step_id for row in kept],
-                [row.data for row in kept],
-            )
+            # fenced above already: the statement writes and notifies without a fence
+            written = sorted({row.response_id for row in kept})
+            await tx.fetch(_APPEND_ROWS, *_row_columns(kept), written, None)
         elif kept:
             await tx.executemany(
                 "INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT (response_id, seq) DO NOTHING",
                 [(row.response_id, row.seq, row.step_id, row.data) for row in kept],
             )
-        if written and driver.postgres:
-            # delivered on commit to every process that LISTENs: a few notifications
-            # per transaction, not one per response (each costs every listener a wake)
-            await tx.fetch(
-                f"SELECT pg_notify('{CHANNEL}', ids) FROM unnest($1::text[]) AS ids",
-                notify_payloads(written),
-            )
     return Appended(ends=results, fenced=fenced)
 
 
-#: PostgreSQL's limit for a notification's payload is 8000 bytes
-_NOTIFY_PAYLOAD_BYTES = 7900
-#: response ids per notification in _APPEND_ROWS (each id is at most 40 bytes)
+def _row_columns(rows: Sequence[EventRow]) -> tuple[list[Any], ...]:
+    """Event rows as the four arrays ``_APPEND_ROWS`` takes first."""
+    return (
+        [row.response_id for row in rows],
+        [row.seq for row in rows],
+        [row.step_id for row in rows],
+        [row.data for row in rows],
+    )
+
+
+#: response ids per notification in _APPEND_ROWS: each id is at most 40 bytes, and a
+#: payload must stay under PostgreSQL's 8000; a few notifications per transaction, not
+#: one per response (each wakes every listening process)
 _NOTIFY_IDS = 190
 
-#: Events alone (most of a stream's writes), on PostgreSQL, in one statement, so one
-#: round trip and its own transaction: the fence's leases (``FOR KEY SHARE``: a claim's
-#: ``FOR UPDATE`` waits for the write), the rows of the responses still held, and a
-#: notification per group of those responses. $1-$4 are the rows, $5 the responses,
-#: $6 the owner (NULL: no fence).
+#: Events on PostgreSQL in one statement (events alone, most of a stream's writes, take
+#: one round trip and a transaction of their own): the fence's leases (``FOR KEY
+#: SHARE``: a claim's ``FOR UPDATE`` waits for the write), the rows of the responses
+#: still held, and a notification per group of those responses. $1-$4 are the rows,
+#: $5 the responses, $6 the owner (NULL: no fence).
 _APPEND_ROWS = f"""
 WITH held AS (
     SELECT id FROM responses
@@ -526,34 +521,9 @@ SELECT ids, pg_notify('{CHANNEL}', ids) FROM (
 async def _append_rows_postgres(
     driver: Driver, rows: Sequence[EventRow], with_rows: list[str], owner: str | None
 ) -> Appended:
-    notes = await driver.write(
-        _APPEND_ROWS,
-        [row.response_id for row in rows],
-        [row.seq for row in rows],
-        [row.step_id for row in rows],
-        [row.data for row in rows],
-        with_rows,
-        owner,
-    )
+    notes = await driver.write(_APPEND_ROWS, *_row_columns(rows), with_rows, owner)
     held = {response_id for note in notes for response_id in note[0].split(",")}
     return Appended(ends=[], fenced=frozenset(with_rows) - held)
-
-
-def notify_payloads(response_ids: Sequence[str]) -> list[str]:
-    """The response ids as comma-separated payloads, each under PostgreSQL's limit
-    (ids hold no comma)."""
-    payloads: list[str] = []
-    current: list[str] = []
-    size = 0
-    for response_id in response_ids:
-        if current and size + len(response_id) + 1 > _NOTIFY_PAYLOAD_BYTES:
-            payloads.append(",".join(current))
-            current, size = [], 0
-        current.append(response_id)
-        size += len(response_id) + 1
-    if current:
-        payloads.append(",".join(current))
-    return payloads
 
 
 _EVENT_COLUMNS = "response_id, seq, step_id, data"
