@@ -139,7 +139,9 @@ async def test_a_streamed_model_call_stores_its_events_and_ends_once(
     assert "response.completed" in reply.text
     assert store.writes[:2] == ["create", "record 1"]
     assert store.writes[-1] == "events+SR"
-    assert all(write == "events" for write in store.writes[2:-1])
+    # the first events are stored before the stream goes on (its client reads them)
+    between = store.writes[2:-1]
+    assert between and all(write == "events" for write in between)
 
 
 async def test_a_client_tool_call_ends_with_the_response(
