@@ -538,6 +538,52 @@ async def test_append_events_with_an_owner_writes_only_the_responses_it_holds(
     assert await store.last_event_seq("resp_1") == 1
 
 
+async def test_a_response_end_with_its_events_happens_once_with_its_items(
+    store: StepStore,
+) -> None:
+    """A response's end stored with events (as a run stores it) finishes it once: a
+    later end is refused, with none of its items or step ends."""
+    await store.create_response(make_record("resp_1", key_id="key_a"))
+    step = await started(store, "resp_1")
+    kept = {"id": "msg_1", "type": "message"}
+    first = await store.append_events(
+        [event("resp_1", 0, step_id=step.id)],
+        ends=[
+            StepEnd(response_id="resp_1", step_id=step.id, state=StepState.COMPLETED),
+            ResponseEnd(
+                response_id="resp_1",
+                status="completed",
+                result={"n": 1},
+                completed_at=1.0,
+                items=[kept],
+            ),
+        ],
+    )
+    late = await store.append_events(
+        [event("resp_1", 1)],
+        ends=[
+            StepEnd(response_id="resp_1", step_id=step.id, state=StepState.FAILED),
+            ResponseEnd(
+                response_id="resp_1",
+                status="failed",
+                result={"n": 2},
+                completed_at=2.0,
+                items=[{"id": "msg_late", "type": "message"}],
+            ),
+        ],
+    )
+
+    finished, ended = first.ends
+    assert isinstance(finished, Step) and finished.state is StepState.COMPLETED
+    assert ended is True
+    assert late.ends == [None, False]
+    stored = await store.get_response("resp_1")
+    assert stored is not None and (stored.status, stored.result) == ("completed", {"n": 1})
+    assert await store.find_items(["msg_1", "msg_late"], key_id="key_a") == {"msg_1": kept}
+    [step_now] = await store.load_steps("resp_1")
+    assert step_now.state is StepState.COMPLETED
+
+
 async def test_events_alone_with_an_owner_are_written_only_for_the_responses_it_holds(
     store: StepStore,
 ) -> None:

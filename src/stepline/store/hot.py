@@ -17,7 +17,11 @@ Invariants (the :class:`~stepline.store.base.StepStore` contract, and):
   transaction that writes (``FOR KEY SHARE``, in id order, as the renewal
   locks them, so the two never deadlock): a claim by another process (its
   ``FOR UPDATE``) waits for the write, or skips the response, and reads every
-  row of it. Events alone go to PostgreSQL in one statement (one round trip).
+  row of it.
+* On PostgreSQL the writes of a running response are one statement each (one
+  round trip, no ``BEGIN``/``COMMIT`` of their own): a response with its first
+  steps, events alone, and events with the ends of steps and responses (a
+  conversation's items, rare, take a transaction).
 * ``claim_expired`` is one ``UPDATE`` over a ``FOR UPDATE SKIP LOCKED``
   subquery, so two claimers never take the same response.
 * A conversation's items are appended (by a client, or by a response's end
@@ -84,6 +88,12 @@ _STEP_COLUMNS = (
     "id, response_id, scope, previous_step_id, sequence, kind, state, request, response,"
     " error, call_id, attempt, created_at, started_at, finished_at"
 )
+#: NULLs for the step columns after the id, typed, for the rows of _APPEND_ENDS that are
+#: not steps
+_NO_STEP = (
+    "NULL::text, NULL::text, NULL::text, NULL::int, NULL::text, NULL::text, NULL::text,"
+    " NULL::text, NULL::text, NULL::text, NULL::int, NULL::float8, NULL::float8, NULL::float8"
+)
 _NOT_TERMINAL = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)))
 _LIVE_STEP = f"state IN ('{StepState.PENDING.value}', '{StepState.PROCESSING.value}')"
 
@@ -149,7 +159,8 @@ def _for(driver: Tx, lock: str) -> str:
 async def create_response(
     driver: Driver, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
 ) -> list[Step]:
-    """The response, and its first ``steps`` recorded started, in one transaction."""
+    """The response, and its first ``steps`` recorded started, in one transaction (one
+    statement, one round trip, on PostgreSQL)."""
     sql, args = _insert_response(record)
     if not steps:
         await driver.write(sql, *args)
@@ -157,6 +168,9 @@ async def create_response(
     recorded = new_steps(
         record.id, scope=None, previous_step_id=None, last_sequence=0, steps=steps, start=True
     )
+    if driver.postgres:
+        await driver.write(_CREATE_WITH_STEPS, *args, *_step_columns(recorded))
+        return recorded
     async with driver.transaction() as tx:
         await tx.fetch(sql, *args)
         await _insert_steps(tx, recorded)
@@ -328,31 +342,56 @@ async def record_steps(
     return recorded
 
 
+def _step_values(step: Step) -> tuple[Any, ...]:
+    """A step as the values of ``_STEP_COLUMNS``."""
+    return (
+        step.id,
+        step.response_id,
+        step.scope,
+        step.previous_step_id,
+        step.sequence,
+        step.kind.value,
+        step.state.value,
+        _dump(step.request),
+        _dump(step.response),
+        _dump(step.error),
+        step.call_id,
+        step.attempt,
+        step.created_at,
+        step.started_at,
+        step.finished_at,
+    )
+
+
 async def _insert_steps(tx: Tx, recorded: Sequence[Step]) -> None:
     await tx.executemany(
         f"INSERT INTO steps ({_STEP_COLUMNS}) VALUES"
         " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        [
-            (
-                step.id,
-                step.response_id,
-                step.scope,
-                step.previous_step_id,
-                step.sequence,
-                step.kind.value,
-                step.state.value,
-                _dump(step.request),
-                _dump(step.response),
-                _dump(step.error),
-                step.call_id,
-                step.attempt,
-                step.created_at,
-                step.started_at,
-                step.finished_at,
-            )
-            for step in recorded
-        ],
+        [_step_values(step) for step in recorded],
     )
+
+
+def _step_columns(recorded: Sequence[Step]) -> list[list[Any]]:
+    """Steps as one array per column of ``_STEP_COLUMNS`` (for ``unnest``)."""
+    return [list(column) for column in zip(*(_step_values(step) for step in recorded), strict=True)]
+
+
+#: the types of ``_STEP_COLUMNS`` as PostgreSQL arrays, for ``unnest``
+_STEP_ARRAYS = (
+    "text[]", "text[]", "text[]", "text[]", "int[]", "text[]", "text[]", "text[]", "text[]",
+    "text[]", "text[]", "int[]", "float8[]", "float8[]", "float8[]",
+)  # fmt: skip
+
+#: a response and its first steps on PostgreSQL in one statement: $1-$13 the response
+#: (as ``_insert_response``), $14-$28 the steps' columns
+_CREATE_WITH_STEPS = f"""
+WITH response AS (
+    INSERT INTO responses ({_RESPONSE_COLUMNS})
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+)
+INSERT INTO steps ({_STEP_COLUMNS})
+SELECT * FROM unnest({", ".join(f"${14 + n}::{kind}" for n, kind in enumerate(_STEP_ARRAYS))})
+"""
 
 
 async def start_step(driver: Driver, step_id: str) -> Step:
@@ -433,6 +472,10 @@ async def append_events(
     touched = sorted({*with_rows, *(end.response_id for end in ends)})
     if driver.postgres and rows and not ends:
         return await _append_rows_postgres(driver, rows, with_rows, owner)
+    if driver.postgres and not any(
+        isinstance(end, ResponseEnd) and end.conversation_id is not None for end in ends
+    ):
+        return await _append_ends_postgres(driver, rows, ends, touched, owner, now)
     async with driver.transaction() as tx:
         fenced: frozenset[str] = frozenset()
         if owner is not None:
@@ -524,6 +567,113 @@ async def _append_rows_postgres(
     notes = await driver.write(_APPEND_ROWS, *_row_columns(rows), with_rows, owner)
     held = {response_id for note in notes for response_id in note[0].split(",")}
     return Appended(ends=[], fenced=frozenset(with_rows) - held)
+
+
+#: Rows and ends on PostgreSQL in one statement (a step's or a response's end, with the
+#: events that announce it, costs one round trip): the fence as in ``_APPEND_ROWS``
+#: ($5 the responses touched, $6 the owner), the step ends ($7-$11) of the responses
+#: still held, their response ends ($12-$15) and those responses' items ($16-$19), the
+#: event rows ($1-$4) and their notifications. Every data-modifying part runs whether
+#: or not it is read; the result is one row per held response ("k"), finished step
+#: ("s", its columns) and finished response ("r"), and the notifications ("n").
+_APPEND_ENDS = f"""
+WITH held AS (
+    SELECT id FROM responses
+    WHERE $6::text IS NOT NULL AND id = ANY($5::text[]) AND owner = $6
+    ORDER BY id FOR KEY SHARE
+), kept AS (
+    SELECT id FROM unnest($5::text[]) AS id
+    WHERE $6::text IS NULL OR id IN (SELECT id FROM held)
+), step_ends AS (
+    UPDATE steps AS s
+    SET state = e.state, response = e.response, error = e.error, finished_at = e.finished_at
+    FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::float8[])
+        AS e(id, state, response, error, finished_at)
+    WHERE s.id = e.id AND s.state = '{StepState.PROCESSING.value}'
+        AND s.response_id IN (SELECT id FROM kept)
+    RETURNING {", ".join(f"s.{column.strip()}" for column in _STEP_COLUMNS.split(","))}
+), response_ends AS (
+    UPDATE responses AS r
+    SET status = e.status, result = e.result, completed_at = e.completed_at, owner = NULL,
+        lease_expires_at = NULL
+    FROM unnest($12::text[], $13::text[], $14::text[], $15::float8[])
+        AS e(id, status, result, completed_at)
+    WHERE r.id = e.id AND r.{_NOT_TERMINAL} AND r.id IN (SELECT id FROM kept)
+    RETURNING r.id
+), kept_items AS (
+    INSERT INTO items (response_id, position, id, data)
+    SELECT i.response_id, i.position, i.id, i.data
+    FROM unnest($16::text[], $17::int[], $18::text[], $19::text[])
+        AS i(response_id, position, id, data)
+    WHERE i.response_id IN (SELECT id FROM response_ends)
+), written AS (
+    INSERT INTO events (response_id, seq, step_id, data)
+    SELECT e.response_id, e.seq, e.step_id, e.data
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])
+        AS e(response_id, seq, step_id, data)
+    WHERE e.response_id IN (SELECT id FROM kept)
+    ON CONFLICT (response_id, seq) DO NOTHING
+)
+SELECT 'k', id, {_NO_STEP} FROM kept
+UNION ALL SELECT 's', * FROM step_ends
+UNION ALL SELECT 'r', id, {_NO_STEP} FROM response_ends
+UNION ALL SELECT 'n', pg_notify('{CHANNEL}', ids)::text, {_NO_STEP} FROM (
+    SELECT string_agg(id, ',' ORDER BY id) AS ids
+    FROM (
+        SELECT id, (row_number() OVER (ORDER BY id) - 1) / {_NOTIFY_IDS} AS part
+        FROM kept WHERE id = ANY($1::text[])
+    ) AS k
+    GROUP BY part
+) AS notes
+"""
+
+
+async def _append_ends_postgres(
+    driver: Driver,
+    rows: Sequence[EventRow],
+    ends: Sequence[StepEnd | ResponseEnd],
+    touched: list[str],
+    owner: str | None,
+    now: float,
+) -> Appended:
+    step_ends = [end for end in ends if isinstance(end, StepEnd)]
+    response_ends = [end for end in ends if isinstance(end, ResponseEnd)]
+    for response_end in response_ends:
+        if response_end.status not in TERMINAL_STATUSES:
+            raise ValueError(f"{response_end.status!r} is not a terminal status")
+    for step_end in step_ends:
+        if not step_end.state.terminal:
+            raise ValueError(f"a step end needs a terminal state, not {step_end.state.value!r}")
+    items = [
+        (end.response_id, position, item["id"], _dump(item))
+        for end in response_ends
+        for position, item in enumerate(end.items)
+        if item.get("id")
+    ]
+    found = await driver.write(
+        _APPEND_ENDS,
+        *_row_columns(rows),
+        touched,
+        owner,
+        [end.step_id for end in step_ends],
+        [end.state.value for end in step_ends],
+        [_dump(end.response) for end in step_ends],
+        [_dump(end.error) for end in step_ends],
+        [now if end.finished_at is None else end.finished_at for end in step_ends],
+        [end.response_id for end in response_ends],
+        [end.status for end in response_ends],
+        [_dump(end.result) for end in response_ends],
+        [end.completed_at for end in response_ends],
+        *([list(column) for column in zip(*items, strict=True)] if items else [[], [], [], []]),
+    )
+    kept = {row[1] for row in found if row[0] == "k"}
+    finished_steps = {row[1]: _step(tuple(row)[1:]) for row in found if row[0] == "s"}
+    finished = {row[1] for row in found if row[0] == "r"}
+    results: list[EndResult] = [
+        finished_steps.get(end.step_id) if isinstance(end, StepEnd) else end.response_id in finished
+        for end in ends
+    ]
+    return Appended(ends=results, fenced=frozenset(touched) - kept)
 
 
 _EVENT_COLUMNS = "response_id, seq, step_id, data"
