@@ -2,8 +2,10 @@
 
 A plain response's client reads only its end: its events wait in memory and
 go with its steps' ends, and the last model call's end goes with the
-response's, so one model call costs three writes (the response, its first
-step, and everything else). A streamed response stores its events as they
+response's, and the response itself is stored with its first step, so one
+model call costs two writes (the response with its first step, and everything
+else). A streamed response is stored first (a client reads it at once) and
+stores its events as they
 come (a client reads them), but its last step's end still goes with the
 response's. A step whose end a later step depends on is stored before that
 step starts.
@@ -11,6 +13,7 @@ step starts.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -34,16 +37,25 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class CountingStore(MemoryStore):
-    """A MemoryStore that notes each write a response makes, in order."""
+    """A MemoryStore that notes each write a response makes, in order.
+
+    With ``gate`` set, creating a response waits for it (``creating`` is set
+    once a creation waits), to hold a run at that point."""
 
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.creating = asyncio.Event()
+        self.app: Starlette | None = None
 
     async def create_response(
         self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
     ) -> list[Step]:
         self.writes.append(f"create+{len(steps)} steps" if steps else "create")
+        if self.gate is not None:
+            self.creating.set()
+            await self.gate.wait()
         return await super().create_response(record, steps=steps)
 
     async def record_steps(
@@ -102,8 +114,9 @@ async def server() -> AsyncIterator[tuple[httpx.AsyncClient, CountingStore]]:
             }
         )
         store = CountingStore()
+        store.app = create_app(settings, store=store, allow_anonymous=True)
         async with (
-            serve_app(create_app(settings, store=store, allow_anonymous=True)) as url,
+            serve_app(store.app) as url,
             httpx.AsyncClient(base_url=url, timeout=30) as client,
         ):
             yield client, store
@@ -115,7 +128,7 @@ async def _create(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Resp
     return reply
 
 
-async def test_a_plain_model_call_is_three_writes(
+async def test_a_plain_model_call_is_two_writes(
     server: tuple[httpx.AsyncClient, CountingStore],
 ) -> None:
     client, store = server
@@ -124,9 +137,29 @@ async def test_a_plain_model_call_is_three_writes(
 
     [message] = reply.json()["output"]
     assert (reply.json()["status"], message["content"][0]["text"]) == ("completed", "forty-two")
-    assert store.writes == ["create", "record 1", "events+SR"]
+    assert store.writes == ["create+1 steps", "events+SR"]
     stored = await client.get(f"/v1/responses/{reply.json()['id']}")
     assert stored.json() == reply.json()
+
+
+async def test_the_lease_keeper_leaves_a_run_that_has_not_stored_its_response_yet(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    """A plain request's run stores the response with its first step: a renewal in
+    between finds no row to renew, and must not take that for a lost lease."""
+    client, store = server
+    store.gate = asyncio.Event()
+    reply = asyncio.create_task(_create(client, {"model": "one", "input": "the answer?"}))
+    await asyncio.wait_for(store.creating.wait(), 10)
+    assert store.app is not None
+    runner = store.app.state.runner
+    [running] = list(runner.tasks)
+    assert await store.get_response(running) is None
+
+    await runner.renew()
+    store.gate.set()
+
+    assert (await reply).json()["status"] == "completed"
 
 
 async def test_a_streamed_model_call_stores_its_events_and_ends_once(
@@ -154,7 +187,7 @@ async def test_a_client_tool_call_ends_with_the_response(
     reply = await _create(client, {"model": "two", "input": "add", "tools": [tool]})
 
     assert [item["type"] for item in reply.json()["output"]] == ["function_call"]
-    assert store.writes == ["create", "record 1", "events+SR"]
+    assert store.writes == ["create+1 steps", "events+SR"]
 
 
 async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
@@ -168,8 +201,7 @@ async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
     types = [item["type"] for item in reply.json()["output"]]
     assert (reply.json()["status"], types) == ("completed", ["mcp_call", "message"])
     assert store.writes == [
-        "create",
-        "record 1",
+        "create+1 steps",
         "events+S",  # the model call that asked for the tool
         "record 1",
         "start",

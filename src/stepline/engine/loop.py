@@ -89,7 +89,7 @@ from stepline.steps import (
     StepState,
     ToolCallResult,
 )
-from stepline.store.base import StepEnd, StepStore
+from stepline.store.base import ResponseRecord, StepEnd, StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
@@ -260,6 +260,9 @@ class ScopeLoop:
     item_options: ItemOptions = field(default_factory=ItemOptions)
     #: steps that ended in memory, their ends stored with the response's (see _finish)
     deferred: list[Step] = field(default_factory=list)
+    #: the response's record while it is not stored yet (a plain request's): the loop
+    #: stores it with its first steps, one write, and sets this to None
+    creating: ResponseRecord | None = None
     _chain: dict[str, Step] = field(default_factory=dict)
     _failing_fast: bool = False
 
@@ -288,14 +291,21 @@ class ScopeLoop:
                 and self.engine.draining
                 and isinstance(action, AppendSteps | RunSteps)
             ):
-                # a sub-agent is part of its running step and finishes with it
+                # a sub-agent is part of its running step and finishes with it; the
+                # response is stored first, for the process that goes on with it
+                await self.store_record()
                 raise LoopDrained(self.response_id)
             if isinstance(action, AppendSteps):
                 # a model call runs at once: record it started, one write instead of two
                 runs_at_once = all(new.kind is not StepKind.TOOL_CALL for new in action.steps)
-                recorded = await store.record_steps(
-                    self.response_id, scope=self.scope, steps=action.steps, start=runs_at_once
-                )
+                if self.creating is not None and runs_at_once:
+                    creating, self.creating = self.creating, None
+                    recorded = await store.create_response(creating, steps=action.steps)
+                else:
+                    await self.store_record()
+                    recorded = await store.record_steps(
+                        self.response_id, scope=self.scope, steps=action.steps, start=runs_at_once
+                    )
                 self._chain.update((step.id, step) for step in recorded)
                 await self._run_steps(recorded, started=runs_at_once)
             elif isinstance(action, RunSteps):
@@ -321,6 +331,12 @@ class ScopeLoop:
                         status=action.details.get("status"),
                     ),
                 )
+
+    async def store_record(self) -> None:
+        """Store the response's record if the loop still holds it (see ``creating``)."""
+        if self.creating is not None:
+            creating, self.creating = self.creating, None
+            await self.engine.store.create_response(creating)
 
     def _stop_reason(self) -> str | None:
         """The first stop policy that fires, once a step has run since the last check."""

@@ -60,6 +60,7 @@ async def run_response(
     stops: tuple[StopPolicy, ...] = (),
     tools: Sequence[str] | None = None,
     fresh: bool = False,
+    create: bool = False,
     request: ResponseRequest | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a stored response to its terminal state; return the response object.
@@ -71,7 +72,9 @@ async def run_response(
     ends the response ``incomplete`` with its name as the reason. ``tools``
     names the server tools of the top level (default: the model route's).
     ``fresh`` says the response was just created here, so nothing is stored
-    for it yet but its record.
+    for it yet but its record. ``create`` (fresh, with a held log: nothing is
+    written before the first step) says not even the record is stored yet:
+    the run stores it with its first steps, in one write.
     """
     store = engine.store
     if request is None:
@@ -96,6 +99,8 @@ async def run_response(
     transcript: list[dict[str, Any]] = []
     #: the steps whose ends the loop left to the response's end (still running, stored)
     deferred: list[Step] = []
+    #: the loop that stores the record, while it is not stored (see ``create``)
+    unstored: ScopeLoop | None = None
     if engine.sink.run_events:
         engine.sink.emit(RunStarted(response_id=record.id, resumed=not fresh))
     engine.sink.emit(ResponseStarted(record=record, resumed=not fresh))
@@ -153,8 +158,10 @@ async def run_response(
                 listings=listings,
                 chain=chain,
                 key_tools=prepared.key_tools,
+                creating=record if create else None,
             )
             deferred = loop.deferred
+            unstored = loop
             outcome = await loop.run()
     except (StoreError, LoopDrained):
         raise
@@ -173,6 +180,10 @@ async def run_response(
             stop_reason="error",
             failure=Failure(code="server_error", message=f"internal error: {type(exc).__name__}"),
         )
+    if unstored is not None:
+        await unstored.store_record()  # the run ended before it recorded a step
+    elif create:
+        await store.create_response(record)  # ...or before its loop began
     return await _finish_response(engine, record, request, outcome, view, transcript, deferred)
 
 

@@ -234,13 +234,17 @@ async def accept_response(
     reasoning_events: str | None = None,
     history_inline: bool = False,
     trace_context: dict[str, str] | None = None,
+    result_only: bool = False,
 ) -> Accepted:
     """Validate a create body, store the response and launch its loop: every transport's
     way in (the HTTP route, the WebSocket). ``reasoning_events`` is the request's
     ``Stepline-Reasoning-Events`` choice; ``history_inline`` says the transport put the
     conversation ``previous_response_id`` names into ``input`` (a WebSocket's memory);
     ``trace_context`` is the client's W3C ``traceparent``, stored with the body.
-    A client never sets these itself: ``stepline:`` fields it sends are dropped."""
+    A client never sets these itself: ``stepline:`` fields it sends are dropped.
+    ``result_only``: the caller reads nothing of the response but its result (a
+    plain HTTP request), so a request neither streamed nor in the background
+    is stored by its run, with its first step (one write less)."""
     data = {key: value for key, value in data.items() if not key.startswith("stepline:")}
     if not runner.accepting:
         raise Unavailable("server is shutting down")
@@ -282,10 +286,12 @@ async def accept_response(
         lease_expires_at=runner.lease_expiry(),
         key_id=caller.key_id,
     )
+    stored_by_run = result_only and not (parsed.stream or parsed.background)
     try:
-        await runner.engine.store.create_response(record)
+        if not stored_by_run:
+            await runner.engine.store.create_response(record)
         response_id_var.set(record.id)  # the loop's task inherits it, for its log lines
-        task = runner.launch(record, request=parsed)
+        task = runner.launch(record, request=parsed, stored=not stored_by_run)
     except BaseException:
         release()
         raise
@@ -317,6 +323,7 @@ async def create_response(request: Request) -> Response:
         caller_of(request),
         reasoning_events=request.headers.get("stepline-reasoning-events"),
         trace_context=client_trace_context(request.headers),
+        result_only=True,
     )
     record, parsed = accepted.record, accepted.request
     if parsed.stream:

@@ -68,19 +68,24 @@ class Runner:
         *,
         resume_from: int | None = None,
         request: ResponseRequest | None = None,
+        stored: bool = True,
     ) -> asyncio.Task[dict[str, Any]]:
         """Run a stored response's loop in this process (its lease is already ours).
 
         ``resume_from`` is the next event sequence of a response resumed here;
         None means the response was just created, and ``request`` is its body
-        as the route parsed it.
+        as the route parsed it. ``stored=False``: the record is not stored yet
+        (a plain request's, whose client reads only the end): the run stores it
+        with its first step.
         """
         # a plain request's client reads only the end: its events go with its steps' ends
         plain = request is not None and not (request.stream or request.background)
+        if not stored and not plain:
+            raise ValueError("only a plain request's run may store its own record")
         log = EventLog(record.id, self.writer, first_seq=resume_from or 0, held=plain)
         self.logs[record.id] = log
         task = asyncio.get_running_loop().create_task(
-            self._run(record, log, fresh=resume_from is None, request=request),
+            self._run(record, log, fresh=resume_from is None, create=not stored, request=request),
             name=f"stepline-response-{record.id}",
         )
         self.tasks[record.id] = task
@@ -92,11 +97,14 @@ class Runner:
         log: EventLog,
         *,
         fresh: bool,
+        create: bool,
         request: ResponseRequest | None,
     ) -> dict[str, Any]:
         store = self.engine.store
         try:
-            return await run_response(self.engine, record, log, fresh=fresh, request=request)
+            return await run_response(
+                self.engine, record, log, fresh=fresh, create=create, request=request
+            )
         except LeaseLost:
             # another process took the response over (this one was too slow to renew):
             # it goes on there; whoever waits here gets what it finishes with
@@ -175,12 +183,18 @@ class Runner:
         running = list(self.tasks)
         if not running:
             return
-        held = await self.engine.store.renew_leases(
-            self.owner, running, expires_at=self.lease_expiry()
-        )
+        store = self.engine.store
+        held = await store.renew_leases(self.owner, running, expires_at=self.lease_expiry())
         for response_id in running:
             task = self.tasks.get(response_id)
-            if response_id not in held and task is not None:
+            if response_id in held or task is None:
+                continue
+            # not renewed: lost, unless it is not stored yet (a plain request's run stores
+            # it with its first step), or was stored as ours just after the renewal read
+            current = await store.get_response(response_id)
+            if current is None or current.owner == self.owner:
+                continue
+            if self.tasks.get(response_id) is task:  # still running, after the read
                 logger.warning("lease of %s lost; stopping its loop here", response_id)
                 self._lost.add(response_id)
                 task.cancel()

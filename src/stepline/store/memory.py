@@ -130,9 +130,7 @@ class MemoryStore:
             raise StoreError(f"response {record.id!r} already exists")
         self._responses[record.id] = _copy_record(record)
         self._steps[record.id] = []
-        if not steps:
-            return []
-        return await self.record_steps(record.id, scope=None, steps=steps, start=True)
+        return self._record_steps(record.id, scope=None, steps=steps, start=True)
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
         record = self._responses.get(response_id)
@@ -204,6 +202,12 @@ class MemoryStore:
     async def record_steps(
         self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool = False
     ) -> list[Step]:
+        return self._record_steps(response_id, scope=scope, steps=steps, start=start)
+
+    def _record_steps(
+        self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool
+    ) -> list[Step]:
+        """record_steps, for create_response too (one write, as a subclass counts it)."""
         if not steps:
             return []
         if response_id not in self._responses:
