@@ -85,11 +85,18 @@ async def _lookup(request: Request) -> Response:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[httpx.AsyncClient, CountingStore]]:
+async def server(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[httpx.AsyncClient, CountingStore]]:
+    """The server; ``request.param``, when given, is its ``limits.tool_concurrency``."""
     model = ScriptedModel(demo_token_delay=0)
     model.register("one", Script.from_dict({"turns": [{"content": "forty-two"}]}))
-    for name, tool in (("two", "add"), ("looker", "lookup")):
-        calls = [{"name": tool, "arguments": {}}]
+    for name, tool, count in (
+        ("two", "add", 1),
+        ("looker", "lookup", 1),
+        ("looker-twice", "lookup", 2),
+    ):
+        calls = [{"name": tool, "arguments": {"n": n}} for n in range(count)]
         model.register(
             name, Script.from_dict({"turns": [{"tool_calls": calls}, {"content": "done"}]})
         )
@@ -102,7 +109,11 @@ async def server() -> AsyncIterator[tuple[httpx.AsyncClient, CountingStore]]:
             {
                 "upstreams": {"u": {"base_url": f"{upstream}/v1"}},
                 "default_model": {"upstream": "u"},
-                "models": [{"name": "looker", "upstream": "u", "tools": ["lookup"]}],
+                "models": [
+                    {"name": name, "upstream": "u", "tools": ["lookup"]}
+                    for name in ("looker", "looker-twice")
+                ],
+                "limits": {"tool_concurrency": getattr(request, "param", 8)},
                 "tools": {
                     "lookup": {
                         "type": "http",
@@ -203,9 +214,33 @@ async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
     assert store.writes == [
         "create+1 steps",
         "events+S",  # the model call that asked for the tool
-        "record 1",
-        "start",
+        "record 1",  # the tool call, recorded started: it runs at once
         "events+S",  # the tool call
         "record 1",
         "events+SR",  # the last model call, with the response
+    ]
+
+
+@pytest.mark.parametrize("server", [1], indirect=True)
+async def test_tool_calls_beyond_the_concurrency_limit_are_started_as_they_run(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    """Two calls, one at a time (``tool_concurrency = 1``): the second waits, so
+    neither is recorded started; each is started when it runs."""
+    client, store = server
+
+    reply = await _create(client, {"model": "looker-twice", "input": "look both up"})
+
+    types = [item["type"] for item in reply.json()["output"]]
+    assert (reply.json()["status"], types) == ("completed", ["mcp_call", "mcp_call", "message"])
+    assert store.writes == [
+        "create+1 steps",
+        "events+S",
+        "record 2",
+        "start",
+        "events+S",
+        "start",
+        "events+S",
+        "record 1",
+        "events+SR",
     ]

@@ -296,8 +296,13 @@ class ScopeLoop:
                 await self.store_record()
                 raise LoopDrained(self.response_id)
             if isinstance(action, AppendSteps):
-                # a model call runs at once: record it started, one write instead of two
-                runs_at_once = all(new.kind is not StepKind.TOOL_CALL for new in action.steps)
+                # steps that run at once are recorded started, one write instead of two:
+                # a model call, or a fan-out of tool calls within the concurrency limit
+                calls = sum(1 for new in action.steps if new.kind is StepKind.TOOL_CALL)
+                runs_at_once = calls <= self.engine.limits.tool_concurrency and calls in (
+                    0,
+                    len(action.steps),
+                )
                 if self.creating is not None and runs_at_once:
                     creating, self.creating = self.creating, None
                     recorded = await store.create_response(creating, steps=action.steps)
@@ -380,7 +385,7 @@ class ScopeLoop:
 
         async def bounded(step: Step) -> None:
             async with limit:
-                done = await self._run_tool_call(step)
+                done = await self._run_tool_call(step, started=started)
                 if done is not None:
                     self.engine.sink.emit(StepEnded(step=done))
                 await self._record(done)
@@ -677,8 +682,9 @@ class ScopeLoop:
 
     # -- tool calls --------------------------------------------------------
 
-    async def _run_tool_call(self, step: Step) -> Step | None:
-        step = await self.engine.store.start_step(step.id)
+    async def _run_tool_call(self, step: Step, *, started: bool = False) -> Step | None:
+        if not started:
+            step = await self.engine.store.start_step(step.id)
         assert step.call_id is not None
         self.engine.sink.emit(ToolCallRunning(step=step))
         self._tap(
