@@ -22,7 +22,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from stepline.engine.conversation import approvals, conversation_items, load_conversation
+from stepline.engine.conversation import (
+    Conversation,
+    approvals,
+    conversation_items,
+    load_conversation,
+)
 from stepline.engine.event_log import EventLog
 from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
 from stepline.engine.policies import StopPolicy
@@ -62,11 +67,16 @@ async def run_response(
     fresh: bool = False,
     create: bool = False,
     request: ResponseRequest | None = None,
+    prepared: Prepared | None = None,
+    conversation: Conversation | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a stored response to its terminal state; return the response object.
 
     ``request`` is the record's body as the route that accepted it parsed it
     (so a fresh run does not parse it again); left out, the body is parsed.
+    ``prepared`` and ``conversation``, the route's preparation of that request
+    and the conversation it continues, are taken as they are (a fresh run in
+    the route's process); left out, they are worked out here.
 
     ``stops`` are checked after every top-level step; the first that fires
     ends the response ``incomplete`` with its name as the reason. ``tools``
@@ -117,7 +127,8 @@ async def run_response(
             view.started(snapshot(record, request, "in_progress", []))
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
-        prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
+        if prepared is None:
+            prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
         route_target = prepared.target
         if route_target is None:
             outcome = Outcome(
@@ -129,14 +140,15 @@ async def run_response(
             )
         else:
             server_tools, listings = await offered_tools(engine, request, prepared)
-            conversation = await load_conversation(
-                store,
-                request.stored_previous_id,
-                context_for=prepared.context_for,
-                request=request,
-                cache=engine.history,
-                reading=prepared.reading,
-            )
+            if conversation is None:
+                conversation = await load_conversation(
+                    store,
+                    request.stored_previous_id,
+                    context_for=prepared.context_for,
+                    request=request,
+                    cache=engine.history,
+                    reading=prepared.reading,
+                )
             held = {request_id: call.call_id for request_id, call in conversation.held.items()}
             transcript = base_messages(request, conversation.history, held, prepared.context)
             loop = ScopeLoop(

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from stepline.config import Settings
-from stepline.engine.conversation import approvals, load_conversation
+from stepline.engine.conversation import Conversation, approvals, load_conversation
 from stepline.errors import InvalidRequest, NotFound, Unavailable
 from stepline.protocol.chat_request import forced_tool
 from stepline.protocol.items import base_messages
@@ -83,7 +83,17 @@ def _sse(request: Request, runner: Runner, response_id: str, after: int) -> Even
     )
 
 
-async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> _Notices:
+@dataclass(frozen=True, kw_only=True)
+class _Checked:
+    """A request found valid, with what checking it worked out (the run takes it over
+    instead of working it out again)."""
+
+    notices: _Notices
+    prepared: Prepared
+    conversation: Conversation
+
+
+async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) -> _Checked:
     """Refuse what would fail later: unknown model, shadowed tools, orphan tool outputs;
     and what the caller's key may not do, or may not see."""
     settings = runner.settings
@@ -136,7 +146,11 @@ async def _validate(runner: Runner, request: ResponseRequest, caller: Caller) ->
     problem = prepared.problem(transcript)
     if problem is not None:
         raise InvalidRequest(problem, param="input")
-    return _Notices(dropped_tools=prepared.dropped)
+    return _Checked(
+        notices=_Notices(dropped_tools=prepared.dropped),
+        prepared=prepared,
+        conversation=conversation,
+    )
 
 
 def _check_tool_choice(
@@ -259,8 +273,8 @@ async def accept_response(
         data["stepline:history_inline"] = True
     data = await _resolve_references(runner, data, caller)
     parsed = await pin_conversation(runner.engine.store, parse_request(data), caller)
-    notices = await _validate(runner, parsed, caller)
-    notices = dataclasses.replace(notices, ignored_fields=ignored)
+    checked = await _validate(runner, parsed, caller)
+    notices = dataclasses.replace(checked.notices, ignored_fields=ignored)
     if ignored or notices.dropped_tools:
         logger.info(
             "request to %s: ignored fields %s, dropped hosted tools %s",
@@ -291,7 +305,13 @@ async def accept_response(
         if not stored_by_run:
             await runner.engine.store.create_response(record)
         response_id_var.set(record.id)  # the loop's task inherits it, for its log lines
-        task = runner.launch(record, request=parsed, stored=not stored_by_run)
+        task = runner.launch(
+            record,
+            request=parsed,
+            stored=not stored_by_run,
+            prepared=checked.prepared,
+            conversation=checked.conversation,
+        )
     except BaseException:
         release()
         raise

@@ -20,10 +20,12 @@ import socket
 from typing import Any
 
 from stepline.config import Settings
+from stepline.engine.conversation import Conversation
 from stepline.engine.event_log import EventLog, EventWriter
 from stepline.engine.loop import Engine, LoopDrained
 from stepline.errors import LeaseLost
 from stepline.protocol.request import ResponseRequest
+from stepline.run.prepare import Prepared
 from stepline.run.response import run_response, stored_response
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord
 
@@ -69,14 +71,17 @@ class Runner:
         resume_from: int | None = None,
         request: ResponseRequest | None = None,
         stored: bool = True,
+        prepared: Prepared | None = None,
+        conversation: Conversation | None = None,
     ) -> asyncio.Task[dict[str, Any]]:
         """Run a stored response's loop in this process (its lease is already ours).
 
         ``resume_from`` is the next event sequence of a response resumed here;
         None means the response was just created, and ``request`` is its body
-        as the route parsed it. ``stored=False``: the record is not stored yet
-        (a plain request's, whose client reads only the end): the run stores it
-        with its first step.
+        as the route parsed it, ``prepared`` and ``conversation`` what the route
+        worked out of it (see :func:`~stepline.run.response.run_response`).
+        ``stored=False``: the record is not stored yet (a plain request's, whose
+        client reads only the end): the run stores it with its first step.
         """
         # a plain request's client reads only the end: its events go with its steps' ends
         plain = request is not None and not (request.stream or request.background)
@@ -85,7 +90,15 @@ class Runner:
         log = EventLog(record.id, self.writer, first_seq=resume_from or 0, held=plain)
         self.logs[record.id] = log
         task = asyncio.get_running_loop().create_task(
-            self._run(record, log, fresh=resume_from is None, create=not stored, request=request),
+            self._run(
+                record,
+                log,
+                fresh=resume_from is None,
+                create=not stored,
+                request=request,
+                prepared=prepared,
+                conversation=conversation,
+            ),
             name=f"stepline-response-{record.id}",
         )
         self.tasks[record.id] = task
@@ -99,11 +112,20 @@ class Runner:
         fresh: bool,
         create: bool,
         request: ResponseRequest | None,
+        prepared: Prepared | None,
+        conversation: Conversation | None,
     ) -> dict[str, Any]:
         store = self.engine.store
         try:
             return await run_response(
-                self.engine, record, log, fresh=fresh, create=create, request=request
+                self.engine,
+                record,
+                log,
+                fresh=fresh,
+                create=create,
+                request=request,
+                prepared=prepared,
+                conversation=conversation,
             )
         except LeaseLost:
             # another process took the response over (this one was too slow to renew):
