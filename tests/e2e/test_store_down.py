@@ -36,9 +36,13 @@ async def test_requests_fail_with_503_while_the_database_is_down() -> None:
         httpx.AsyncClient(base_url=url) as client,
     ):
         created = await client.post("/v1/responses", json={"model": "m", "input": "hi"})
+        # a stream answers once its response is stored: a 503 too, not a broken stream
+        streamed = await client.post(
+            "/v1/responses", json={"model": "m", "input": "hi", "stream": True}
+        )
         fetched = await client.get("/v1/responses/resp_1")
 
-    for reply in (created, fetched):
+    for reply in (created, streamed, fetched):
         assert reply.status_code == 503
         assert reply.headers["retry-after"] == "1"
         assert reply.json() == {

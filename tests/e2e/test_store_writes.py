@@ -1,14 +1,12 @@
 """How many writes a response costs the store, counted at the store's interface.
 
-A plain response's client reads only its end: its events wait in memory and
-go with its steps' ends, and the last model call's end goes with the
-response's, and the response itself is stored with its first step, so one
-model call costs two writes (the response with its first step, and everything
-else). A streamed response is stored first (a client reads it at once) and
-stores its events as they
-come (a client reads them), but its last step's end still goes with the
-response's. A step whose end a later step depends on is stored before that
-step starts.
+A response is stored by its run with its first step and its first events, in
+one write. A plain response's client reads only its end: its events wait in
+memory and go with its steps' ends, and the last model call's end goes with
+the response's, so one model call costs two writes. A streamed response stores
+its events as they come (a client reads them), but its last step's end still
+goes with the response's. A step whose end a later step depends on is stored
+before that step starts.
 """
 
 from __future__ import annotations
@@ -50,13 +48,19 @@ class CountingStore(MemoryStore):
         self.app: Starlette | None = None
 
     async def create_response(
-        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+        self,
+        record: ResponseRecord,
+        *,
+        steps: Sequence[NewStep] = (),
+        events: Sequence[EventRow] = (),
     ) -> list[Step]:
-        self.writes.append(f"create+{len(steps)} steps" if steps else "create")
+        with_steps = f"+{len(steps)} steps" if steps else ""
+        with_events = "+events" if events else ""
+        self.writes.append(f"create{with_steps}{with_events}")
         if self.gate is not None:
             self.creating.set()
             await self.gate.wait()
-        return await super().create_response(record, steps=steps)
+        return await super().create_response(record, steps=steps, events=events)
 
     async def record_steps(
         self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool = False
@@ -148,7 +152,7 @@ async def test_a_plain_model_call_is_two_writes(
 
     [message] = reply.json()["output"]
     assert (reply.json()["status"], message["content"][0]["text"]) == ("completed", "forty-two")
-    assert store.writes == ["create+1 steps", "events+SR"]
+    assert store.writes == ["create+1 steps+events", "events+SR"]
     stored = await client.get(f"/v1/responses/{reply.json()['id']}")
     assert stored.json() == reply.json()
 
@@ -181,10 +185,11 @@ async def test_a_streamed_model_call_stores_its_events_and_ends_once(
     reply = await _create(client, {"model": "one", "input": "the answer?", "stream": True})
 
     assert "response.completed" in reply.text
-    assert store.writes[:2] == ["create", "record 1"]
+    # the response, its first step and its first events (created, in_progress) together
+    assert store.writes[0] == "create+1 steps+events"
     assert store.writes[-1] == "events+SR"
-    # the first events are stored before the stream goes on (its client reads them)
-    between = store.writes[2:-1]
+    # the call's first events are stored before the stream goes on (its client reads them)
+    between = store.writes[1:-1]
     assert between and all(write == "events" for write in between)
 
 
@@ -198,7 +203,7 @@ async def test_a_client_tool_call_ends_with_the_response(
     reply = await _create(client, {"model": "two", "input": "add", "tools": [tool]})
 
     assert [item["type"] for item in reply.json()["output"]] == ["function_call"]
-    assert store.writes == ["create+1 steps", "events+SR"]
+    assert store.writes == ["create+1 steps+events", "events+SR"]
 
 
 async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
@@ -212,7 +217,7 @@ async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
     types = [item["type"] for item in reply.json()["output"]]
     assert (reply.json()["status"], types) == ("completed", ["mcp_call", "message"])
     assert store.writes == [
-        "create+1 steps",
+        "create+1 steps+events",
         "events+S",  # the model call that asked for the tool
         "record 1",  # the tool call, recorded started: it runs at once
         "events+S",  # the tool call
@@ -234,7 +239,7 @@ async def test_tool_calls_beyond_the_concurrency_limit_are_started_as_they_run(
     types = [item["type"] for item in reply.json()["output"]]
     assert (reply.json()["status"], types) == ("completed", ["mcp_call", "mcp_call", "message"])
     assert store.writes == [
-        "create+1 steps",
+        "create+1 steps+events",
         "events+S",
         "record 2",
         "start",

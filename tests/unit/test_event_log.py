@@ -9,10 +9,12 @@ other side did.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from stepline.engine.creation import Unstored
 from stepline.engine.event_log import EventLog, EventLogFailed, EventWriter
 from stepline.errors import LeaseLost, StoreError
 from stepline.steps import NewStep, StepKind, StepState
@@ -306,3 +308,69 @@ async def test_a_held_log_waited_on_or_closed_stores_what_it_held() -> None:
     await writer.aclose()
 
     assert [row.seq for row in await store.read_events(RESPONSE, after=-1, limit=10)] == [0, 1]
+
+
+def _record() -> ResponseRecord:
+    return ResponseRecord(id=RESPONSE, created_at=1.0, status="in_progress", model="m", body={})
+
+
+async def test_an_unstored_log_shows_nothing_until_its_response_is_stored_with_its_rows() -> None:
+    """A new response's first events wait, followed or not, and go with its record and
+    first step in one write; then the log goes on as any other."""
+    store = GatedStore()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, unstored=True)
+    log.append(_row(0))
+    log.append(_row(1))
+    follower = log.follow(-1)
+
+    async def first_batch() -> list[EventRow]:
+        return await anext(follower)
+
+    reading = asyncio.create_task(first_batch())
+    # the writer runs a batch meanwhile (another response's row): these rows stay out
+    other = EventLog("resp_other", writer)
+    other.append(EventRow(response_id="resp_other", seq=0, data=b"{}"))
+    await other.wait_durable()
+    assert not reading.done()
+    assert await store.get_response(RESPONSE) is None
+
+    [step] = await Unstored(record=_record(), log=log).store(
+        store, [NewStep(kind=StepKind.MODEL_CALL, request={"iteration": 1})]
+    )
+    first = await reading
+    log.append(_row(2))
+    second = await anext(follower)
+    log.close()
+    await writer.aclose()
+
+    assert ([row.seq for row in first], [row.seq for row in second]) == ([0, 1], [2])
+    assert [row.seq for row in await store.read_events(RESPONSE, after=-1, limit=10)] == [0, 1, 2]
+    assert [s.id for s in await store.load_steps(RESPONSE)] == [step.id]
+    assert step.state is StepState.PROCESSING
+
+
+async def test_an_unstored_log_closed_before_its_response_was_stored_fails_its_readers() -> None:
+    store = GatedStore()
+    writer = EventWriter(store)
+    log = EventLog(RESPONSE, writer, unstored=True)
+    log.append(_row(0))
+    follower = log.follow(-1)
+
+    log.close()
+
+    with pytest.raises(EventLogFailed) as failed:
+        await anext(follower)
+    assert "never stored" in str(failed.value.__cause__)
+    await writer.aclose()
+    assert await store.read_events(RESPONSE, after=-1, limit=10) == []
+
+
+async def test_a_response_stored_by_its_run_holds_its_lease_from_then() -> None:
+    store = GatedStore()
+    record = dataclasses.replace(_record(), created_at=100.0, owner="me", lease_expires_at=115.0)
+
+    await Unstored(record=record, log=None, clock=lambda: 110.0).store(store)
+
+    stored = await store.get_response(RESPONSE)
+    assert stored is not None and (stored.owner, stored.lease_expires_at) == ("me", 125.0)

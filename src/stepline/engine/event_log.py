@@ -30,6 +30,11 @@ Invariants:
   a step costs one transaction, its events and its end together. A follower,
   a commit, a wait or the close sends what is held, and a followed log holds
   nothing from then on.
+* An *unstored* log (a new response its run stores itself, with its first
+  steps) holds every row, followed or not, until :meth:`EventLog.take_unstored`
+  hands them to that write and :meth:`EventLog.stored` marks them durable;
+  a follower waits for them like any other row. Closed unstored (the record
+  was never written), it fails: there is nothing its followers could read.
 * Memory is bounded per response, not per event: the log keeps the rows not
   yet durable, those of the newest commit, and a window of older ones.
   Only durable rows leave memory, so a follower that falls behind the
@@ -95,6 +100,7 @@ class EventLog:
         first_seq: int = 0,
         window: int = WINDOW,
         held: bool = False,
+        unstored: bool = False,
     ) -> None:
         self.response_id = response_id
         self.first_seq = first_seq
@@ -107,7 +113,9 @@ class EventLog:
         self._writer = writer
         self._window = window
         self._held = held
-        #: rows of a held log not yet handed to the writer
+        #: the response is not stored yet: nothing goes to the writer (see the module)
+        self.unstored = unstored
+        #: rows of a held (or unstored) log not yet handed to the writer
         self._unsent: list[EventRow] = []
         # futures of the tasks waiting for a change, None while nobody waits: an
         # idle log costs no asyncio.Event (a deque of its own) per response
@@ -116,18 +124,37 @@ class EventLog:
     def append(self, row: EventRow) -> None:
         self.rows.append(row)
         self.appended = row.seq
-        if self._held:
+        if self._held or self.unstored:
             self._unsent.append(row)
         else:
             self._writer.submit(self, row)
 
     def _send_held(self, *, stop_holding: bool = False) -> None:
-        """Hand the held rows to the writer (and, with ``stop_holding``, hold no more)."""
+        """Hand the held rows to the writer (and, with ``stop_holding``, hold no more);
+        an unstored log's stay until the write that stores the response takes them."""
         if stop_holding:
             self._held = False
+        if self.unstored:
+            return
         unsent, self._unsent = self._unsent, []
         for row in unsent:
             self._writer.submit(self, row)
+
+    def take_unstored(self) -> list[EventRow]:
+        """The rows appended so far, for the write that stores the response with them."""
+        if not self.unstored:
+            raise RuntimeError(f"the response {self.response_id} is stored already")
+        unsent, self._unsent = self._unsent, []
+        return unsent
+
+    def stored(self, rows: Sequence[EventRow]) -> None:
+        """The response is stored, with ``rows`` (from :meth:`take_unstored`): they are
+        durable, and the log goes on as a stored response's (held, or sent as it goes)."""
+        self.unstored = False
+        if rows:
+            self.made_durable(rows[-1].seq)
+        if not self._held:
+            self._send_held()
 
     def commit(
         self, rows: Sequence[EventRow], *ends: StepEnd | ResponseEnd
@@ -139,6 +166,8 @@ class EventLog:
         log stays durable in sequence order. Cancelling the wait does not stop
         the write.
         """
+        if self.unstored:
+            raise RuntimeError(f"the response {self.response_id} is not stored yet")
         for row in rows:
             self.rows.append(row)
             self.appended = row.seq
@@ -181,11 +210,15 @@ class EventLog:
 
     def close(self) -> None:
         """No more events will be appended; followers end once they read the rest."""
+        if self.unstored and self.failure is None:
+            self.failure = EventLogFailed(f"response {self.response_id} was never stored")
         self._send_held(stop_holding=True)
         self.closed = True
         self._notify()
 
     async def wait_durable(self) -> None:
+        if self.unstored:
+            raise RuntimeError(f"the response {self.response_id} is not stored yet")
         self._send_held()
         while self.durable < self.appended:
             self._raise_failure()

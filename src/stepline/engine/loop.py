@@ -40,6 +40,7 @@ from stepline.engine.compaction import (
     summarise,
 )
 from stepline.engine.conversation import HistoryCache
+from stepline.engine.creation import Unstored
 from stepline.engine.limits import Limits
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.routes import ModelRoutes
@@ -89,7 +90,7 @@ from stepline.steps import (
     StepState,
     ToolCallResult,
 )
-from stepline.store.base import ResponseRecord, StepEnd, StepStore
+from stepline.store.base import StepEnd, StepStore
 from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
 from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
@@ -260,9 +261,9 @@ class ScopeLoop:
     item_options: ItemOptions = field(default_factory=ItemOptions)
     #: steps that ended in memory, their ends stored with the response's (see _finish)
     deferred: list[Step] = field(default_factory=list)
-    #: the response's record while it is not stored yet (a plain request's): the loop
-    #: stores it with its first steps, one write, and sets this to None
-    creating: ResponseRecord | None = None
+    #: the response, while it is not stored yet: the loop stores it with its first
+    #: steps (see :mod:`stepline.engine.creation`)
+    creating: Unstored | None = None
     _chain: dict[str, Step] = field(default_factory=dict)
     _failing_fast: bool = False
 
@@ -303,9 +304,8 @@ class ScopeLoop:
                     0,
                     len(action.steps),
                 )
-                if self.creating is not None and runs_at_once:
-                    creating, self.creating = self.creating, None
-                    recorded = await store.create_response(creating, steps=action.steps)
+                if self.creating is not None and not self.creating.done and runs_at_once:
+                    recorded = await self.creating.store(store, action.steps)
                 else:
                     await self.store_record()
                     recorded = await store.record_steps(
@@ -338,10 +338,9 @@ class ScopeLoop:
                 )
 
     async def store_record(self) -> None:
-        """Store the response's record if the loop still holds it (see ``creating``)."""
-        if self.creating is not None:
-            creating, self.creating = self.creating, None
-            await self.engine.store.create_response(creating)
+        """Store the response if it is not stored yet (see ``creating``)."""
+        if self.creating is not None and not self.creating.done:
+            await self.creating.store(self.engine.store)
 
     def _stop_reason(self) -> str | None:
         """The first stop policy that fires, once a step has run since the last check."""

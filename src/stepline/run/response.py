@@ -28,6 +28,7 @@ from stepline.engine.conversation import (
     conversation_items,
     load_conversation,
 )
+from stepline.engine.creation import Unstored
 from stepline.engine.event_log import EventLog
 from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
 from stepline.engine.policies import StopPolicy
@@ -82,9 +83,9 @@ async def run_response(
     ends the response ``incomplete`` with its name as the reason. ``tools``
     names the server tools of the top level (default: the model route's).
     ``fresh`` says the response was just created here, so nothing is stored
-    for it yet but its record. ``create`` (fresh, with a held log: nothing is
-    written before the first step) says not even the record is stored yet:
-    the run stores it with its first steps, in one write.
+    for it yet but its record. ``create`` (fresh, with an unstored log) says
+    not even the record is stored yet: the run stores it with its first steps
+    and events, in one write (:mod:`stepline.engine.creation`).
     """
     store = engine.store
     if request is None:
@@ -109,8 +110,7 @@ async def run_response(
     transcript: list[dict[str, Any]] = []
     #: the steps whose ends the loop left to the response's end (still running, stored)
     deferred: list[Step] = []
-    #: the loop that stores the record, while it is not stored (see ``create``)
-    unstored: ScopeLoop | None = None
+    creating = Unstored(record=record, log=log, clock=engine.clock) if create else None
     if engine.sink.run_events:
         engine.sink.emit(RunStarted(response_id=record.id, resumed=not fresh))
     engine.sink.emit(ResponseStarted(record=record, resumed=not fresh))
@@ -170,10 +170,9 @@ async def run_response(
                 listings=listings,
                 chain=chain,
                 key_tools=prepared.key_tools,
-                creating=record if create else None,
+                creating=creating,
             )
             deferred = loop.deferred
-            unstored = loop
             outcome = await loop.run()
     except (StoreError, LoopDrained):
         raise
@@ -192,10 +191,8 @@ async def run_response(
             stop_reason="error",
             failure=Failure(code="server_error", message=f"internal error: {type(exc).__name__}"),
         )
-    if unstored is not None:
-        await unstored.store_record()  # the run ended before it recorded a step
-    elif create:
-        await store.create_response(record)  # ...or before its loop began
+    if creating is not None and not creating.done:
+        await creating.store(store)  # the run ended before it recorded a step
     return await _finish_response(engine, record, request, outcome, view, transcript, deferred)
 
 

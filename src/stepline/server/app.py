@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -45,6 +45,7 @@ from stepline.server.gateway import Gateway, GatewayMiddleware
 from stepline.server.limits import KeyLimits
 from stepline.server.metrics import Metrics
 from stepline.server.openapi import install_openapi
+from stepline.server.replies import store_unavailable
 from stepline.server.retention import retention_worker
 from stepline.server.routes import router
 from stepline.server.runner import Runner
@@ -98,17 +99,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _envelope(exc.status_code, str(exc.detail), error_type=kind)
 
     @app.exception_handler(StoreError)
-    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+    async def store_down(_: Request, exc: StoreError) -> Response:
         # the database is unreachable or failing: nothing was lost, try again shortly
         logger.warning("store unavailable: %s", exc.message)
-        response = _envelope(
-            503,
-            "The server's database is unavailable; retry the request shortly.",
-            error_type="server_error",
-            code="store_unavailable",
-        )
-        response.headers["Retry-After"] = "1"
-        return response
+        return store_unavailable()
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -248,7 +248,6 @@ async def accept_response(
     reasoning_events: str | None = None,
     history_inline: bool = False,
     trace_context: dict[str, str] | None = None,
-    result_only: bool = False,
 ) -> Accepted:
     """Validate a create body, store the response and launch its loop: every transport's
     way in (the HTTP route, the WebSocket). ``reasoning_events`` is the request's
@@ -256,9 +255,10 @@ async def accept_response(
     conversation ``previous_response_id`` names into ``input`` (a WebSocket's memory);
     ``trace_context`` is the client's W3C ``traceparent``, stored with the body.
     A client never sets these itself: ``stepline:`` fields it sends are dropped.
-    ``result_only``: the caller reads nothing of the response but its result (a
-    plain HTTP request), so a request neither streamed nor in the background
-    is stored by its run, with its first step (one write less)."""
+
+    A background response is stored here, before its client gets its id; any
+    other is stored by its run, with its first step and events, in one write
+    (its readers wait for them: :mod:`stepline.engine.creation`)."""
     data = {key: value for key, value in data.items() if not key.startswith("stepline:")}
     if not runner.accepting:
         raise Unavailable("server is shutting down")
@@ -300,7 +300,7 @@ async def accept_response(
         lease_expires_at=runner.lease_expiry(),
         key_id=caller.key_id,
     )
-    stored_by_run = result_only and not (parsed.stream or parsed.background)
+    stored_by_run = not parsed.background
     try:
         if not stored_by_run:
             await runner.engine.store.create_response(record)
@@ -343,7 +343,6 @@ async def create_response(request: Request) -> Response:
         caller_of(request),
         reasoning_events=request.headers.get("stepline-reasoning-events"),
         trace_context=client_trace_context(request.headers),
-        result_only=True,
     )
     record, parsed = accepted.record, accepted.request
     if parsed.stream:

@@ -23,7 +23,7 @@ from stepline.config import Settings
 from stepline.engine.conversation import Conversation
 from stepline.engine.event_log import EventLog, EventWriter
 from stepline.engine.loop import Engine, LoopDrained
-from stepline.errors import LeaseLost
+from stepline.errors import LeaseLost, StoreError
 from stepline.protocol.request import ResponseRequest
 from stepline.run.prepare import Prepared
 from stepline.run.response import run_response, stored_response
@@ -80,14 +80,21 @@ class Runner:
         None means the response was just created, and ``request`` is its body
         as the route parsed it, ``prepared`` and ``conversation`` what the route
         worked out of it (see :func:`~stepline.run.response.run_response`).
-        ``stored=False``: the record is not stored yet (a plain request's, whose
-        client reads only the end): the run stores it with its first step.
+        ``stored=False``: the record is not stored yet (no client knows of it):
+        the run stores it with its first step and events, and its log holds them
+        until then (:mod:`stepline.engine.creation`).
         """
         # a plain request's client reads only the end: its events go with its steps' ends
         plain = request is not None and not (request.stream or request.background)
-        if not stored and not plain:
-            raise ValueError("only a plain request's run may store its own record")
-        log = EventLog(record.id, self.writer, first_seq=resume_from or 0, held=plain)
+        if not stored and (resume_from is not None or record.background):
+            raise ValueError("only a new response no client knows of is stored by its run")
+        log = EventLog(
+            record.id,
+            self.writer,
+            first_seq=resume_from or 0,
+            held=plain,
+            unstored=not stored,
+        )
         self.logs[record.id] = log
         task = asyncio.get_running_loop().create_task(
             self._run(
@@ -131,6 +138,12 @@ class Runner:
             # another process took the response over (this one was too slow to renew):
             # it goes on there; whoever waits here gets what it finishes with
             return await self._taken_over(record, log)
+        except StoreError as exc:
+            if log.unstored:
+                # never stored: its readers stop with this error (a stream not yet
+                # answered answers 503), and nothing is left to resume
+                log.fail(exc)
+            raise
         except LoopDrained:
             # stopped between steps: the next process to claim it goes on from here
             await store.release_lease(record.id, self.owner)

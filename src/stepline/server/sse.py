@@ -27,10 +27,11 @@ from typing import Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from stepline.engine.event_log import EventLog
-from stepline.errors import LeaseLost
+from stepline.engine.event_log import EventLog, EventLogFailed
+from stepline.errors import LeaseLost, StoreError
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, event_type
 from stepline.server.gateway import hand_off
+from stepline.server.replies import store_unavailable
 from stepline.server.runner import Runner
 from stepline.store.base import TERMINAL_STATUSES, EventRow
 from stepline.store.notify import EventWatch
@@ -201,6 +202,19 @@ class EventStream(Response):
 
         listener = asyncio.get_running_loop().create_task(listen())
         try:
+            first: list[EventRow] | None = None
+            log = _local_log(self._runner, self._response_id)
+            if log is not None and log.unstored:
+                # a response its run has not stored yet: answer with its first events,
+                # so a database that is down gets a 503 rather than a broken stream
+                try:
+                    first = await self._follower.next_batch()
+                except EventLogFailed as exc:
+                    if not isinstance(exc.__cause__, StoreError):
+                        raise
+                    ending = True
+                    await store_unavailable()(scope, receive, send)
+                    return
             await send(
                 {
                     "type": "http.response.start",
@@ -208,6 +222,10 @@ class EventStream(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if first:
+                await send(
+                    {"type": "http.response.body", "body": _frames(first), "more_body": True}
+                )
             await self._send_events(send)
             ending = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})

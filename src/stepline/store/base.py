@@ -176,13 +176,19 @@ class StepStore(Protocol):
     """Durable storage for responses, their step chains, event logs and leases."""
 
     async def create_response(
-        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+        self,
+        record: ResponseRecord,
+        *,
+        steps: Sequence[NewStep] = (),
+        events: Sequence[EventRow] = (),
     ) -> list[Step]:
         """Store a new response; a second one with its id is a StoreError.
 
         ``steps``: its first steps, recorded in the same write already
         ``processing`` (attempt 1), as :meth:`record_steps` with ``start=True``
         would, and returned: a run that starts at once costs one write, not two.
+        ``events``: its first event rows, stored in the same write (as
+        :meth:`append_events` would, without a fence: the response is new).
         """
         ...
 

@@ -157,23 +157,31 @@ def _for(driver: Tx, lock: str) -> str:
 
 
 async def create_response(
-    driver: Driver, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+    driver: Driver,
+    record: ResponseRecord,
+    *,
+    steps: Sequence[NewStep] = (),
+    events: Sequence[EventRow] = (),
 ) -> list[Step]:
-    """The response, and its first ``steps`` recorded started, in one transaction (one
-    statement, one round trip, on PostgreSQL)."""
+    """The response, its first ``steps`` recorded started and its first ``events``, in
+    one transaction (one statement, one round trip, on PostgreSQL)."""
     sql, args = _insert_response(record)
-    if not steps:
+    if not steps and not events:
         await driver.write(sql, *args)
         return []
     recorded = new_steps(
         record.id, scope=None, previous_step_id=None, last_sequence=0, steps=steps, start=True
     )
     if driver.postgres:
-        await driver.write(_CREATE_WITH_STEPS, *args, *_step_columns(recorded))
+        step_columns = _step_columns(recorded) if recorded else [[] for _ in _STEP_ARRAYS]
+        await driver.write(_CREATE, *args, *step_columns, *_row_columns(events))
         return recorded
     async with driver.transaction() as tx:
         await tx.fetch(sql, *args)
-        await _insert_steps(tx, recorded)
+        if recorded:
+            await _insert_steps(tx, recorded)
+        if events:
+            await _insert_events(tx, events)
     return recorded
 
 
@@ -382,15 +390,20 @@ _STEP_ARRAYS = (
     "text[]", "text[]", "int[]", "float8[]", "float8[]", "float8[]",
 )  # fmt: skip
 
-#: a response and its first steps on PostgreSQL in one statement: $1-$13 the response
-#: (as ``_insert_response``), $14-$28 the steps' columns
-_CREATE_WITH_STEPS = f"""
+#: a response, its first steps and its first events on PostgreSQL in one statement:
+#: $1-$13 the response (as ``_insert_response``), $14-$28 the steps' columns, $29-$32
+#: the events' (as ``_row_columns``); nobody follows a response before it exists, so
+#: its first events notify no one
+_CREATE = f"""
 WITH response AS (
     INSERT INTO responses ({_RESPONSE_COLUMNS})
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+), first_steps AS (
+    INSERT INTO steps ({_STEP_COLUMNS})
+    SELECT * FROM unnest({", ".join(f"${14 + n}::{kind}" for n, kind in enumerate(_STEP_ARRAYS))})
 )
-INSERT INTO steps ({_STEP_COLUMNS})
-SELECT * FROM unnest({", ".join(f"${14 + n}::{kind}" for n, kind in enumerate(_STEP_ARRAYS))})
+INSERT INTO events (response_id, seq, step_id, data)
+SELECT * FROM unnest($29::text[], $30::int[], $31::text[], $32::bytea[])
 """
 
 
@@ -509,12 +522,16 @@ async def append_events(
             written = sorted({row.response_id for row in kept})
             await tx.fetch(_APPEND_ROWS, *_row_columns(kept), written, None)
         elif kept:
-            await tx.executemany(
-                "INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (response_id, seq) DO NOTHING",
-                [(row.response_id, row.seq, row.step_id, row.data) for row in kept],
-            )
+            await _insert_events(tx, kept)
     return Appended(ends=results, fenced=fenced)
+
+
+async def _insert_events(tx: Tx, rows: Sequence[EventRow]) -> None:
+    await tx.executemany(
+        "INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (response_id, seq) DO NOTHING",
+        [(row.response_id, row.seq, row.step_id, row.data) for row in rows],
+    )
 
 
 def _row_columns(rows: Sequence[EventRow]) -> tuple[list[Any], ...]:

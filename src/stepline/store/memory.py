@@ -124,13 +124,20 @@ class MemoryStore:
     # -- responses --
 
     async def create_response(
-        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+        self,
+        record: ResponseRecord,
+        *,
+        steps: Sequence[NewStep] = (),
+        events: Sequence[EventRow] = (),
     ) -> list[Step]:
         if record.id in self._responses:
             raise StoreError(f"response {record.id!r} already exists")
         self._responses[record.id] = _copy_record(record)
         self._steps[record.id] = []
-        return self._record_steps(record.id, scope=None, steps=steps, start=True)
+        recorded = self._record_steps(record.id, scope=None, steps=steps, start=True)
+        if events:
+            self._append_rows(events)
+        return recorded
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
         record = self._responses.get(response_id)
@@ -344,11 +351,13 @@ class MemoryStore:
                 if finished and end.conversation_id is not None:
                     self._append_conversation(end.conversation_id, end.conversation_items)
                 results.append(finished)
-        written = [row for row in rows if row.response_id not in fenced]
-        for row in written:
-            self._events.setdefault(row.response_id, _EventLog()).add(row)
-        self._notifier.notify({row.response_id for row in written})
+        self._append_rows([row for row in rows if row.response_id not in fenced])
         return Appended(ends=results, fenced=fenced)
+
+    def _append_rows(self, rows: Sequence[EventRow]) -> None:
+        for row in rows:
+            self._events.setdefault(row.response_id, _EventLog()).add(row)
+        self._notifier.notify({row.response_id for row in rows})
 
     async def stored_ids(self, response_ids: Sequence[str]) -> set[str]:
         return {

@@ -125,9 +125,14 @@ class SqlStore:
     # -- responses --
 
     async def create_response(
-        self, record: ResponseRecord, *, steps: Sequence[NewStep] = ()
+        self,
+        record: ResponseRecord,
+        *,
+        steps: Sequence[NewStep] = (),
+        events: Sequence[EventRow] = (),
     ) -> list[Step]:
-        return await self._guard(hot.create_response(await self._hot(), record, steps=steps))
+        created = hot.create_response(await self._hot(), record, steps=steps, events=events)
+        return await self._guard(created)
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
         return await hot.get_response(await self._hot(), response_id)
