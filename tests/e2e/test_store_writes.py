@@ -12,6 +12,7 @@ before that step starts.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from stepline.scripted import serve_app
 from stepline.scripted.script import Script
 from stepline.scripted.server import ScriptedModel, create_scripted_app
 from stepline.server.app import create_app
-from stepline.steps import NewStep, Step
+from stepline.steps import NewStep, Step, StepKind
 from stepline.store.base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
 from stepline.store.memory import MemoryStore
 
@@ -46,6 +47,8 @@ class CountingStore(MemoryStore):
         self.gate: asyncio.Event | None = None
         self.creating = asyncio.Event()
         self.app: Starlette | None = None
+        #: stall the process past its lease once tool calls are recorded
+        self.stall_after_tools = False
 
     async def create_response(
         self,
@@ -66,7 +69,13 @@ class CountingStore(MemoryStore):
         self, response_id: str, *, scope: str | None, steps: Sequence[NewStep], start: bool = False
     ) -> list[Step]:
         self.writes.append(f"record {len(steps)}")
-        return await super().record_steps(response_id, scope=scope, steps=steps, start=start)
+        recorded = await super().record_steps(response_id, scope=scope, steps=steps, start=start)
+        if self.stall_after_tools and any(step.kind is StepKind.TOOL_CALL for step in steps):
+            # the process stalls right after the write, past its lease: its clock jumps
+            assert self.app is not None
+            engine = self.app.state.runner.engine
+            engine.clock = lambda: time.time() + 3600
+        return recorded
 
     async def start_step(self, step_id: str) -> Step:
         self.writes.append("start")
@@ -224,6 +233,22 @@ async def test_a_step_the_run_goes_on_from_is_stored_before_the_next_starts(
         "record 1",
         "events+SR",  # the last model call, with the response
     ]
+
+
+async def test_a_tool_call_recorded_started_that_waited_past_a_lease_is_started_again(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    """A process that stalled between recording a tool call and running it may have
+    lost it to another process: the store's guarded start decides, before it runs."""
+    client, store = server
+    store.stall_after_tools = True
+
+    reply = await _create(client, {"model": "looker", "input": "look it up"})
+
+    assert reply.json()["status"] == "completed"
+    assert store.writes[:4] == ["create+1 steps+events", "events+S", "record 1", "start"]
+    [tool] = [step for step in await store.load_steps(reply.json()["id"]) if step.call_id]
+    assert tool.attempt == 2
 
 
 @pytest.mark.parametrize("server", [1], indirect=True)

@@ -36,3 +36,7 @@ class Limits:
     validation: Strictness = "lenient"
     #: a server tool's output longer than this reaches the model truncated
     max_tool_output_chars: int = 100_000
+    #: the server's lease: a tool call recorded started that waited longer than this
+    #: to run (the process stalled) is started again in the store first, which refuses
+    #: a step another process ran to its end meanwhile; None: no leases (the library)
+    lease_seconds: float | None = None

@@ -682,6 +682,11 @@ class ScopeLoop:
     # -- tool calls --------------------------------------------------------
 
     async def _run_tool_call(self, step: Step, *, started: bool = False) -> Step | None:
+        lease = self.engine.limits.lease_seconds
+        if started and lease is not None and self.engine.clock() - (step.started_at or 0) > lease:
+            # recorded started, but run only now, past a lease: another process may have
+            # run it meanwhile, and starting it in the store refuses one that ended
+            started = False
         if not started:
             step = await self.engine.store.start_step(step.id)
         assert step.call_id is not None

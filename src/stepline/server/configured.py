@@ -24,6 +24,7 @@ def engine_limits(settings: Settings) -> Limits:
         tool_join=limits.tool_join,
         validation=limits.validation,
         max_tool_output_chars=limits.max_tool_output_chars,
+        lease_seconds=limits.lease_seconds,
     )
 
 
