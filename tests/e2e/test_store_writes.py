@@ -44,6 +44,8 @@ class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[str] = []
+        #: how often a response's steps were read back
+        self.step_reads = 0
         self.gate: asyncio.Event | None = None
         self.creating = asyncio.Event()
         self.app: Starlette | None = None
@@ -76,6 +78,10 @@ class CountingStore(MemoryStore):
             engine = self.app.state.runner.engine
             engine.clock = lambda: time.time() + 3600
         return recorded
+
+    async def load_steps(self, response_id: str) -> list[Step]:
+        self.step_reads += 1
+        return await super().load_steps(response_id)
 
     async def start_step(self, step_id: str) -> Step:
         self.writes.append("start")
@@ -162,6 +168,8 @@ async def test_a_plain_model_call_is_two_writes(
     [message] = reply.json()["output"]
     assert (reply.json()["status"], message["content"][0]["text"]) == ("completed", "forty-two")
     assert store.writes == ["create+1 steps+events", "events+SR"]
+    # the response object is made from the steps the run has, not read back
+    assert store.step_reads == 0
     stored = await client.get(f"/v1/responses/{reply.json()['id']}")
     assert stored.json() == reply.json()
 

@@ -264,6 +264,8 @@ class ScopeLoop:
     #: the response, while it is not stored yet: the loop stores it with its first
     #: steps (see :mod:`stepline.engine.creation`)
     creating: Unstored | None = None
+    #: whether a sub-agent ran here: its steps are in another scope's chain
+    nested: bool = False
     _chain: dict[str, Step] = field(default_factory=dict)
     _failing_fast: bool = False
 
@@ -358,6 +360,14 @@ class ScopeLoop:
 
     def _ordered(self) -> list[Step]:
         return sorted(self._chain.values(), key=lambda step: step.sequence)
+
+    def steps(self) -> list[Step] | None:
+        """Every step of the response as the store has it (deferred ends included),
+        when this scope's chain is all of them: a top level whose run recorded every
+        step and ran no sub-agent. None: read them from the store."""
+        if self.scope is not None or self.nested or self.chain != []:
+            return None
+        return self._ordered()
 
     def _final_text(self) -> str:
         for step in reversed(self._ordered()):
@@ -828,6 +838,7 @@ class ScopeLoop:
             input=[MessageItem(role="user", content=text)],
             instructions=config.instructions,
         )
+        self.nested = True
         sub = ScopeLoop(
             engine=self.engine,
             response_id=self.response_id,

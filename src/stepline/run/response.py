@@ -110,6 +110,8 @@ async def run_response(
     transcript: list[dict[str, Any]] = []
     #: the steps whose ends the loop left to the response's end (still running, stored)
     deferred: list[Step] = []
+    #: every step of the response, when the loop knows them all (see ScopeLoop.steps)
+    known: ScopeLoop | None = None
     creating = Unstored(record=record, log=log, clock=engine.clock) if create else None
     if engine.sink.run_events:
         engine.sink.emit(RunStarted(response_id=record.id, resumed=not fresh))
@@ -173,6 +175,7 @@ async def run_response(
                 creating=creating,
             )
             deferred = loop.deferred
+            known = loop
             outcome = await loop.run()
     except (StoreError, LoopDrained):
         raise
@@ -193,7 +196,10 @@ async def run_response(
         )
     if creating is not None and not creating.done:
         await creating.store(store)  # the run ended before it recorded a step
-    return await _finish_response(engine, record, request, outcome, view, transcript, deferred)
+    steps = None if known is None else known.steps()
+    return await _finish_response(
+        engine, record, request, outcome, view, transcript, deferred, steps
+    )
 
 
 async def offered_tools(
@@ -265,12 +271,18 @@ async def _finish_response(
     view: OpenResponsesView,
     transcript: list[dict[str, Any]],
     deferred: Sequence[Step] = (),
+    known: list[Step] | None = None,
 ) -> dict[str, Any]:
+    """``known``: every step of the response, as stored with ``deferred``'s ends (the
+    loop's, when it knows them all); None: read from the store."""
     failure = outcome.failure
     error = None if failure is None else wire_error(failure.code, failure.message, failure.status)
-    # as they will be stored, with the ends that go with this response's
-    ended = {step.id: step for step in deferred}
-    steps = [ended.get(step.id, step) for step in await engine.store.load_steps(record.id)]
+    if known is not None:
+        steps = known
+    else:
+        # as they will be stored, with the ends that go with this response's
+        ended = {step.id: step for step in deferred}
+        steps = [ended.get(step.id, step) for step in await engine.store.load_steps(record.id)]
     completed_at = engine.clock() if outcome.status == "completed" else None
     response = response_object(
         response_id=record.id,
