@@ -13,7 +13,7 @@ import orjson
 from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.chat.stream import ChatStreamAccumulator
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import OutputList, ResponseEvents
 from stepline.protocol.model_events import (

@@ -10,7 +10,7 @@ import pytest
 from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.chat.stream import ChatStreamAccumulator
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline.protocol.model_events import CLIENT, SERVER, ModelCallEvents, ToolView
 from stepline.protocol.server_items import mcp_call_id

@@ -42,15 +42,12 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 _UNTIL_INVERTED = frozenset(
     {
         ("engine", "stepline.protocol.chat_request"),
-        ("engine", "stepline.protocol.chat_stream"),
         ("engine", "stepline.protocol.client_tools"),
-        ("engine", "stepline.protocol.compaction"),
         ("engine", "stepline.protocol.items"),
         ("engine", "stepline.protocol.model_events"),
         ("engine", "stepline.protocol.request"),
         ("tools", "stepline.protocol.items"),
         ("tools", "stepline.protocol.request"),
-        ("upstream", "stepline.protocol.chat_request"),
     }
 )
 
@@ -64,11 +61,14 @@ RULES = {
     "scripted": ("stepline.errors",),
     # the step records every layer reads sit below them all
     "steps": (),
+    # the Chat Completions wire every model call speaks, below all who make one
+    "chat": ("stepline.errors", "stepline.steps"),
     "store": ("stepline.errors", "stepline.steps"),
     # the wire reads the engine's typed steps, events and view (never the loop)
     "protocol": (
         "stepline.errors",
         "stepline.steps",
+        "stepline.chat",
         "stepline.engine.view",
         "stepline.engine.compaction",
         "stepline.engine.sealing",
@@ -80,7 +80,7 @@ RULES = {
         "stepline.masking",
         "stepline.retry",
         "stepline.transport",
-        "stepline.protocol",
+        "stepline.chat",
     ),
     "tools": (
         "stepline.errors",
@@ -95,6 +95,7 @@ RULES = {
     "engine": (
         "stepline.errors",
         "stepline.steps",
+        "stepline.chat",
         "stepline.store",
         "stepline.tools",
         "stepline.upstream",
@@ -104,6 +105,7 @@ RULES = {
     "run": (
         "stepline.errors",
         "stepline.steps",
+        "stepline.chat",
         "stepline.engine",
         "stepline.protocol",
         "stepline.store",

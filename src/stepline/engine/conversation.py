@@ -32,15 +32,11 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from stepline.chat.messages import chain_messages, leading_tool_messages
 from stepline.engine.policies import ApprovedCall
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import (
-    InputContext,
-    chain_messages,
-    input_messages,
-    leading_tool_messages,
-)
+from stepline.protocol.items import InputContext, input_messages
 from stepline.protocol.request import (
     InputItem,
     McpApprovalResponseItem,

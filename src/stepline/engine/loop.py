@@ -33,6 +33,8 @@ from typing import Any, Literal, Protocol, cast
 import httpx
 import orjson
 
+from stepline.chat.messages import chain_messages, leading_tool_messages
+from stepline.chat.stream import ChatStreamAccumulator, DeltaSink
 from stepline.engine.compaction import (
     CONTEXT_OVERFLOW,
     fit_context,
@@ -65,9 +67,8 @@ from stepline.engine.validate import conversation_problem
 from stepline.engine.view import ResponseView, ToolShown
 from stepline.errors import StoreError, ToolError, UpstreamError
 from stepline.protocol.chat_request import chat_payload
-from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import base_messages, chain_messages, leading_tool_messages
+from stepline.protocol.items import base_messages
 from stepline.protocol.model_events import CLIENT, SERVER, ItemOptions, ToolView
 from stepline.protocol.request import (
     MessageItem,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stepline.protocol.chat_stream import AssistantTurn, DeltaSink
+from stepline.chat.stream import AssistantTurn, DeltaSink
 from stepline.protocol.model_events import ItemOptions, ToolView
 from stepline.steps import Step
 from stepline.store.base import EndResult, StepEnd

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import orjson
 
-from stepline.protocol.chat_stream import AssistantTurn
+from stepline.chat.stream import AssistantTurn
 from stepline.protocol.client_tools import ITEM_PREFIX, ClientTool, CustomInputDecoder, call_item
 from stepline.protocol.events import OutputList, ResponseEvents
 from stepline.protocol.items import SERVER_LABEL, message_item

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from stepline.chat.messages import chain_messages
 from stepline.engine.conversation import approvals, conversation_items, load_conversation
 from stepline.engine.event_log import EventLog
 from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
@@ -31,7 +32,7 @@ from stepline.engine.sinks import ResponseEnded, ResponseStarted
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.items import base_messages, chain_messages
+from stepline.protocol.items import base_messages
 from stepline.protocol.request import ResponseRequest, parse_request
 from stepline.protocol.response_events import OpenResponsesView, terminal_response, wire_error
 from stepline.run.prepare import Prepared, prepare
