@@ -44,9 +44,7 @@ _UNTIL_INVERTED = frozenset(
         ("engine", "stepline.protocol.chat_request"),
         ("engine", "stepline.protocol.client_tools"),
         ("engine", "stepline.protocol.items"),
-        ("engine", "stepline.protocol.model_events"),
         ("engine", "stepline.protocol.request"),
-        ("tools", "stepline.protocol.items"),
         ("tools", "stepline.protocol.request"),
     }
 )

@@ -64,12 +64,11 @@ from stepline.engine.sinks import (
 )
 from stepline.engine.transition import next_action
 from stepline.engine.validate import conversation_problem
-from stepline.engine.view import ResponseView, ToolShown
+from stepline.engine.view import CLIENT, SERVER, ResponseView, ToolShown, ToolView
 from stepline.errors import StoreError, ToolError, UpstreamError
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import base_messages
-from stepline.protocol.model_events import CLIENT, SERVER, ItemOptions, ToolView
 from stepline.protocol.request import (
     MessageItem,
     ResponseRequest,
@@ -257,8 +256,6 @@ class ScopeLoop:
     key_tools: frozenset[str] | None = None
     #: the tools the client runs, by the names the model calls them
     client_tools: ClientTools = field(default_factory=ClientTools)
-    #: what the request asked its items to carry (summaries, sealed reasoning, logprobs)
-    item_options: ItemOptions = field(default_factory=ItemOptions)
     #: steps that ended in memory, their ends stored with the response's (see _finish)
     deferred: list[Step] = field(default_factory=list)
     _chain: dict[str, Step] = field(default_factory=dict)
@@ -452,8 +449,7 @@ class ScopeLoop:
 
     def _describe(self, name: str) -> ToolView:
         if name in self.policy.client_tools:
-            client = self.client_tools.get(name)
-            return CLIENT if client is None else ToolView(kind="client", client=client)
+            return CLIENT
         tool = self.server_tools.get(name)
         if tool is None:
             return SERVER
@@ -528,9 +524,7 @@ class ScopeLoop:
             self._model_call_done(done)
             return done
         payload = fitted.payload
-        items_sink = await self.view.model_call(
-            step, describe=self._describe, options=self.item_options
-        )
+        items_sink = await self.view.model_call(step, describe=self._describe)
         if self.scope is None and step.request.get("iteration") == 1:
             for listing in self.listings:
                 items_sink.list_tools(listing.label, self._listed(listing), listing.error)
@@ -717,7 +711,7 @@ class ScopeLoop:
             error=None if error is None else error.payload(),
         )
         # the item's done events are stored with the step's end (see _finish)
-        self.view.tool_ended(ended, ending, frozenset(self.request.include))
+        self.view.tool_ended(ended, ending)
         done = await self._finish(step, state, result=result, failure=error)
         if done is None:
             return None

@@ -51,15 +51,11 @@ from stepline.protocol.request import (
 )
 
 __all__ = [
-    "SERVER_LABEL",
     "InputContext",
     "base_messages",
     "input_messages",
     "message_item",
 ]
-
-#: ``server_label`` of the mcp_call items that show tools the server ran
-SERVER_LABEL = "stepline"
 
 Message = dict[str, Any]
 

@@ -93,6 +93,7 @@ async def run_response(
         OutputList(),
         sealer=engine.sealer,
         step_events=lambda step_id: store.step_events(record.id, step_id),
+        include=frozenset(request.include),
     )
     transcript: list[dict[str, Any]] = []
     #: the steps whose ends the loop left to the response's end (still running, stored)
@@ -114,6 +115,9 @@ async def run_response(
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
         prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
+        # what the request asked its items to show is the wire's, never the loop's
+        view.options = prepared.options
+        view.client_tools = prepared.client_tools
         route_target = prepared.target
         if route_target is None:
             outcome = Outcome(
@@ -148,7 +152,6 @@ async def run_response(
                 ),
                 policy=prepared.policy(request, server_tools, approvals(request, conversation)),
                 client_tools=prepared.client_tools,
-                item_options=prepared.options,
                 view=view,
                 stops=stops,
                 listings=listings,
