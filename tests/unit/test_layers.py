@@ -41,7 +41,6 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 #: out once its import is gone; never add one.
 _UNTIL_INVERTED = frozenset(
     {
-        ("engine", "stepline.protocol.chat_request"),
         ("engine", "stepline.protocol.client_tools"),
         ("engine", "stepline.protocol.items"),
         ("engine", "stepline.protocol.request"),

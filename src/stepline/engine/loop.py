@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol, cast
 import httpx
 import orjson
 
+from stepline.chat.body import chat_body
 from stepline.chat.messages import chain_messages, leading_tool_messages
 from stepline.chat.stream import ChatStreamAccumulator, DeltaSink
 from stepline.engine.compaction import (
@@ -62,18 +63,11 @@ from stepline.engine.sinks import (
     StepEnded,
     ToolCallRunning,
 )
+from stepline.engine.spec import RunSpec
 from stepline.engine.transition import next_action
 from stepline.engine.validate import conversation_problem
 from stepline.engine.view import CLIENT, SERVER, ResponseView, ToolShown, ToolView
 from stepline.errors import StoreError, ToolError, UpstreamError
-from stepline.protocol.chat_request import chat_payload
-from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import base_messages
-from stepline.protocol.request import (
-    MessageItem,
-    ResponseRequest,
-    allowed_tool_names,
-)
 from stepline.steps import (
     AppendSteps,
     CompactionResult,
@@ -233,7 +227,8 @@ class ScopeLoop:
     engine: Engine
     response_id: str
     scope: str | None
-    request: ResponseRequest
+    #: what the scope's request asks of its model calls
+    spec: RunSpec
     target: UpstreamTarget
     server_tools: dict[str, ServerTool]
     base_messages: list[dict[str, Any]]
@@ -254,8 +249,6 @@ class ScopeLoop:
     chain: list[Step] | None = None
     #: the server tools the caller's key may use, for sub-agents too; None: any
     key_tools: frozenset[str] | None = None
-    #: the tools the client runs, by the names the model calls them
-    client_tools: ClientTools = field(default_factory=ClientTools)
     #: steps that ended in memory, their ends stored with the response's (see _finish)
     deferred: list[Step] = field(default_factory=list)
     _chain: dict[str, Step] = field(default_factory=dict)
@@ -462,7 +455,7 @@ class ScopeLoop:
 
     def _listed(self, listing: McpListing) -> list[dict[str, Any]]:
         """A listing's tools as an ``mcp_list_tools`` item shows them."""
-        allowed = allowed_tool_names(self.request)
+        allowed = self.spec.allowed_tools
         return [
             {
                 "name": tool.display_name or name,
@@ -480,7 +473,7 @@ class ScopeLoop:
             for name, tool in self.server_tools.items()
             if allowed is None or name in allowed
         ]
-        return server + self.client_tools.definitions(self.request)
+        return [*server, *self.spec.client_definitions]
 
     async def _run_model_call(self, step: Step, *, started: bool = False) -> Step | None:
         if not started:
@@ -500,23 +493,22 @@ class ScopeLoop:
             )
             self._model_call_done(done)
             return done
-        payload = chat_payload(
-            self.request,
+        spec = self.spec
+        payload = chat_body(
+            spec.chat,
             model=self.target.upstream_model,
             messages=messages,
-            tools=self._tool_definitions(allowed_tool_names(self.request)),
+            tools=self._tool_definitions(spec.allowed_tools),
             first_call=step.request.get("iteration", 1) == 1,
             dialect=self.target.dialect,
-            client_tools=self.client_tools,
-            server_names=frozenset(self.server_tools),
         )
         fitted = await fit_context(
             self.engine.http,
             self.target,
-            window=self.engine.routes.context_window(self.request.model, self.target),
-            truncation=self.request.truncation,
+            window=self.engine.routes.context_window(spec.model, self.target),
+            truncation=spec.truncation,
             payload=payload,
-            max_output_tokens=self.request.max_output_tokens,
+            max_output_tokens=spec.max_output_tokens,
         )
         if fitted.overflow is not None:
             error = StepError(message=fitted.overflow, code=CONTEXT_OVERFLOW)
@@ -537,7 +529,7 @@ class ScopeLoop:
             clock = asyncio.get_running_loop().time
             next_yield = 0.0
             # a plain request's client reads only the end: nobody waits for its first events
-            streamed = self.request.stream or self.request.background
+            streamed = spec.streamed
             view = self.view
             first_seq = view.next_seq if view.sends and streamed else None
             async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
@@ -612,7 +604,7 @@ class ScopeLoop:
                 self.target,
                 self._messages_before(step),
                 step_id=step.id,
-                prompt_cache_key=self.request.prompt_cache_key,
+                prompt_cache_key=self.spec.prompt_cache_key,
             )
         except UpstreamError as exc:
             error = StepError(
@@ -756,7 +748,7 @@ class ScopeLoop:
                 f"tool {name!r} does not exist; the tools you may call are: {offered}",
                 tool=name,
             )
-        allowed = allowed_tool_names(self.request)
+        allowed = self.spec.allowed_tools
         if allowed is not None and name not in allowed:
             raise ToolError(f"tool {name!r} is not allowed in this response", tool=name)
         arguments = tool.parse_arguments(step.arguments)
@@ -792,22 +784,19 @@ class ScopeLoop:
             )
         task = arguments.get("input")
         text = task if isinstance(task, str) else orjson.dumps(arguments).decode()
-        request = ResponseRequest(
-            model=config.model,
-            input=[MessageItem(role="user", content=text)],
-            instructions=config.instructions,
-        )
+        # the agent's instructions, then its task as the one user message
+        system = [{"role": "system", "content": config.instructions}] if config.instructions else []
         sub = ScopeLoop(
             engine=self.engine,
             response_id=self.response_id,
             scope=step.id,
-            request=request,
+            spec=RunSpec(model=config.model),
             target=target,
             server_tools=self.engine.tools.select(
                 [name for name in config.tools if self.key_tools is None or name in self.key_tools]
             ),
             key_tools=self.key_tools,
-            base_messages=base_messages(request, []),
+            base_messages=[*system, {"role": "user", "content": text}],
             policy=LoopPolicy(
                 max_iterations=limits.max_iterations,
                 fail_on_tool_error=limits.tool_errors == "fail",

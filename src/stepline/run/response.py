@@ -143,7 +143,7 @@ async def run_response(
                 engine=engine,
                 response_id=record.id,
                 scope=None,
-                request=request,
+                spec=prepared.spec(request, server_tools),
                 target=route_target,
                 server_tools=server_tools,
                 base_messages=transcript,
@@ -151,7 +151,6 @@ async def run_response(
                     transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
                 policy=prepared.policy(request, server_tools, approvals(request, conversation)),
-                client_tools=prepared.client_tools,
                 view=view,
                 stops=stops,
                 listings=listings,
