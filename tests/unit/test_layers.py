@@ -41,9 +41,6 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 #: out once its import is gone; never add one.
 _UNTIL_INVERTED = frozenset(
     {
-        ("engine", "stepline.protocol.client_tools"),
-        ("engine", "stepline.protocol.items"),
-        ("engine", "stepline.protocol.request"),
         ("tools", "stepline.protocol.request"),
     }
 )

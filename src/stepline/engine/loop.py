@@ -42,7 +42,7 @@ from stepline.engine.compaction import (
     is_context_overflow,
     summarise,
 )
-from stepline.engine.conversation import HistoryCache
+from stepline.engine.history import HistoryCache
 from stepline.engine.limits import Limits
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.routes import ModelRoutes

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepline.chat.messages import chain_messages
-from stepline.engine.conversation import approvals, conversation_items, load_conversation
 from stepline.engine.event_log import EventLog
 from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
 from stepline.engine.policies import StopPolicy
@@ -35,6 +34,7 @@ from stepline.protocol.events import OutputList, ResponseEvents
 from stepline.protocol.items import base_messages
 from stepline.protocol.request import ResponseRequest, parse_request
 from stepline.protocol.response_events import OpenResponsesView, terminal_response, wire_error
+from stepline.run.conversation import approvals, conversation_items, load_conversation
 from stepline.run.prepare import Prepared, prepare
 from stepline.steps import Step, StepKind
 from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
