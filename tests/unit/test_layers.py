@@ -33,19 +33,6 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
                     yield str(path.relative_to(SRC)), name
 
 
-#: imports that still cross a layer today, each a step of the inversion still to do
-#: (``docs/architecture.md``): the loop's chat payload, chat stream, input items and
-#: request come from the wire, where the engine should declare what it needs
-#: (as ``engine.view`` does for the events); tools and upstream read two wire
-#: types (the server label, MCP request tools; the chat dialect). Take an entry
-#: out once its import is gone; never add one.
-_UNTIL_INVERTED = frozenset(
-    {
-        ("tools", "stepline.protocol.request"),
-    }
-)
-
-
 #: package -> the stepline modules (prefixes) it may import, besides its own
 RULES = {
     "errors": (),
@@ -82,10 +69,9 @@ RULES = {
         "stepline.masking",
         "stepline.retry",
         "stepline.transport",
-        "stepline.protocol",
     ),
-    # the loop: no config file (it takes Limits and ModelRoutes), no server, and of
-    # the wire only what UNTIL_INVERTED names
+    # the loop: no config file (it takes Limits and ModelRoutes), no server, no wire
+    # (it takes a RunSpec, and shows its steps through the view the wire implements)
     "engine": (
         "stepline.errors",
         "stepline.steps",
@@ -93,7 +79,6 @@ RULES = {
         "stepline.store",
         "stepline.tools",
         "stepline.upstream",
-        *sorted({module for package, module in _UNTIL_INVERTED if package == "engine"}),
     ),
     # a response's run: where the engine and the wire meet
     "run": (
@@ -139,7 +124,7 @@ def _package_of(module: str) -> str:
 
 
 def _package_graph() -> dict[str, set[str]]:
-    """package -> the packages it imports, without the imports still to invert."""
+    """package -> the packages it imports."""
     packages = sorted(
         p.name.removesuffix(".py") for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()
     )
@@ -148,9 +133,7 @@ def _package_graph() -> dict[str, set[str]]:
         if package.startswith("_"):
             continue
         graph[package] = {
-            _package_of(name)
-            for _, name in _imports(package)
-            if _package_of(name) != package and (package, name) not in _UNTIL_INVERTED
+            _package_of(name) for _, name in _imports(package) if _package_of(name) != package
         }
     return graph
 
@@ -195,14 +178,13 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_every_import_still_to_invert_is_still_there() -> None:
-    """An entry whose import is gone must leave the list, so it only shrinks."""
-    present = {
-        (package, name)
-        for package in {package for package, _ in _UNTIL_INVERTED}
-        for _, name in _imports(package)
-    }
-    assert sorted(_UNTIL_INVERTED - present) == []
+@pytest.mark.parametrize("package", ["chat", "engine", "tools", "upstream"])
+def test_below_the_wire_nothing_reads_the_wire(package: str) -> None:
+    """The engine and what it drives declare the types they need; the wire meets
+    them in ``run`` (and implements the engine's view), never the other way round."""
+    assert [
+        (where, name) for where, name in _imports(package) if _package_of(name) == "protocol"
+    ] == []
 
 
 def test_the_engine_reads_no_config_and_knows_no_server() -> None:
