@@ -104,19 +104,19 @@ MUTANTS: tuple[Mutant, ...] = (
         new="                pass",
         tests=(EVENT_LOG, "tests/scaleout/test_postgres_processes.py"),
     ),
-    # -- engine/loop.py -----------------------------------------------------
+    # -- engine/loop.py, engine/tool_call.py ---------------------------------
     Mutant(
         name="loop-fail-fast-on-success",
-        module="engine/loop.py",
+        module="engine/tool_call.py",
         old="if fail_fast and done is not None and done.state is StepState.FAILED:",
         new="if fail_fast and done is not None and done.state is StepState.COMPLETED:",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
         name="loop-tool-concurrency-plus-one",
-        module="engine/loop.py",
-        old="asyncio.Semaphore(self.engine.limits.tool_concurrency)",
-        new="asyncio.Semaphore(self.engine.limits.tool_concurrency + 1)",
+        module="engine/tool_call.py",
+        old="asyncio.Semaphore(loop.engine.limits.tool_concurrency)",
+        new="asyncio.Semaphore(loop.engine.limits.tool_concurrency + 1)",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
@@ -147,7 +147,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="loop-stops-before-any-step",
         module="engine/loop.py",
-        old="if not self.stops or not any(s.state.terminal for s in self._chain.values()):",
+        old="if not self.stops or not any(s.state.terminal for s in self.recorded.values()):",
         new="if not self.stops:",
         tests=LIBRARY,
     ),
@@ -167,9 +167,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="loop-max-depth-off-by-one",
-        module="engine/loop.py",
-        old="if self.depth + 1 > limits.max_depth:",
-        new="if self.depth + 1 >= limits.max_depth:",
+        module="engine/tool_call.py",
+        old="if loop.depth + 1 > limits.max_depth:",
+        new="if loop.depth + 1 >= limits.max_depth:",
         tests=LIBRARY,
     ),
     Mutant(
@@ -179,7 +179,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "            # the guarded finish found the step no longer processing: re-read the truth\n"
         "            chain = await self.engine.store.load_chain(self.response_id,"
         " scope=self.scope)\n"
-        "            self._chain = {s.id: s for s in chain}",
+        "            self.recorded = {s.id: s for s in chain}",
         new="        if step is None:\n            pass",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
         reason=(
@@ -259,10 +259,10 @@ MUTANTS: tuple[Mutant, ...] = (
         new='_JOINS_CONVERSATION = frozenset({"completed", "incomplete", "failed"})',
         tests=("tests/library/test_conversation.py", "tests/e2e/test_conversations.py"),
     ),
-    # -- engine/conversation.py ---------------------------------------------
+    # -- run/conversation.py ------------------------------------------------
     Mutant(
         name="conversation-stale-cache-trusted",
-        module="engine/conversation.py",
+        module="run/conversation.py",
         old="        return found if await store.stored_ids(found.records) == set(found.records)"
         " else None",
         new="        return found",

@@ -26,10 +26,10 @@ from starlette.routing import Route
 from typer.testing import CliRunner
 
 from stepline import masking
+from stepline.chat.stream import ChatStreamAccumulator
 from stepline.cli import app as cli
 from stepline.config import UpstreamConfig, load_settings
 from stepline.errors import ConfigError, UpstreamError
-from stepline.protocol.chat_stream import ChatStreamAccumulator
 from stepline.scripted import serve_app
 from stepline.server.logs import JsonFormatter
 from stepline.upstream import ChatClient, UpstreamTarget

@@ -14,9 +14,10 @@ from stepline.protocol.assemble import (
     response_object,
     sum_usage,
 )
-from stepline.protocol.items import SERVER_LABEL, message_item
+from stepline.protocol.items import message_item
 from stepline.protocol.request import parse_request
 from stepline.steps import Step, StepKind, StepState
+from stepline.tools.registry import SERVER_LABEL
 
 RESPONSE_ID = "resp_test"
 

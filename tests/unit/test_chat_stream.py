@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from stepline.chat.stream import AssistantTurn, ChatStreamAccumulator, ToolCall
 from stepline.errors import UpstreamError
-from stepline.protocol.chat_stream import AssistantTurn, ChatStreamAccumulator, ToolCall
 
 Call = tuple[Any, ...]
 

@@ -13,16 +13,11 @@ import orjson
 from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.chat.stream import ChatStreamAccumulator
+from stepline.engine.view import CLIENT, SERVER, ToolView
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.model_events import (
-    SERVER,
-    ItemOptions,
-    ModelCallEvents,
-    PriorEmission,
-    ToolView,
-)
+from stepline.protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission
 from stepline.protocol.request import parse_request
 from stepline.protocol.sealing import Sealer
 from stepline.protocol.server_items import mcp_call_id
@@ -82,6 +77,7 @@ def run(
     deltas: list[dict[str, Any]],
     describe: Any,
     *,
+    client_tools: ClientTools | None = None,
     options: ItemOptions | None = None,
     rows: list[EventRow] | None = None,
     prior: PriorEmission | None = None,
@@ -95,6 +91,7 @@ def run(
         OutputList(),
         step_id="step_1",
         describe=describe,
+        client_tools=client_tools,
         options=options or ItemOptions(),
         prior=prior,
     )
@@ -112,12 +109,13 @@ def run(
     return sent, items
 
 
-def client(tools: ClientTools) -> Any:
-    def describe(name: str) -> ToolView:
-        tool = tools.get(name)
-        return SERVER if tool is None else ToolView(kind="client", client=tool)
+def client(tools: ClientTools) -> dict[str, Any]:
+    """What a model call is given for the client's tools: who runs a call, and its tool."""
 
-    return describe
+    def describe(name: str) -> ToolView:
+        return SERVER if tools.get(name) is None else CLIENT
+
+    return {"describe": describe, "client_tools": tools}
 
 
 def test_a_custom_tool_offered_as_a_function_streams_its_decoded_input() -> None:
@@ -128,7 +126,7 @@ def test_a_custom_tool_offered_as_a_function_streams_its_decoded_input() -> None
             call(0, ' Patch\\n+hi \\"x\\"'),
             call(0, '\\n"}'),
         ],
-        client(tools_of()),
+        **client(tools_of()),
     )
     item = {
         "id": "<ctc#1>",
@@ -198,7 +196,7 @@ def test_a_native_custom_call_streams_its_raw_input_and_is_remembered_as_custom(
     tools = tools_of(native=True)
     rows: list[EventRow] = []
     events = ResponseEvents("resp_1", rows.append)
-    sink = ModelCallEvents(events, OutputList(), step_id="s", describe=client(tools))
+    sink = ModelCallEvents(events, OutputList(), step_id="s", **client(tools))
     accumulator = ChatStreamAccumulator(sink)
     for delta in deltas:
         accumulator.feed(chunk(delta))
@@ -219,7 +217,7 @@ def test_a_native_custom_call_streams_its_raw_input_and_is_remembered_as_custom(
 
 def test_a_namespace_function_shows_its_own_name_and_namespace() -> None:
     sent, items = run(
-        [call(0, '{"task": "x"}', call_id="call_s", name="agents__spawn")], client(tools_of())
+        [call(0, '{"task": "x"}', call_id="call_s", name="agents__spawn")], **client(tools_of())
     )
     assert normalise(items) == [
         {
@@ -252,7 +250,7 @@ def test_built_in_calls_are_shown_whole_in_output_order() -> None:
             ),
             call(1, ' "diff": "+a"}'),
         ],
-        client(tools),
+        **client(tools),
     )
     shell = {
         "id": "<sh#1>",
@@ -363,14 +361,14 @@ def test_a_rerun_continues_a_custom_call_without_repeating_input() -> None:
         call(0, '{"input": "abc'),
     ]
     events = ResponseEvents("resp_1", rows.append)
-    sink = ModelCallEvents(events, OutputList(), step_id="s", describe=client(tools_of()))
+    sink = ModelCallEvents(events, OutputList(), step_id="s", **client(tools_of()))
     accumulator = ChatStreamAccumulator(sink)
     for delta in first:
         accumulator.feed(chunk(delta))
     # the process dies; the model call runs again from its start
     sent, items = run(
         [*first, call(0, 'def"}')],
-        client(tools_of()),
+        **client(tools_of()),
         rows=rows,
         prior=PriorEmission(list(rows)),
     )

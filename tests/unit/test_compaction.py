@@ -9,20 +9,21 @@ import httpx
 import orjson
 import pytest
 
-from stepline.config import UpstreamConfig
-from stepline.engine.compaction import drop_oldest, estimate_tokens, is_context_overflow
-from stepline.engine.policies import LoopPolicy
-from stepline.engine.transition import next_action
-from stepline.errors import InvalidRequest, UpstreamError
-from stepline.protocol.assemble import output_items, sum_usage
-from stepline.protocol.compaction import (
+from stepline.chat.messages import chain_messages, finalize_messages
+from stepline.chat.summary import (
     SUMMARY_KEY,
     SUMMARY_PREFIX,
     compacted,
     summary_message,
     transcript,
 )
-from stepline.protocol.items import InputContext, chain_messages, finalize_messages, input_messages
+from stepline.config import UpstreamConfig
+from stepline.engine.compaction import drop_oldest, estimate_tokens, is_context_overflow
+from stepline.engine.policies import LoopPolicy
+from stepline.engine.transition import next_action
+from stepline.errors import InvalidRequest, UpstreamError
+from stepline.protocol.assemble import output_items, sum_usage
+from stepline.protocol.items import InputContext, input_messages
 from stepline.protocol.request import parse_request
 from stepline.protocol.sealing import Sealer
 from stepline.steps import AppendSteps, Fail, Step, StepKind, StepState

@@ -10,9 +10,10 @@ import pytest
 from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.chat.stream import ChatStreamAccumulator
+from stepline.engine.view import CLIENT, SERVER, ToolView
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.model_events import CLIENT, SERVER, ModelCallEvents, ToolView
+from stepline.protocol.model_events import ModelCallEvents
 from stepline.protocol.server_items import mcp_call_id
 from stepline.store.base import EventRow
 

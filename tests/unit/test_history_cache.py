@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from stepline.engine.conversation import HistoryCache, load_conversation
+from stepline.engine.history import HistoryCache
 from stepline.errors import NotFound
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import InputContext
 from stepline.protocol.request import ResponseRequest
+from stepline.run.conversation import load_conversation
 from stepline.steps import NewStep, StepKind, StepState
 from stepline.store import MemoryStore
 from stepline.store.base import ResponseRecord

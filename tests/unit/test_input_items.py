@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from stepline.chat.messages import finalize_messages
 from stepline.errors import InvalidRequest
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import InputContext, finalize_messages, input_messages
+from stepline.protocol.items import InputContext, input_messages
 from stepline.protocol.request import InputItem, parse_request
 from stepline.protocol.sealing import Sealer
 

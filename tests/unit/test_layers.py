@@ -33,28 +33,6 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
                     yield str(path.relative_to(SRC)), name
 
 
-#: imports that still cross a layer today, each a step of the inversion still to do
-#: (``docs/architecture.md``): the loop's chat payload, chat stream, input items and
-#: request come from the wire, where the engine should declare what it needs
-#: (as ``engine.view`` does for the events); tools and upstream read two wire
-#: types (the server label, MCP request tools; the chat dialect). Take an entry
-#: out once its import is gone; never add one.
-_UNTIL_INVERTED = frozenset(
-    {
-        ("engine", "stepline.protocol.chat_request"),
-        ("engine", "stepline.protocol.chat_stream"),
-        ("engine", "stepline.protocol.client_tools"),
-        ("engine", "stepline.protocol.compaction"),
-        ("engine", "stepline.protocol.items"),
-        ("engine", "stepline.protocol.model_events"),
-        ("engine", "stepline.protocol.request"),
-        ("tools", "stepline.protocol.items"),
-        ("tools", "stepline.protocol.request"),
-        ("upstream", "stepline.protocol.chat_request"),
-    }
-)
-
-
 #: package -> the stepline modules (prefixes) it may import, besides its own
 RULES = {
     "errors": (),
@@ -64,11 +42,14 @@ RULES = {
     "scripted": ("stepline.errors",),
     # the step records every layer reads sit below them all
     "steps": (),
+    # the Chat Completions wire every model call speaks, below all who make one
+    "chat": ("stepline.errors", "stepline.steps"),
     "store": ("stepline.errors", "stepline.steps"),
     # the wire reads the engine's typed steps, events and view (never the loop)
     "protocol": (
         "stepline.errors",
         "stepline.steps",
+        "stepline.chat",
         "stepline.engine.view",
         "stepline.engine.compaction",
         "stepline.engine.sealing",
@@ -80,7 +61,7 @@ RULES = {
         "stepline.masking",
         "stepline.retry",
         "stepline.transport",
-        "stepline.protocol",
+        "stepline.chat",
     ),
     "tools": (
         "stepline.errors",
@@ -88,22 +69,22 @@ RULES = {
         "stepline.masking",
         "stepline.retry",
         "stepline.transport",
-        "stepline.protocol",
     ),
-    # the loop: no config file (it takes Limits and ModelRoutes), no server, and of
-    # the wire only what UNTIL_INVERTED names
+    # the loop: no config file (it takes Limits and ModelRoutes), no server, no wire
+    # (it takes a RunSpec, and shows its steps through the view the wire implements)
     "engine": (
         "stepline.errors",
         "stepline.steps",
+        "stepline.chat",
         "stepline.store",
         "stepline.tools",
         "stepline.upstream",
-        *sorted({module for package, module in _UNTIL_INVERTED if package == "engine"}),
     ),
     # a response's run: where the engine and the wire meet
     "run": (
         "stepline.errors",
         "stepline.steps",
+        "stepline.chat",
         "stepline.engine",
         "stepline.protocol",
         "stepline.store",
@@ -143,7 +124,7 @@ def _package_of(module: str) -> str:
 
 
 def _package_graph() -> dict[str, set[str]]:
-    """package -> the packages it imports, without the imports still to invert."""
+    """package -> the packages it imports."""
     packages = sorted(
         p.name.removesuffix(".py") for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()
     )
@@ -152,9 +133,7 @@ def _package_graph() -> dict[str, set[str]]:
         if package.startswith("_"):
             continue
         graph[package] = {
-            _package_of(name)
-            for _, name in _imports(package)
-            if _package_of(name) != package and (package, name) not in _UNTIL_INVERTED
+            _package_of(name) for _, name in _imports(package) if _package_of(name) != package
         }
     return graph
 
@@ -199,14 +178,13 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_every_import_still_to_invert_is_still_there() -> None:
-    """An entry whose import is gone must leave the list, so it only shrinks."""
-    present = {
-        (package, name)
-        for package in {package for package, _ in _UNTIL_INVERTED}
-        for _, name in _imports(package)
-    }
-    assert sorted(_UNTIL_INVERTED - present) == []
+@pytest.mark.parametrize("package", ["chat", "engine", "tools", "upstream"])
+def test_below_the_wire_nothing_reads_the_wire(package: str) -> None:
+    """The engine and what it drives declare the types they need; the wire meets
+    them in ``run`` (and implements the engine's view), never the other way round."""
+    assert [
+        (where, name) for where, name in _imports(package) if _package_of(name) == "protocol"
+    ] == []
 
 
 def test_the_engine_reads_no_config_and_knows_no_server() -> None:

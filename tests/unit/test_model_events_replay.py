@@ -8,9 +8,10 @@ import orjson
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.protocol.chat_stream import ChatStreamAccumulator
+from stepline.chat.stream import ChatStreamAccumulator
+from stepline.engine.view import CLIENT, SERVER
 from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.model_events import CLIENT, SERVER, ModelCallEvents, PriorEmission
+from stepline.protocol.model_events import ModelCallEvents, PriorEmission
 from stepline.store.base import EventRow
 
 EVENTS = TypeAdapter(ResponseStreamEvent)

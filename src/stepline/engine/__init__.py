@@ -1,10 +1,11 @@
-"""The agent loop: steps, the pure transition, and the loop that runs them durably.
+"""The agent loop: it runs a response's steps durably and knows no wire, no config, no server.
 
-The engine records and runs a response's steps (``loop``, around the pure
-``transition``), under the :class:`~stepline.engine.limits.Limits` and
-:class:`~stepline.engine.routes.ModelRoutes` it is given — it reads no
-config file. It reports what happens as typed events to one sink
-(``sinks``: taps, metrics, traces) and shows it through a
-:class:`~stepline.engine.view.ResponseView` (the wire's, in
-``protocol.response_events``): it names no wire event.
+One job: record and run the steps of a scope (``loop``, around the pure
+``transition``; a model call in ``model_call``, tool calls and sub-agents in
+``tool_call``) until the transition says it is done. It takes what it needs
+as its own typed values — the request's :class:`~stepline.engine.spec.RunSpec`,
+:class:`~stepline.engine.limits.Limits`, :class:`~stepline.engine.routes.ModelRoutes`
+— reports what happens as typed events to one sink (``sinks``: taps,
+metrics, traces), and shows it through a :class:`~stepline.engine.view.ResponseView`
+that the wire implements (``protocol.response_events``).
 """

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from stepline.chat.stream import ChatStreamAccumulator
+from stepline.chat.summary import summary_request
 from stepline.errors import UpstreamError
-from stepline.protocol.chat_stream import ChatStreamAccumulator
-from stepline.protocol.compaction import summary_request
 from stepline.upstream.routing import UpstreamTarget
 from stepline.upstream.tokenize import tokenizer_for
 

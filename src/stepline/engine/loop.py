@@ -2,9 +2,10 @@
 
 Around the pure :func:`~stepline.engine.transition.next_action`, the loop
 records the steps it is told to append (in order, before running them), runs
-them — one model call, or a fan-out of tool calls in a task group bounded by
-``tool_concurrency`` —, records each outcome, and appends every event to the
-response's log. It never writes to a socket.
+them — one model call (:mod:`stepline.engine.model_call`), or a fan-out of
+tool calls (:mod:`stepline.engine.tool_call`) —, stores each outcome
+(:meth:`ScopeLoop.end_step`, with the events that announce it), and looks at
+the chain again. It never writes to a socket.
 
 Invariants:
 
@@ -26,78 +27,44 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal
 
 import httpx
-import orjson
 
-from stepline.engine.compaction import (
-    CONTEXT_OVERFLOW,
-    fit_context,
-    is_context_overflow,
-    summarise,
-)
-from stepline.engine.conversation import HistoryCache
+from stepline.chat.messages import chain_messages, leading_tool_messages
 from stepline.engine.creation import Unstored
+from stepline.engine.history import HistoryCache
 from stepline.engine.limits import Limits
+from stepline.engine.model_call import ChatStreamer, run_compaction, run_model_call
 from stepline.engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline.engine.routes import ModelRoutes
-from stepline.engine.run_events import (
-    RunEvent,
-    StepCompleted,
-    StepStarted,
-    TextDelta,
-    ToolCallFinished,
-    ToolCallStarted,
-    UsageDelta,
-)
+from stepline.engine.run_events import RunEvent
 from stepline.engine.sealing import Sealing
-from stepline.engine.sinks import (
-    ModelCallSending,
-    NullSink,
-    RunSink,
-    StepEnded,
-    ToolCallRunning,
-)
+from stepline.engine.sinks import NullSink, RunSink, StepEnded
+from stepline.engine.spec import RunSpec
+from stepline.engine.tool_call import run_tool_calls
 from stepline.engine.transition import next_action
-from stepline.engine.validate import conversation_problem
-from stepline.engine.view import ResponseView, ToolShown
-from stepline.errors import StoreError, ToolError, UpstreamError
-from stepline.protocol.chat_request import chat_payload
-from stepline.protocol.chat_stream import ChatStreamAccumulator, DeltaSink
-from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import base_messages, chain_messages, leading_tool_messages
-from stepline.protocol.model_events import CLIENT, SERVER, ItemOptions, ToolView
-from stepline.protocol.request import (
-    MessageItem,
-    ResponseRequest,
-    allowed_tool_names,
-)
+from stepline.engine.view import ResponseView
 from stepline.steps import (
     AppendSteps,
-    CompactionResult,
     Complete,
     Fail,
     Finish,
-    ModelCallResult,
     RunSteps,
     Step,
     StepError,
     StepKind,
     StepResult,
     StepState,
-    ToolCallResult,
 )
 from stepline.store.base import StepEnd, StepStore
-from stepline.tools.http import truncate_output
 from stepline.tools.mcp_tools import McpListing, McpTools
-from stepline.tools.registry import AgentSpec, ServerTool, ToolCallContext, ToolRegistry
+from stepline.tools.registry import ServerTool, ToolRegistry
 from stepline.upstream.routing import UpstreamTarget
 
 __all__ = [
-    "ChatStreamer",
     "Engine",
     "Failure",
     "LoopDrained",
@@ -106,59 +73,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: the longest a model call relays chunks without letting other tasks run
-_YIELD_SECONDS = 0.001
-
-
-class ChatStreamer(Protocol):
-    """The upstream seam: yields Chat Completions chunk dicts for one model call."""
-
-    def stream(
-        self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
-    ) -> AsyncIterator[dict[str, Any]]: ...
-
-
-def _ended(state: StepState) -> Literal["completed", "failed", "cancelled"]:
-    assert state.terminal
-    return cast(Literal["completed", "failed", "cancelled"], state.value)
-
-
-class _SiblingFailed(Exception):
-    """A fail_fast fan-out: a tool call failed, so the task group cancels its siblings."""
-
-
-class _ReportedText:
-    """A delta sink that also reports text deltas to the run's sink (when one asks)."""
-
-    def __init__(
-        self,
-        sink: DeltaSink,
-        report: RunSink,
-        *,
-        step_id: str,
-        scope: str | None,
-    ) -> None:
-        self._sink = sink
-        self._report = report
-        self._step_id = step_id
-        self._scope = scope
-
-    def on_reasoning(self, text: str) -> None:
-        self._sink.on_reasoning(text)
-
-    def on_text(self, text: str) -> None:
-        self._sink.on_text(text)
-        self._report.emit(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
-
-    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
-        self._sink.on_tool_call(index, call_id, name)
-
-    def on_tool_arguments(self, index: int, text: str) -> None:
-        self._sink.on_tool_arguments(index, text)
-
-    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
-        self._sink.on_logprobs(entries)
 
 
 class LoopDrained(Exception):
@@ -234,7 +148,8 @@ class ScopeLoop:
     engine: Engine
     response_id: str
     scope: str | None
-    request: ResponseRequest
+    #: what the scope's request asks of its model calls
+    spec: RunSpec
     target: UpstreamTarget
     server_tools: dict[str, ServerTool]
     base_messages: list[dict[str, Any]]
@@ -255,19 +170,17 @@ class ScopeLoop:
     chain: list[Step] | None = None
     #: the server tools the caller's key may use, for sub-agents too; None: any
     key_tools: frozenset[str] | None = None
-    #: the tools the client runs, by the names the model calls them
-    client_tools: ClientTools = field(default_factory=ClientTools)
-    #: what the request asked its items to carry (summaries, sealed reasoning, logprobs)
-    item_options: ItemOptions = field(default_factory=ItemOptions)
-    #: steps that ended in memory, their ends stored with the response's (see _finish)
+    #: steps that ended in memory, their ends stored with the response's (see end_step)
     deferred: list[Step] = field(default_factory=list)
     #: the response, while it is not stored yet: the loop stores it with its first
     #: steps (see :mod:`stepline.engine.creation`)
     creating: Unstored | None = None
     #: whether a sub-agent ran here: its steps are in another scope's chain
-    nested: bool = False
-    _chain: dict[str, Step] = field(default_factory=dict)
-    _failing_fast: bool = False
+    ran_sub_agents: bool = field(default=False, init=False)
+    #: the scope's steps as last recorded, by id
+    recorded: dict[str, Step] = field(default_factory=dict, init=False)
+    #: a fail_fast fan-out is cancelling the siblings of a failed call
+    failing_fast: bool = field(default=False, init=False)
 
     # -- the loop ----------------------------------------------------------
 
@@ -277,7 +190,7 @@ class ScopeLoop:
         chain = self.chain
         if chain is None:
             chain = await store.load_chain(self.response_id, scope=self.scope)
-        self._chain = {s.id: s for s in chain}
+        self.recorded = {s.id: s for s in chain}
         while True:
             self.state.elapsed = self.engine.clock() - started
             stop = self._stop_reason()
@@ -313,7 +226,7 @@ class ScopeLoop:
                     recorded = await store.record_steps(
                         self.response_id, scope=self.scope, steps=action.steps, start=runs_at_once
                     )
-                self._chain.update((step.id, step) for step in recorded)
+                self.recorded.update((step.id, step) for step in recorded)
                 await self._run_steps(recorded, started=runs_at_once)
             elif isinstance(action, RunSteps):
                 await self._run_steps(action.steps)
@@ -339,14 +252,9 @@ class ScopeLoop:
                     ),
                 )
 
-    async def store_record(self) -> None:
-        """Store the response if it is not stored yet (see ``creating``)."""
-        if self.creating is not None and not self.creating.done:
-            await self.creating.store(self.engine.store)
-
     def _stop_reason(self) -> str | None:
         """The first stop policy that fires, once a step has run since the last check."""
-        if not self.stops or not any(s.state.terminal for s in self._chain.values()):
+        if not self.stops or not any(s.state.terminal for s in self.recorded.values()):
             return None
         for policy in self.stops:
             reason = policy(self.state)
@@ -354,18 +262,23 @@ class ScopeLoop:
                 return reason
         return None
 
-    def _tap(self, event: RunEvent) -> None:
+    async def store_record(self) -> None:
+        """Store the response if it is not stored yet (see ``creating``)."""
+        if self.creating is not None and not self.creating.done:
+            await self.creating.store(self.engine.store)
+
+    def tap(self, event: RunEvent) -> None:
         if self.engine.sink.run_events:
             self.engine.sink.emit(event)
 
     def _ordered(self) -> list[Step]:
-        return sorted(self._chain.values(), key=lambda step: step.sequence)
+        return sorted(self.recorded.values(), key=lambda step: step.sequence)
 
     def steps(self) -> list[Step] | None:
         """Every step of the response as the store has it (deferred ends included),
         when this scope's chain is all of them: a top level whose run recorded every
         step and ran no sub-agent. None: read them from the store."""
-        if self.scope is not None or self.nested or self.chain != []:
+        if self.scope is not None or self.ran_sub_agents or self.chain != []:
             return None
         return self._ordered()
 
@@ -381,51 +294,24 @@ class ScopeLoop:
         tool_calls = [step for step in steps if step.kind is StepKind.TOOL_CALL]
         for step in model_calls:
             if step.kind is StepKind.COMPACTION:
-                await self._record(await self._run_compaction(step, started=started))
+                await self.record(await run_compaction(self, step, started=started))
                 continue
-            done = await self._run_model_call(step, started=started)
+            done = await run_model_call(self, step, started=started)
             if done is not None:
                 self.engine.sink.emit(StepEnded(step=done, target=self.target.name))
-            await self._record(done)
-        if not tool_calls:
-            return
-        limit = asyncio.Semaphore(self.engine.limits.tool_concurrency)
-        fail_fast = self.policy.join == "fail_fast"
+            await self.record(done)
+        if tool_calls:
+            await run_tool_calls(self, tool_calls, started=started)
 
-        async def bounded(step: Step) -> None:
-            async with limit:
-                done = await self._run_tool_call(step, started=started)
-                if done is not None:
-                    self.engine.sink.emit(StepEnded(step=done))
-                await self._record(done)
-            if fail_fast and done is not None and done.state is StepState.FAILED:
-                self._failing_fast = True
-                raise _SiblingFailed(step.id)
-
-        self._failing_fast = False
-        try:
-            async with asyncio.TaskGroup() as group:
-                for step in tool_calls:
-                    group.create_task(bounded(step))
-        except ExceptionGroup as failed:
-            # fail_fast: the group cancelled the siblings, which recorded it
-            errors = [e for e in failed.exceptions if not isinstance(e, _SiblingFailed)]
-            # a sibling's storage failure must stay a storage failure for run_response
-            for error in errors:
-                if isinstance(error, StoreError):
-                    raise error from failed
-            if errors:
-                raise
-
-    async def _record(self, step: Step | None) -> None:
+    async def record(self, step: Step | None) -> None:
         if step is None:
             # the guarded finish found the step no longer processing: re-read the truth
             chain = await self.engine.store.load_chain(self.response_id, scope=self.scope)
-            self._chain = {s.id: s for s in chain}
+            self.recorded = {s.id: s for s in chain}
         else:
-            self._chain[step.id] = step
+            self.recorded[step.id] = step
 
-    async def _finish(
+    async def end_step(
         self,
         step: Step,
         state: StepState,
@@ -474,154 +360,10 @@ class ScopeLoop:
         transition, given the chain with it, completes, finishes or fails."""
         if self.scope is not None or ended.kind is not StepKind.MODEL_CALL:
             return False
-        chain = sorted({**self._chain, ended.id: ended}.values(), key=lambda s: s.sequence)
+        chain = sorted({**self.recorded, ended.id: ended}.values(), key=lambda s: s.sequence)
         return isinstance(next_action(self.policy, chain), Complete | Finish | Fail)
 
-    # -- model calls -------------------------------------------------------
-
-    def _describe(self, name: str) -> ToolView:
-        if name in self.policy.client_tools:
-            client = self.client_tools.get(name)
-            return CLIENT if client is None else ToolView(kind="client", client=client)
-        tool = self.server_tools.get(name)
-        if tool is None:
-            return SERVER
-        kind: Literal["server", "approval"] = (
-            "approval" if name in self.policy.approval_tools else "server"
-        )
-        return ToolView(
-            kind=kind, label=tool.label, shown_name=tool.display_name, hosted=tool.hosted
-        )
-
-    def _listed(self, listing: McpListing) -> list[dict[str, Any]]:
-        """A listing's tools as an ``mcp_list_tools`` item shows them."""
-        allowed = allowed_tool_names(self.request)
-        return [
-            {
-                "name": tool.display_name or name,
-                "description": tool.description,
-                "input_schema": tool.parameters,
-                "annotations": None,
-            }
-            for name, tool in listing.tools.items()
-            if allowed is None or name in allowed
-        ]
-
-    def _tool_definitions(self, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
-        server = [
-            tool.chat_definition()
-            for name, tool in self.server_tools.items()
-            if allowed is None or name in allowed
-        ]
-        return server + self.client_tools.definitions(self.request)
-
-    async def _run_model_call(self, step: Step, *, started: bool = False) -> Step | None:
-        if not started:
-            step = await self.engine.store.start_step(step.id)
-        self._tap(
-            StepStarted(step_id=step.id, kind="model_call", scope=self.scope, attempt=step.attempt)
-        )
-        messages = self._messages_before(step)
-        problem = conversation_problem(messages, self.policy.validation)
-        if problem is not None:
-            done = await self._finish(
-                step,
-                StepState.FAILED,
-                failure=StepError(
-                    message=f"invalid conversation: {problem}", code="invalid_conversation"
-                ),
-            )
-            self._model_call_done(done)
-            return done
-        payload = chat_payload(
-            self.request,
-            model=self.target.upstream_model,
-            messages=messages,
-            tools=self._tool_definitions(allowed_tool_names(self.request)),
-            first_call=step.request.get("iteration", 1) == 1,
-            dialect=self.target.dialect,
-            client_tools=self.client_tools,
-            server_names=frozenset(self.server_tools),
-        )
-        fitted = await fit_context(
-            self.engine.http,
-            self.target,
-            window=self.engine.routes.context_window(self.request.model, self.target),
-            truncation=self.request.truncation,
-            payload=payload,
-            max_output_tokens=self.request.max_output_tokens,
-        )
-        if fitted.overflow is not None:
-            error = StepError(message=fitted.overflow, code=CONTEXT_OVERFLOW)
-            done = await self._finish(step, StepState.FAILED, failure=error)
-            self._model_call_done(done)
-            return done
-        payload = fitted.payload
-        items_sink = await self.view.model_call(
-            step, describe=self._describe, options=self.item_options
-        )
-        if self.scope is None and step.request.get("iteration") == 1:
-            for listing in self.listings:
-                items_sink.list_tools(listing.label, self._listed(listing), listing.error)
-        sink: DeltaSink = items_sink
-        if self.engine.sink.run_events:
-            sink = _ReportedText(sink, self.engine.sink, step_id=step.id, scope=self.scope)
-        accumulator = ChatStreamAccumulator(sink)
-        self.engine.sink.emit(ModelCallSending(step=step, target=self.target, payload=payload))
-        try:
-            clock = asyncio.get_running_loop().time
-            next_yield = 0.0
-            # a plain request's client reads only the end: nobody waits for its first events
-            streamed = self.request.stream or self.request.background
-            view = self.view
-            first_seq = view.next_seq if view.sends and streamed else None
-            async for chunk in self.engine.chat.stream(self.target, payload, step_id=step.id):
-                accumulator.feed(chunk)
-                if first_seq is not None:
-                    if view.next_seq > first_seq:
-                        # clients see only stored events: store the first ones of
-                        # this call before relaying the rest (time to first token)
-                        await view.durable()
-                        first_seq = None
-                elif clock() >= next_yield:
-                    # one network read can carry hundreds of chunks: let the event
-                    # writer and the readers run at least every millisecond
-                    await asyncio.sleep(0)
-                    next_yield = clock() + _YIELD_SECONDS
-            turn = accumulator.result()
-        except UpstreamError as exc:
-            self.view.hold()
-            items_sink.abort()
-            code = CONTEXT_OVERFLOW if is_context_overflow(exc) else exc.code
-            done = await self._finish(
-                step,
-                StepState.FAILED,
-                failure=StepError(message=exc.message, code=code, status=exc.status),
-            )
-            self._model_call_done(done)
-            return done
-        # the items' done events are stored with the step's end (see _finish)
-        self.view.hold()
-        items = items_sink.close(turn)
-        message = turn.message()
-        if turn.reasoning:
-            message["reasoning_content"] = turn.reasoning
-        done = await self._finish(
-            step,
-            StepState.COMPLETED,
-            result=ModelCallResult(
-                message=message,
-                items=items,
-                call_items=items_sink.call_items,
-                usage=turn.usage,
-                finish_reason=turn.finish_reason,
-                model=turn.model,
-            ),
-        )
-        self._model_call_done(done)
-        return done
-
-    def _messages_before(self, step: Step) -> list[dict[str, Any]]:
+    def messages_before(self, step: Step) -> list[dict[str, Any]]:
         """The conversation a step of this scope continues: everything recorded before it."""
         chain = [s for s in self._ordered() if s.sequence < step.sequence]
         at = len(self.base_messages) if self.results_at is None else self.results_at
@@ -632,240 +374,30 @@ class ScopeLoop:
             *chain_messages(chain),
         ]
 
-    async def _run_compaction(self, step: Step, *, started: bool = False) -> Step | None:
-        """Have the model summarise the conversation so far; later calls see the summary.
-
-        Shown as a ``compaction`` item (added, ``response.compaction.compacting``,
-        done with the sealed summary); the item's done event is stored with the
-        step's end, and a rerun after a crash does not announce it twice."""
-        if not started:
-            step = await self.engine.store.start_step(step.id)
-        await self.view.compaction_started(step)
-        try:
-            summary = await summarise(
-                self.engine.chat,
-                self.target,
-                self._messages_before(step),
-                step_id=step.id,
-                prompt_cache_key=self.request.prompt_cache_key,
-            )
-        except UpstreamError as exc:
-            error = StepError(
-                message=f"compaction failed: {exc.message}", code=exc.code, status=exc.status
-            )
-            return await self._finish(step, StepState.FAILED, failure=error)
-        # the item's done event is stored with the step's end (see _finish)
-        done_item = self.view.compaction_done(step, summary.text)
-        self.state.input_tokens += summary.usage.get("input_tokens", 0)
-        self.state.output_tokens += summary.usage.get("output_tokens", 0)
-        return await self._finish(
-            step,
-            StepState.COMPLETED,
-            result=CompactionResult(summary=summary.text, items=[done_item], usage=summary.usage),
-        )
-
-    def _model_call_done(self, step: Step | None) -> None:
-        if step is None:
-            return
-        usage = (step.response or {}).get("usage") or {}
-        calls = ((step.response or {}).get("message") or {}).get("tool_calls") or ()
-        self.state.model_calls += 1
-        self.state.input_tokens += int(usage.get("input_tokens", 0))
-        self.state.output_tokens += int(usage.get("output_tokens", 0))
-        if self.scope is None:
-            self.state.wants_tools = bool(calls)
-        if usage:
-            self._tap(
-                UsageDelta(
-                    step_id=step.id,
-                    scope=self.scope,
-                    input_tokens=int(usage.get("input_tokens", 0)),
-                    output_tokens=int(usage.get("output_tokens", 0)),
-                )
-            )
-        self._tap(
-            StepCompleted(
-                step_id=step.id, kind="model_call", scope=self.scope, state=_ended(step.state)
-            )
-        )
-
-    # -- tool calls --------------------------------------------------------
-
-    async def _run_tool_call(self, step: Step, *, started: bool = False) -> Step | None:
-        lease = self.engine.limits.lease_seconds
-        if started and lease is not None and self.engine.clock() - (step.started_at or 0) > lease:
-            # recorded started, but run only now, past a lease: another process may have
-            # run it meanwhile, and starting it in the store refuses one that ended
-            started = False
-        if not started:
-            step = await self.engine.store.start_step(step.id)
-        assert step.call_id is not None
-        self.engine.sink.emit(ToolCallRunning(step=step))
-        self._tap(
-            StepStarted(step_id=step.id, kind="tool_call", scope=self.scope, attempt=step.attempt)
-        )
-        self._tap(
-            ToolCallStarted(
-                step_id=step.id,
-                scope=self.scope,
-                call_id=step.call_id,
-                name=step.tool_name,
-                arguments=step.arguments,
-            )
-        )
-        ending = await self.view.tool_started(step, self._item_of_call(step))
-        try:
-            result = await self._execute_tool(step)
-        except ToolError as exc:
-            error = StepError(message=exc.message, code=exc.code, status=exc.status)
-            return await self._end_tool_call(step, StepState.FAILED, None, error, ending)
-        except asyncio.CancelledError:
-            if self._failing_fast:
-                # a sibling failed: this call is abandoned, and says so
-                error = StepError(
-                    message="tool call cancelled: a sibling call failed", code="cancelled"
-                )
-                done = await self._end_tool_call(step, StepState.CANCELLED, None, error, ending)
-                if done is not None:
-                    self._chain[step.id] = done
-            # otherwise the run itself stops (shutdown, lost lease, a consumer gone):
-            # the step stays processing, and whoever resumes the run runs it again
-            raise
-        return await self._end_tool_call(
-            step, StepState.COMPLETED, ToolCallResult(output=result), None, ending
-        )
-
-    async def _end_tool_call(
+    def nested(
         self,
-        step: Step,
-        state: StepState,
-        result: ToolCallResult | None,
-        error: StepError | None,
-        ending: ToolShown,
-    ) -> Step | None:
-        """Show how a tool call ended, then store it (its events first, see ``_finish``)."""
-        assert step.call_id is not None
-        ended = dataclasses.replace(
-            step,
-            state=state,
-            response=None if result is None else result.payload(),
-            error=None if error is None else error.payload(),
-        )
-        # the item's done events are stored with the step's end (see _finish)
-        self.view.tool_ended(ended, ending, frozenset(self.request.include))
-        done = await self._finish(step, state, result=result, failure=error)
-        if done is None:
-            return None
-        self.state.tool_invocations += 1
-        self.state.tools_called.append(step.tool_name)
-        failure = error.message if error is not None and state is not StepState.COMPLETED else None
-        self._tap(
-            ToolCallFinished(
-                step_id=step.id,
-                scope=self.scope,
-                call_id=step.call_id,
-                name=step.tool_name,
-                output=result.output if result is not None and failure is None else None,
-                error=failure,
-            )
-        )
-        self._tap(
-            StepCompleted(step_id=step.id, kind="tool_call", scope=self.scope, state=_ended(state))
-        )
-        return done
-
-    def _item_of_call(self, step: Step) -> str | None:
-        """The output item of the model call this tool step answers."""
-        model_calls = [
-            s
-            for s in self._chain.values()
-            if s.kind is StepKind.MODEL_CALL and s.sequence < step.sequence
-        ]
-        if not model_calls:
-            return None
-        answered = max(model_calls, key=lambda s: s.sequence)
-        assert answered.response is not None and step.call_id is not None
-        item_id: str | None = answered.response["call_items"].get(step.call_id)
-        return item_id
-
-    async def _execute_tool(self, step: Step) -> str:
-        name = step.tool_name
-        tool = self.server_tools.get(name)
-        if tool is None:
-            offered = ", ".join(sorted(self.server_tools)) or "none"
-            raise ToolError(
-                f"tool {name!r} does not exist; the tools you may call are: {offered}",
-                tool=name,
-            )
-        allowed = allowed_tool_names(self.request)
-        if allowed is not None and name not in allowed:
-            raise ToolError(f"tool {name!r} is not allowed in this response", tool=name)
-        arguments = tool.parse_arguments(step.arguments)
-        if tool.agent is not None:
-            output = await self._run_agent(step, tool.name, tool.agent, arguments)
-        else:
-            assert tool.run is not None
-            output = await tool.run(
-                arguments,
-                ToolCallContext(
-                    step_id=step.id,
-                    http=self.engine.http,
-                    headers=self.engine.step_headers(step.id),
-                ),
-            )
-        if tool.limits_output:
-            return output
-        return truncate_output(output, self.engine.limits.max_tool_output_chars)
-
-    async def _run_agent(
-        self, step: Step, name: str, config: AgentSpec, arguments: dict[str, Any]
-    ) -> str:
-        limits = self.engine.limits
-        if self.depth + 1 > limits.max_depth:
-            raise ToolError(
-                f"agent {name!r} not run: max_depth {limits.max_depth} reached",
-                tool=name,
-            )
-        target = self.engine.routes.target(config.model)
-        if target is None:
-            raise ToolError(
-                f"agent {name!r} names model {config.model!r} with no upstream", tool=name
-            )
-        task = arguments.get("input")
-        text = task if isinstance(task, str) else orjson.dumps(arguments).decode()
-        request = ResponseRequest(
-            model=config.model,
-            input=[MessageItem(role="user", content=text)],
-            instructions=config.instructions,
-        )
-        self.nested = True
-        sub = ScopeLoop(
+        *,
+        scope: str,
+        spec: RunSpec,
+        target: UpstreamTarget,
+        server_tools: dict[str, ServerTool],
+        base_messages: list[dict[str, Any]],
+        policy: LoopPolicy,
+    ) -> ScopeLoop:
+        """A sub-agent's loop inside this one: its steps carry ``scope`` (the calling
+        step's id); it shares this run's state and caller's key, and shows no events."""
+        self.ran_sub_agents = True
+        return ScopeLoop(
             engine=self.engine,
             response_id=self.response_id,
-            scope=step.id,
-            request=request,
+            scope=scope,
+            spec=spec,
             target=target,
-            server_tools=self.engine.tools.select(
-                [name for name in config.tools if self.key_tools is None or name in self.key_tools]
-            ),
+            server_tools=server_tools,
             key_tools=self.key_tools,
-            base_messages=base_messages(request, []),
-            policy=LoopPolicy(
-                max_iterations=limits.max_iterations,
-                fail_on_tool_error=limits.tool_errors == "fail",
-                join=limits.tool_join,
-                validation=limits.validation,
-            ),
+            base_messages=base_messages,
+            policy=policy,
             view=self.view.nested(),
             depth=self.depth + 1,
             state=self.state,
         )
-        outcome = await sub.run()
-        if outcome.status != "completed":
-            detail = (
-                outcome.failure.message
-                if outcome.failure is not None
-                else (outcome.incomplete_details or {}).get("reason", "")
-            )
-            raise ToolError(f"agent {name!r} ended {outcome.status}: {detail}", tool=name)
-        return outcome.text

@@ -24,14 +24,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from stepline.protocol.chat_stream import AssistantTurn, DeltaSink
-from stepline.protocol.model_events import ItemOptions, ToolView
+from stepline.chat.stream import AssistantTurn, DeltaSink
 from stepline.steps import Step
 from stepline.store.base import EndResult, StepEnd
+from stepline.tools.registry import SERVER_LABEL
 
-__all__ = ["ModelCallView", "ResponseView", "ToolShown"]
+__all__ = ["CLIENT", "SERVER", "ModelCallView", "ResponseView", "ToolShown", "ToolView"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolView:
+    """Who runs a model's tool call, as the response shows it: the client, the server,
+    or the server once the client approves (the engine decides; the wire names the items).
+    """
+
+    kind: Literal["client", "server", "approval"]
+    #: the label of the source of a server tool (an MCP server's, or stepline's own)
+    label: str = SERVER_LABEL
+    #: the name its item shows (an MCP tool's own name); default: the call's name
+    shown_name: str | None = None
+    #: the hosted tool a server tool plays (``web_search``): its item type
+    hosted: str | None = None
+
+
+CLIENT = ToolView(kind="client")
+SERVER = ToolView(kind="server")
 
 
 class ModelCallView(DeltaSink, Protocol):
@@ -100,10 +119,8 @@ class ResponseView(Protocol):
         """The view of a sub-agent's steps: its own items, no events."""
         ...
 
-    async def model_call(
-        self, step: Step, *, describe: Callable[[str], ToolView], options: ItemOptions
-    ) -> ModelCallView:
-        """A model call about to stream; ``describe`` says how each tool's calls show."""
+    async def model_call(self, step: Step, *, describe: Callable[[str], ToolView]) -> ModelCallView:
+        """A model call about to stream; ``describe`` says who runs each tool's calls."""
         ...
 
     async def compaction_started(self, step: Step) -> None:
@@ -118,6 +135,6 @@ class ResponseView(Protocol):
         """A tool call is running; ``item_id``: the item of the model call it answers."""
         ...
 
-    def tool_ended(self, ended: Step, shown: ToolShown, include: frozenset[str]) -> None:
+    def tool_ended(self, ended: Step, shown: ToolShown) -> None:
         """A tool call ended as ``ended`` says (its events are held for its end)."""
         ...

@@ -1,24 +1,19 @@
-"""A Responses request, at one step of the loop, as a Chat Completions request body.
+"""A Responses request as the options of its Chat Completions calls.
 
-``tool_choice`` binds the first model call of a response only; follow-up
-calls after tool results use ``auto`` (``none`` stays ``none``), otherwise a
-forced choice would call the tool forever. Tools outside
-``tool_choice: allowed_tools`` are never offered.
-
-Every request field that reaches the model is forwarded here, in the
-upstream's :class:`ChatDialect`: sampling, ``max_output_tokens``,
+Every request field that reaches the model is read here, once per response,
+into :class:`~stepline.chat.body.ChatOptions`: sampling, ``max_output_tokens``,
 ``text.format`` and ``text.verbosity``, logprobs, ``prompt_cache_key``,
-``safety_identifier``, ``user``, ``service_tier``, ``reasoning.effort``.
+``safety_identifier``, ``user``, ``service_tier``, ``reasoning.effort``, and
+``tool_choice`` (a forced client tool by the name the model calls it).
+Tools outside ``tool_choice: allowed_tools`` are never offered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from stepline.errors import InvalidRequest
+from stepline.chat.body import ChatDialect, ChatOptions, chat_body
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import finalize_messages
 from stepline.protocol.request import (
     ResponseRequest,
     ToolChoiceAllowed,
@@ -26,23 +21,7 @@ from stepline.protocol.request import (
     ToolChoiceFunction,
 )
 
-__all__ = ["ChatDialect", "chat_payload", "forced_tool"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class ChatDialect:
-    """What one upstream takes beyond plain Chat Completions (its config says)."""
-
-    #: forward ``reasoning.effort`` as ``reasoning_effort``
-    reasoning_effort: bool = False
-    #: custom tools as Chat Completions custom tools, else as one-string functions
-    native_custom: bool = False
-    #: where a tool result's images and files go: the tool message, or a user message after
-    tool_parts: Literal["native", "user_message"] = "user_message"
-    #: the field earlier reasoning is sent back in, or None to leave it out
-    reasoning_replay: str | None = None
-    #: Chat Completions ``file`` parts for files that are not text
-    file_parts: bool = False
+__all__ = ["chat_options", "chat_payload", "forced_tool"]
 
 
 def forced_tool(request: ResponseRequest, tools: ClientTools) -> dict[str, Any] | None:
@@ -65,28 +44,69 @@ def forced_tool(request: ResponseRequest, tools: ClientTools) -> dict[str, Any] 
     return {"type": "function", "function": {"name": tool.chat_name}}
 
 
-def _tool_choice(
-    request: ResponseRequest, tools: ClientTools, server_names: frozenset[str], *, first_call: bool
-) -> Any:
+def _first_tool_choice(
+    request: ResponseRequest, tools: ClientTools, server_names: frozenset[str]
+) -> tuple[Any, str | None]:
+    """The first call's ``tool_choice``, or why it names no tool of the response."""
     choice = request.tool_choice
-    if choice == "none":
-        return "none"
-    if not first_call:
-        return "auto"
     if isinstance(choice, ToolChoiceAllowed):
-        return choice.mode
+        return choice.mode, None
     if isinstance(choice, ToolChoiceFunction | ToolChoiceBuiltin):
         forced = forced_tool(request, tools)
         if forced is not None:
-            return forced
+            return forced, None
         name = getattr(choice, "name", None) or choice.type
         if name in server_names:
-            return {"type": "function", "function": {"name": name}}
-        raise InvalidRequest(
-            f"tool_choice names {name!r}, which no tool of this response provides",
-            param="tool_choice",
-        )
-    return choice
+            return {"type": "function", "function": {"name": name}}, None
+        return None, f"tool_choice names {name!r}, which no tool of this response provides"
+    return choice, None
+
+
+def chat_options(
+    request: ResponseRequest,
+    *,
+    client_tools: ClientTools | None = None,
+    server_names: frozenset[str] = frozenset(),
+) -> ChatOptions:
+    """What every model call of ``request`` sends besides its messages and tools."""
+    first, error = _first_tool_choice(request, client_tools or ClientTools(), server_names)
+    fields: dict[str, Any] = {}
+    if request.temperature is not None:
+        fields["temperature"] = request.temperature
+    if request.top_p is not None:
+        fields["top_p"] = request.top_p
+    if request.presence_penalty is not None:
+        fields["presence_penalty"] = request.presence_penalty
+    if request.frequency_penalty is not None:
+        fields["frequency_penalty"] = request.frequency_penalty
+    if request.max_output_tokens is not None:
+        fields["max_tokens"] = request.max_output_tokens
+    fmt = request.text.format
+    if fmt.type == "json_schema":
+        schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema_}
+        if fmt.strict is not None:
+            schema["strict"] = fmt.strict
+        fields["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt.type == "json_object":
+        fields["response_format"] = {"type": "json_object"}
+    if request.text.verbosity is not None:
+        fields["verbosity"] = request.text.verbosity
+    if request.top_logprobs or request.includes("message.output_text.logprobs"):
+        fields["logprobs"] = True
+        if request.top_logprobs:
+            fields["top_logprobs"] = request.top_logprobs
+    for name in ("prompt_cache_key", "safety_identifier", "user", "service_tier"):
+        value = getattr(request, name)
+        if value is not None:
+            fields[name] = value
+    return ChatOptions(
+        first_tool_choice=first,
+        tool_choice_error=error,
+        later_tool_choice="none" if request.tool_choice == "none" else "auto",
+        parallel_tool_calls=request.parallel_tool_calls,
+        fields=fields,
+        reasoning_effort=request.reasoning.effort if request.reasoning is not None else None,
+    )
 
 
 def chat_payload(
@@ -96,50 +116,17 @@ def chat_payload(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
     first_call: bool,
-    dialect: ChatDialect = ChatDialect(),
+    dialect: ChatDialect | None = None,
     client_tools: ClientTools | None = None,
     server_names: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "model": model,
-        "messages": finalize_messages(
-            messages, reasoning_key=dialect.reasoning_replay, tool_parts=dialect.tool_parts
-        ),
-    }
-    if tools:
-        payload["tools"] = tools
-        payload["tool_choice"] = _tool_choice(
-            request, client_tools or ClientTools(), server_names, first_call=first_call
-        )
-        payload["parallel_tool_calls"] = request.parallel_tool_calls
-    if request.temperature is not None:
-        payload["temperature"] = request.temperature
-    if request.top_p is not None:
-        payload["top_p"] = request.top_p
-    if request.presence_penalty is not None:
-        payload["presence_penalty"] = request.presence_penalty
-    if request.frequency_penalty is not None:
-        payload["frequency_penalty"] = request.frequency_penalty
-    if request.max_output_tokens is not None:
-        payload["max_tokens"] = request.max_output_tokens
-    fmt = request.text.format
-    if fmt.type == "json_schema":
-        schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema_}
-        if fmt.strict is not None:
-            schema["strict"] = fmt.strict
-        payload["response_format"] = {"type": "json_schema", "json_schema": schema}
-    elif fmt.type == "json_object":
-        payload["response_format"] = {"type": "json_object"}
-    if request.text.verbosity is not None:
-        payload["verbosity"] = request.text.verbosity
-    if request.top_logprobs or request.includes("message.output_text.logprobs"):
-        payload["logprobs"] = True
-        if request.top_logprobs:
-            payload["top_logprobs"] = request.top_logprobs
-    for name in ("prompt_cache_key", "safety_identifier", "user", "service_tier"):
-        value = getattr(request, name)
-        if value is not None:
-            payload[name] = value
-    if dialect.reasoning_effort and request.reasoning is not None and request.reasoning.effort:
-        payload["reasoning_effort"] = request.reasoning.effort
-    return payload
+    """One call's body straight from a request (a call the loop does not make)."""
+    options = chat_options(request, client_tools=client_tools, server_names=server_names)
+    return chat_body(
+        options,
+        model=model,
+        messages=messages,
+        tools=tools,
+        first_call=first_call,
+        dialect=dialect or ChatDialect(),
+    )

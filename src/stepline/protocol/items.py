@@ -2,10 +2,11 @@
 
 Two directions meet here:
 
-* inward: request input items and stored step chains become the ``messages``
-  of a Chat Completions call. Tool results are always keyed by the model's
-  ``call_id`` (never by position), and consecutive ``function_call`` items
-  merge into one assistant message, as Chat Completions requires.
+* inward: request input items become the ``messages`` of a Chat Completions
+  call (a stored chain of steps becomes them in :mod:`stepline.chat.messages`).
+  Tool results are always keyed by the model's ``call_id`` (never by
+  position), and consecutive ``function_call`` items merge into one
+  assistant message, as Chat Completions requires.
 * outward: the output item shapes (message, reasoning, function_call for the
   client's tools, mcp_call for tools the server ran).
 
@@ -19,13 +20,15 @@ import binascii
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import orjson
 
+from stepline.chat.messages import REASONING_KEY, tool_error_text
+from stepline.chat.summary import summary_message
 from stepline.errors import InvalidRequest
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.compaction import SEAL_LABEL, compacted, summary_message
+from stepline.protocol.compaction import SEAL_LABEL
 from stepline.protocol.request import (
     ClientCallItem,
     ClientCallOutputItem,
@@ -46,25 +49,13 @@ from stepline.protocol.request import (
     Refusal,
     ResponseRequest,
 )
-from stepline.steps import Step, StepKind, StepState, batches
 
 __all__ = [
-    "SERVER_LABEL",
     "InputContext",
     "base_messages",
-    "chain_messages",
-    "finalize_messages",
     "input_messages",
     "message_item",
-    "tool_error_text",
 ]
-
-#: ``server_label`` of the mcp_call items that show tools the server ran
-SERVER_LABEL = "stepline"
-
-#: the key under which an assistant message carries its reasoning inside stepline;
-#: :func:`finalize_messages` renames or drops it for the upstream
-REASONING_KEY = "reasoning_content"
 
 Message = dict[str, Any]
 
@@ -356,134 +347,8 @@ def _opened_summary(item: CompactionItem, index: int, context: InputContext) -> 
     return summary
 
 
-def finalize_messages(
-    messages: Sequence[Message],
-    *,
-    reasoning_key: str | None = None,
-    tool_parts: Literal["native", "user_message"] = "user_message",
-) -> list[Message]:
-    """The messages as one upstream takes them (the input is left untouched).
-
-    A compaction summary replaces what it summarises (:func:`compacted`).
-    Reasoning goes back under ``reasoning_key`` (or not at all). A tool result
-    made of parts (an image) stays one multi-part tool message where the
-    upstream takes that (``native``); otherwise the tool message keeps the
-    text and the other parts follow the run of tool messages as one user
-    message, so the assistant's calls are still answered first.
-    """
-    out: list[Message] = []
-    attachments: list[dict[str, Any]] = []
-    callers: list[str] = []
-
-    def flush() -> None:
-        if attachments:
-            intro = "The tool call(s) " + ", ".join(callers) + " returned these attachments:"
-            out.append({"role": "user", "content": [{"type": "text", "text": intro}, *attachments]})
-            attachments.clear()
-            callers.clear()
-
-    for message in compacted(messages):
-        role = message["role"]
-        if role != "tool":
-            flush()
-        if role == "assistant" and (REASONING_KEY in message or reasoning_key):
-            message = dict(message)
-            reasoning = message.pop(REASONING_KEY, None)
-            if reasoning and reasoning_key:
-                message[reasoning_key] = reasoning
-        elif (
-            role == "tool"
-            and isinstance(message.get("content"), list)
-            and tool_parts == "user_message"
-        ):
-            parts = message["content"]
-            text = "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
-            others = [p for p in parts if p.get("type") != "text"]
-            if others:
-                attachments.extend(others)
-                callers.append(str(message["tool_call_id"]))
-                text = (text + "\n" if text else "") + (
-                    f"[{len(others)} attachment(s) follow in the next user message]"
-                )
-            message = {**message, "content": text}
-        out.append(message)
-    flush()
-    return out
-
-
 def _text_of(parts: Sequence[Any]) -> str:
     return "".join(p.text for p in parts if isinstance(p, OutputText) or hasattr(p, "text"))
-
-
-def tool_error_text(error: Any) -> str:
-    """The text a model sees for a failed tool call."""
-    if error is None:
-        return ""
-    if isinstance(error, dict):
-        message = error.get("message")
-        if message:
-            return f"Error: {message}"
-        content = error.get("content")
-        if isinstance(content, list):
-            return "Error: " + "".join(str(part.get("text", "")) for part in content)
-    return f"Error: {error}"
-
-
-def chain_messages(chain: Sequence[Step]) -> list[Message]:
-    """Chat messages for the completed steps of one scope, in transcript order.
-
-    Each model call contributes its assistant message; the tool steps after it
-    contribute one tool message each, in the order the model called them,
-    matched by ``call_id``. Client-side calls have no step and no message here:
-    their results arrive as input of the next response. A completed compaction
-    step contributes its summary, at its place.
-    """
-    turns: list[tuple[int, list[Message]]] = [
-        (step.sequence, [summary_message(str(step.response["summary"]))])
-        for step in chain
-        if step.kind is StepKind.COMPACTION
-        and step.state is StepState.COMPLETED
-        and step.response is not None
-    ]
-    for model_call, results in batches(chain):
-        if model_call.state is not StepState.COMPLETED:
-            continue
-        assert model_call.response is not None
-        message = dict(model_call.response["message"])
-        turn = [message]
-        for call in message.get("tool_calls") or ():
-            done = results.get(call["id"])
-            if done is not None and done.state.terminal:
-                turn.append(
-                    {"role": "tool", "tool_call_id": call["id"], "content": tool_result_text(done)}
-                )
-        turns.append((model_call.sequence, turn))
-    turns.sort(key=lambda entry: entry[0])
-    return [message for _, turn in turns for message in turn]
-
-
-def leading_tool_messages(chain: Sequence[Step]) -> list[Message]:
-    """Tool messages of the steps a chain runs before its first model call.
-
-    Those are calls the client approved; they answer the previous response's
-    last assistant message.
-    """
-    messages: list[Message] = []
-    for step in sorted(chain, key=lambda s: s.sequence):
-        if step.kind is StepKind.MODEL_CALL:
-            break
-        if step.call_id is not None and step.state.terminal:
-            messages.append(
-                {"role": "tool", "tool_call_id": step.call_id, "content": tool_result_text(step)}
-            )
-    return messages
-
-
-def tool_result_text(step: Step) -> str:
-    """What the model sees as the result of a finished tool step."""
-    if step.state is StepState.COMPLETED and step.response is not None:
-        return str(step.response.get("output", ""))
-    return tool_error_text(step.error or {"message": f"tool call {step.state.value}"})
 
 
 def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:

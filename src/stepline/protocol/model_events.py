@@ -39,14 +39,21 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from stepline.protocol.chat_stream import AssistantTurn
-from stepline.protocol.client_tools import ITEM_PREFIX, ClientTool, CustomInputDecoder, call_item
+from stepline.chat.stream import AssistantTurn
+from stepline.engine.view import ToolView
+from stepline.protocol.client_tools import (
+    ITEM_PREFIX,
+    ClientTool,
+    ClientTools,
+    CustomInputDecoder,
+    call_item,
+)
 from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.items import SERVER_LABEL, message_item
+from stepline.protocol.items import message_item
 from stepline.protocol.server_items import (
     hosted_call_item,
     is_hosted_item,
@@ -55,7 +62,7 @@ from stepline.protocol.server_items import (
 )
 from stepline.store.base import EventRow
 
-__all__ = ["ItemOptions", "ModelCallEvents", "PriorEmission", "ToolView"]
+__all__ = ["ItemOptions", "ModelCallEvents", "PriorEmission"]
 
 #: an item kind: ``reasoning``, ``message``, ``mcp_call``... or a client call's item type
 Kind = str
@@ -93,25 +100,6 @@ class ItemOptions:
     open_responses_names: bool = False
     #: keep token logprobs on output text (``include`` or ``top_logprobs``)
     logprobs: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolView:
-    """How a model's tool call shows: a ``function_call`` for the client to run, an
-    ``mcp_call`` the server runs, or an ``mcp_approval_request`` held for approval."""
-
-    kind: Literal["client", "server", "approval"]
-    label: str = SERVER_LABEL
-    #: the name its item shows (an MCP tool's own name); default: the call's name
-    shown_name: str | None = None
-    #: a client tool's kind and names; None: a plain function of the call's name
-    client: ClientTool | None = None
-    #: the hosted tool a server tool plays (``web_search``): its item type
-    hosted: str | None = None
-
-
-CLIENT = ToolView(kind="client")
-SERVER = ToolView(kind="server")
 
 
 @dataclass(kw_only=True)
@@ -219,7 +207,12 @@ class _Open:
 
 
 class ModelCallEvents:
-    """Events and output items of one model call; ``events=None`` sends no events."""
+    """Events and output items of one model call; ``events=None`` sends no events.
+
+    ``describe`` says who runs each tool the model calls (the engine's
+    :class:`~stepline.engine.view.ToolView`); a call the client runs shows as
+    the item of its tool in ``client_tools`` (a plain ``function_call`` when
+    the response declared no such tool)."""
 
     def __init__(
         self,
@@ -228,11 +221,13 @@ class ModelCallEvents:
         *,
         step_id: str,
         describe: Callable[[str], ToolView],
+        client_tools: ClientTools | None = None,
         prior: PriorEmission | None = None,
         options: ItemOptions = ItemOptions(),
     ) -> None:
         self._events = events
         self._describe = describe
+        self._client_tools = client_tools if client_tools is not None else ClientTools()
         self._output = output
         self._step_id = step_id
         self._prior = prior
@@ -441,7 +436,8 @@ class ModelCallEvents:
             }
             opened = self._open("mcp_approval_request", item, name=shown, call_id=call_id)
         elif view.kind == "client":
-            client_call = self._open_client_call(index, call_id, name, view.client)
+            tool = self._client_tools.get(name)
+            client_call = self._open_client_call(index, call_id, name, tool)
             if client_call is None:
                 return  # a built-in call: shown once its arguments are complete
             opened = client_call

@@ -28,11 +28,12 @@ import orjson
 
 from stepline.engine.compaction import CONTEXT_OVERFLOW
 from stepline.engine.sealing import Sealing
-from stepline.engine.view import ModelCallView, ResponseView, ToolShown
+from stepline.engine.view import ModelCallView, ResponseView, ToolShown, ToolView
 from stepline.protocol.assemble import approved_call_item
+from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, compaction_item_id
 from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission, ToolView
+from stepline.protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission
 from stepline.protocol.server_items import server_item_events, server_item_state
 from stepline.steps import Step, StepState
 from stepline.store.base import EndResult, EventRow, ResponseEnd, StepEnd
@@ -56,7 +57,13 @@ async def _nothing_sent(step_id: str) -> Sequence[EventRow]:
 
 
 class OpenResponsesView:
-    """The events and output items of one response (or, nested, of one sub-agent)."""
+    """The events and output items of one response (or, nested, of one sub-agent).
+
+    What the request asked its items to show — ``options`` (reasoning summaries,
+    sealed reasoning, logprobs, event names), ``include`` (what a server tool's
+    item carries) and ``client_tools`` (the items of the client's calls) — is
+    the wire's to know; a sub-agent's nested view shows its items plainly.
+    """
 
     def __init__(
         self,
@@ -65,9 +72,15 @@ class OpenResponsesView:
         *,
         sealer: Sealing,
         step_events: StepEvents = _nothing_sent,
+        include: frozenset[str] = frozenset(),
+        options: ItemOptions | None = None,
+        client_tools: ClientTools | None = None,
     ) -> None:
         self.events = events
         self.output = output
+        self.include = include
+        self.options = options if options is not None else ItemOptions()
+        self.client_tools = client_tools if client_tools is not None else ClientTools()
         self._sealer = sealer
         self._step_events = step_events
 
@@ -132,18 +145,17 @@ class OpenResponsesView:
 
     # -- model calls -------------------------------------------------------
 
-    async def model_call(
-        self, step: Step, *, describe: Callable[[str], ToolView], options: ItemOptions
-    ) -> ModelCallView:
+    async def model_call(self, step: Step, *, describe: Callable[[str], ToolView]) -> ModelCallView:
         sent = await self._sent(step)
         return ModelCallEvents(
             self.events,
             self.output,
             step_id=step.id,
             describe=describe,
+            client_tools=self.client_tools,
             # run again after a crash: continue what the earlier attempt sent
             prior=PriorEmission(sent) if sent else None,
-            options=options,
+            options=self.options,
         )
 
     # -- compaction --------------------------------------------------------
@@ -208,13 +220,13 @@ class OpenResponsesView:
                 )
         return item["id"], index
 
-    def tool_ended(self, ended: Step, shown: ToolShown, include: frozenset[str]) -> None:
+    def tool_ended(self, ended: Step, shown: ToolShown) -> None:
         if self.events is not None:
             # the item's done events are stored with the step's end
             self.events.hold()
         if shown.index is None:
             return
-        item = server_item_state(self.output.items[shown.index], ended, include)
+        item = server_item_state(self.output.items[shown.index], ended, self.include)
         self.output.replace(shown.index, item)
         if self.events is None or shown.done_sent:
             return

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from stepline.engine.limits import Limits
 from stepline.engine.policies import ApprovedCall, LoopPolicy
+from stepline.engine.spec import RunSpec
 from stepline.engine.validate import conversation_problem
+from stepline.protocol.chat_request import chat_options
 from stepline.protocol.client_tools import ClientTools
 from stepline.protocol.items import InputContext
 from stepline.protocol.model_events import ItemOptions
-from stepline.protocol.request import ResponseRequest
+from stepline.protocol.request import ResponseRequest, allowed_tool_names
 from stepline.upstream.routing import UpstreamTarget
 
 if TYPE_CHECKING:
@@ -81,6 +83,21 @@ class Prepared:
             approval_tools=frozenset(name for name, tool in server_tools.items() if tool.approval),
             approved_calls=tuple(approved),
             compact_threshold=request.compact_threshold,
+        )
+
+    def spec(self, request: ResponseRequest, server_tools: dict[str, ServerTool]) -> RunSpec:
+        """What the top-level loop needs of ``request``, read once for every model call."""
+        return RunSpec(
+            model=request.model,
+            chat=chat_options(
+                request, client_tools=self.client_tools, server_names=frozenset(server_tools)
+            ),
+            client_definitions=tuple(self.client_tools.definitions(request)),
+            allowed_tools=allowed_tool_names(request),
+            truncation=request.truncation,
+            max_output_tokens=request.max_output_tokens,
+            streamed=request.stream or request.background,
+            prompt_cache_key=request.prompt_cache_key,
         )
 
     def problem(self, transcript: Sequence[dict[str, Any]]) -> str | None:

@@ -22,14 +22,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from stepline.engine.conversation import (
-    Conversation,
-    approvals,
-    conversation_items,
-    load_conversation,
-)
+from stepline.chat.messages import chain_messages
 from stepline.engine.creation import Unstored
 from stepline.engine.event_log import EventLog
+from stepline.engine.history import Conversation
 from stepline.engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
 from stepline.engine.policies import StopPolicy
 from stepline.engine.run_events import RunCompleted, RunFailed, RunStarted
@@ -37,9 +33,14 @@ from stepline.engine.sinks import ResponseEnded, ResponseStarted
 from stepline.errors import NotFound, StoreError
 from stepline.protocol.assemble import output_items, response_object, sum_usage
 from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.items import base_messages, chain_messages
+from stepline.protocol.items import base_messages
 from stepline.protocol.request import ResponseRequest, parse_request
 from stepline.protocol.response_events import OpenResponsesView, terminal_response, wire_error
+from stepline.run.conversation import (
+    approvals,
+    conversation_items,
+    load_conversation,
+)
 from stepline.run.prepare import Prepared, prepare
 from stepline.steps import Step, StepKind
 from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
@@ -106,6 +107,7 @@ async def run_response(
         OutputList(),
         sealer=engine.sealer,
         step_events=lambda step_id: store.step_events(record.id, step_id),
+        include=frozenset(request.include),
     )
     transcript: list[dict[str, Any]] = []
     #: the steps whose ends the loop left to the response's end (still running, stored)
@@ -131,6 +133,9 @@ async def run_response(
             await store.set_status(record.id, "in_progress")
         if prepared is None:
             prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
+        # what the request asked its items to show is the wire's, never the loop's
+        view.options = prepared.options
+        view.client_tools = prepared.client_tools
         route_target = prepared.target
         if route_target is None:
             outcome = Outcome(
@@ -157,7 +162,7 @@ async def run_response(
                 engine=engine,
                 response_id=record.id,
                 scope=None,
-                request=request,
+                spec=prepared.spec(request, server_tools),
                 target=route_target,
                 server_tools=server_tools,
                 base_messages=transcript,
@@ -165,8 +170,6 @@ async def run_response(
                     transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
                 policy=prepared.policy(request, server_tools, approvals(request, conversation)),
-                client_tools=prepared.client_tools,
-                item_options=prepared.options,
                 view=view,
                 stops=stops,
                 listings=listings,

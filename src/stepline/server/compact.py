@@ -28,7 +28,6 @@ from stepline.engine.compaction import (
     is_context_overflow,
     summarise,
 )
-from stepline.engine.conversation import load_conversation, previous_chain_records
 from stepline.errors import InvalidRequest, NotFound, RequestError, Unavailable, UpstreamError
 from stepline.protocol.chat_request import chat_payload
 from stepline.protocol.compaction import SEAL_LABEL, compaction_item, user_message_items
@@ -40,6 +39,7 @@ from stepline.protocol.request import (
     new_id,
     parse_request,
 )
+from stepline.run.conversation import load_conversation, previous_chain_records
 from stepline.run.prepare import Prepared, prepare
 from stepline.run.response import offered_tools
 from stepline.server.auth import Caller, caller_of

@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from stepline.engine.conversation import conversation_items
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.request import INCLUDABLE, ResponseRequest, load_body, new_id, parse_request
+from stepline.run.conversation import conversation_items
 from stepline.server.auth import Caller, caller_of
 from stepline.server.openapi import (
     AddConversationItemsBody,

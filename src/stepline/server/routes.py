@@ -26,7 +26,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from stepline.config import Settings
-from stepline.engine.conversation import Conversation, approvals, load_conversation
+from stepline.engine.history import Conversation
 from stepline.errors import InvalidRequest, NotFound, Unavailable
 from stepline.protocol.chat_request import forced_tool
 from stepline.protocol.items import base_messages
@@ -41,6 +41,7 @@ from stepline.protocol.request import (
     references,
     unknown_fields,
 )
+from stepline.run.conversation import approvals, load_conversation
 from stepline.run.prepare import Prepared, prepare
 from stepline.run.response import snapshot, stored_response
 from stepline.server.auth import Caller, caller_of

@@ -20,8 +20,8 @@ import socket
 from typing import Any
 
 from stepline.config import Settings
-from stepline.engine.conversation import Conversation
 from stepline.engine.event_log import EventLog, EventWriter
+from stepline.engine.history import Conversation
 from stepline.engine.loop import Engine, LoopDrained
 from stepline.errors import LeaseLost, StoreError
 from stepline.protocol.request import ResponseRequest

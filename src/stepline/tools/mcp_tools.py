@@ -10,6 +10,10 @@ Each source's tools become server tools named ``<label>__<tool>``, shown in
 items under the tool's own name and the source's label, and held for
 approval where the source (or the request) says so. A source that cannot be
 listed offers no tools, and its listing says why.
+
+A request-level server is read through the shape declared here
+(:class:`RequestMcpServer`), which the wire's ``McpTool`` has: the tools
+name no wire type.
 """
 
 from __future__ import annotations
@@ -20,22 +24,50 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from stepline.config import McpSourceConfig
 from stepline.errors import InvalidRequest, ToolError
-from stepline.protocol.request import McpTool, ResponseRequest
 from stepline.tools.registry import ServerTool
 
 if TYPE_CHECKING:
     # the MCP SDK is imported only once an MCP server is used (it is a large import)
     from stepline.tools.mcp import McpSource
 
-__all__ = ["McpListing", "McpTools", "url_allowed"]
+__all__ = ["McpListing", "McpTools", "RequestMcpServer", "RequestTools", "url_allowed"]
 
 logger = logging.getLogger(__name__)
 
 _POOL_SIZE = 64
+
+
+@runtime_checkable
+class RequestMcpServer(Protocol):
+    """An MCP server a request brings (``{"type": "mcp", ...}``), as the tools read it."""
+
+    @property
+    def server_label(self) -> str: ...
+
+    @property
+    def server_url(self) -> str: ...
+
+    @property
+    def headers(self) -> dict[str, str] | None: ...
+
+    def allowed_names(self) -> list[str] | None:
+        """The server's tools the request lets the model call; None: all."""
+        ...
+
+    def needs_approval(self, tool_name: str) -> bool:
+        """Whether a call of ``tool_name`` waits for the client's approval."""
+        ...
+
+
+class RequestTools(Protocol):
+    """The tools a request declares, in order; some may be MCP servers."""
+
+    @property
+    def tools(self) -> Sequence[object]: ...
 
 
 def url_allowed(url: str, allowed: Sequence[str]) -> bool:
@@ -74,10 +106,10 @@ class McpTools:
     def is_source(self, name: str) -> bool:
         return name in self._configured
 
-    def check_request(self, request: ResponseRequest) -> None:
+    def check_request(self, request: RequestTools) -> None:
         """Refuse request-level MCP servers off the allow-list, or reusing a source's label."""
         for index, tool in enumerate(request.tools):
-            if not isinstance(tool, McpTool):
+            if getattr(tool, "type", None) != "mcp" or not isinstance(tool, RequestMcpServer):
                 continue
             if not url_allowed(tool.server_url, self._allowed_urls):
                 raise InvalidRequest(
@@ -91,7 +123,7 @@ class McpTools:
                 )
 
     async def listings(
-        self, labels: Sequence[str], request_tools: Sequence[McpTool]
+        self, labels: Sequence[str], request_tools: Sequence[RequestMcpServer]
     ) -> list[McpListing]:
         """The tools of the named configured sources and of the request's servers."""
         sources = [self._configured[label] for label in labels]
@@ -114,7 +146,7 @@ class McpTools:
         }
         return McpListing(label=source.label, tools=tools)
 
-    def _pooled(self, tool: McpTool) -> McpSource:
+    def _pooled(self, tool: RequestMcpServer) -> McpSource:
         key = (
             tool.server_label,
             tool.server_url,

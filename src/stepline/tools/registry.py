@@ -26,11 +26,11 @@ from jsonschema.exceptions import SchemaError
 
 from stepline.config import AgentToolConfig, HttpToolConfig, ToolConfig
 from stepline.errors import ConfigError, ToolError
-from stepline.protocol.items import SERVER_LABEL
 from stepline.tools.http import call_http_tool
 from stepline.transport import HttpxTransport, Transport
 
 __all__ = [
+    "SERVER_LABEL",
     "AgentSpec",
     "ServerTool",
     "ToolCallContext",
@@ -38,6 +38,10 @@ __all__ = [
     "ToolRun",
     "configured_tool",
 ]
+
+
+#: ``server_label`` of the items that show the tools the server runs itself
+SERVER_LABEL = "stepline"
 
 
 @dataclass(frozen=True, kw_only=True)

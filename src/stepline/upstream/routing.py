@@ -33,8 +33,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from stepline.chat.body import ChatDialect
 from stepline.config import Settings, UpstreamConfig
-from stepline.protocol.chat_request import ChatDialect
 
 __all__ = ["TargetPool", "UpstreamTarget", "resolve_target"]
 

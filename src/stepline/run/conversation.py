@@ -10,7 +10,8 @@ The previous response may have ended holding tool calls for approval
 ``mcp_approval_response`` items, which :func:`approvals` checks and turns
 into the calls to run first and the refusals to show the model.
 
-A process keeps the conversations it read lately (:class:`HistoryCache`), so
+A process keeps the conversations it read lately
+(:class:`~stepline.engine.history.HistoryCache`), so
 a continuation of a response read here before reads only that one earlier
 response (its record and chain) and, in one query, that every response the
 conversation was read from is still stored: the cost of a turn does not grow
@@ -25,22 +26,17 @@ shapes them), in the transaction that stores its end.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from stepline.chat.messages import chain_messages, leading_tool_messages
+from stepline.engine.history import Conversation, ConversationRead, HeldCall, HistoryCache
 from stepline.engine.policies import ApprovedCall
 from stepline.errors import InvalidRequest, NotFound
 from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import (
-    InputContext,
-    chain_messages,
-    input_messages,
-    leading_tool_messages,
-)
+from stepline.protocol.items import InputContext, input_messages
 from stepline.protocol.request import (
     InputItem,
     McpApprovalResponseItem,
@@ -51,9 +47,6 @@ from stepline.steps import Step, StepKind, call_arguments, call_name
 from stepline.store.base import TERMINAL_STATUSES, ResponseRecord, StepStore
 
 __all__ = [
-    "Conversation",
-    "HeldCall",
-    "HistoryCache",
     "approvals",
     "conversation_items",
     "load_conversation",
@@ -84,60 +77,6 @@ async def previous_chain_records(store: StepStore, previous_id: str | None) -> l
         current = None if record.body.get(HISTORY_INLINE) else record.previous_response_id
     records.reverse()
     return records
-
-
-@dataclass(frozen=True, kw_only=True)
-class HeldCall:
-    """A tool call the previous response held for the client's approval."""
-
-    call_id: str
-    name: str
-    arguments: str
-    server_label: str
-    shown_name: str
-
-
-@dataclass(frozen=True, kw_only=True)
-class Conversation:
-    """The messages of earlier responses, and the calls the last one held, by request id."""
-
-    history: list[dict[str, Any]]
-    held: dict[str, HeldCall]
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Read:
-    """A conversation as read up to one response, and the records it was read from."""
-
-    conversation: Conversation
-    records: tuple[str, ...]
-
-
-class HistoryCache:
-    """The conversations of recent responses, by (response id, how items read).
-
-    Only the conversation up to a *terminal* response is kept: its records and
-    chains no longer change. An entry is used only after the store confirms
-    every record it was read from is still there, so a deleted response is
-    never read from memory. Least recently used entries go first; nobody
-    mutates a cached list (readers copy what they extend).
-    """
-
-    def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._entries: OrderedDict[tuple[str, Hashable], _Read] = OrderedDict()
-
-    def get(self, response_id: str, reading: Hashable) -> _Read | None:
-        found = self._entries.get((response_id, reading))
-        if found is not None:
-            self._entries.move_to_end((response_id, reading))
-        return found
-
-    def put(self, response_id: str, reading: Hashable, read: _Read) -> None:
-        self._entries[(response_id, reading)] = read
-        self._entries.move_to_end((response_id, reading))
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
 
 
 def _held_calls(chain: list[Step]) -> dict[str, HeldCall]:
@@ -193,7 +132,7 @@ async def load_conversation(
         if read is not None:
             return read.conversation
     records = await previous_chain_records(store, previous_id)
-    read = _Read(conversation=Conversation(history=[], held={}), records=())
+    read = ConversationRead(conversation=Conversation(history=[], held={}), records=())
     for record in records:
         read = await _extended(store, read, record, context_for)
     if cache is not None and records[-1].status in TERMINAL_STATUSES:
@@ -207,7 +146,7 @@ async def _cached(
     previous_id: str,
     reading: Hashable,
     context_for: Callable[[ResponseRequest], InputContext] | None,
-) -> _Read | None:
+) -> ConversationRead | None:
     """The conversation up to ``previous_id`` from the cache, or from the cached one
     before it and ``previous_id``'s own record; None if neither is cached (or valid)."""
     found = cache.get(previous_id, reading)
@@ -232,10 +171,10 @@ async def _cached(
 
 async def _extended(
     store: StepStore,
-    read: _Read,
+    read: ConversationRead,
     record: ResponseRecord,
     context_for: Callable[[ResponseRequest], InputContext] | None,
-) -> _Read:
+) -> ConversationRead:
     """``read`` followed by ``record``'s input and output."""
     held = read.conversation.held
     request = parse_request(record.body)
@@ -252,7 +191,7 @@ async def _extended(
         *leading_tool_messages(chain),
         *chain_messages(chain),
     ]
-    return _Read(
+    return ConversationRead(
         conversation=Conversation(history=messages, held=_held_calls(chain)),
         records=(*read.records, record.id),
     )
