@@ -89,6 +89,12 @@ def configure_logging(
     *, log_format: Literal["json", "text"] = "json", level: int = logging.INFO
 ) -> None:
     """Send every log record of the process to stderr in ``log_format``."""
+    # neither format shows a record's source line, thread or process: a record need
+    # not look them up (the caller's frame walk is most of a record's cost)
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
