@@ -67,13 +67,9 @@ MUTANTS: tuple[Mutant, ...] = (
         name="log-follow-shows-undurable",
         module="engine/event_log.py",
         old="            if position <= self.durable:\n"
-        "                start = position - self.first_seq\n"
-        "                end = self.durable - self.first_seq + 1\n"
-        "                position = self.durable + 1",
+        "                return self.rows[position - self.start : self.durable - self.start + 1]",
         new="            if position <= self.appended:\n"
-        "                start = position - self.first_seq\n"
-        "                end = self.appended - self.first_seq + 1\n"
-        "                position = self.appended + 1",
+        "                return self.rows[position - self.start : self.appended - self.start + 1]",
         tests=(EVENT_LOG, "tests/e2e/test_store_down.py"),
     ),
     Mutant(
@@ -152,11 +148,18 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=LIBRARY,
     ),
     Mutant(
-        name="loop-tool-steps-recorded-started",
+        name="loop-tool-calls-past-the-limit-recorded-started",
         module="engine/loop.py",
-        old="runs_at_once = all(new.kind is not StepKind.TOOL_CALL for new in action.steps)",
-        new="runs_at_once = True",
-        tests=LIBRARY,
+        old="runs_at_once = calls <= self.engine.limits.tool_concurrency and calls in (",
+        new="runs_at_once = calls in (",
+        tests=("tests/e2e/test_store_writes.py",),
+    ),
+    Mutant(
+        name="tool-call-run-past-its-lease-unguarded",
+        module="engine/tool_call.py",
+        old="and loop.engine.clock() - (step.started_at or 0) > lease:",
+        new="and False:",
+        tests=("tests/e2e/test_store_writes.py",),
     ),
     Mutant(
         name="view-compaction-announced-twice",
@@ -308,7 +311,7 @@ MUTANTS: tuple[Mutant, ...] = (
         name="hot-duplicate-event-fails",
         module="store/hot.py",
         old='"INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)"\n'
-        '                " ON CONFLICT (response_id, seq) DO NOTHING",',
+        '        " ON CONFLICT (response_id, seq) DO NOTHING",',
         new='"INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)",',
         tests=STORE,
     ),
@@ -346,10 +349,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="sql-write-abandoned-on-cancel",
         module="store/sql.py",
-        old="        try:\n            return await asyncio.shield(task)\n"
-        "        except asyncio.CancelledError:\n            if not task.done():\n"
-        "                await asyncio.wait([task])\n            raise\n\n    async def _read",
-        new="        return await task\n\n    async def _read",
+        old="            return await asyncio.shield(task)\n",
+        new="            return await task\n",
         tests=STORE,
     ),
     Mutant(
