@@ -347,17 +347,21 @@ def _prepare_app(
     stored = asyncio.run(_stored_key_count(settings.database_url)) if exists else 0
     open_access, access = _access(settings, host, insecure, stored)
     from stepline.server.app import create_app, sealing_keys
-    from stepline.server.demo import demo_mounts
 
     sealing_keys(settings)
     # logs start here, every check passed: from the migration on, the server speaks
     # through its log (libraries imported above log their set-up before this, unseen)
     configure_logging(log_format="json" if log_format == "json" else "text")
     asyncio.run(migrate_in_child(settings.database_url))
+    mounts = None
+    if demo:  # the scripted model the demo serves is loaded for it only
+        from stepline.server.demo import demo_mounts
+
+        mounts = demo_mounts()
     application = create_app(
         settings,
         migrate=False,
-        mounts=demo_mounts() if demo else None,
+        mounts=mounts,
         allow_anonymous=open_access,
         python_tools=python_tools,
     )
