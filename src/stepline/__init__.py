@@ -7,37 +7,14 @@ see :mod:`stepline.agent`), the stores it can keep a run in
 errors it raises (the tree drawn in :mod:`stepline.errors`). The server is
 ``stepline serve`` (:mod:`stepline.cli`). Every other module is internal: its
 names may change between releases.
+
+The library's names are loaded on their first use (``__getattr__``), the
+errors and the stores at once.
 """
 
+import typing
+
 from stepline._version import __version__
-from stepline.agent import (
-    Agent,
-    AgentTool,
-    ChatModel,
-    FunctionTool,
-    HttpTool,
-    RunCompleted,
-    RunEvent,
-    RunFailed,
-    RunResult,
-    RunStarted,
-    RunState,
-    StepCompleted,
-    StepStarted,
-    StopPolicy,
-    TextDelta,
-    ToolCallFinished,
-    ToolCallStarted,
-    Usage,
-    UsageDelta,
-    any_of,
-    budget,
-    collect,
-    max_steps,
-    tool,
-    until_no_tool_calls,
-    until_tool_called,
-)
 from stepline.errors import (
     ConfigError,
     Forbidden,
@@ -58,6 +35,84 @@ from stepline.errors import (
     UsageError,
 )
 from stepline.store import MemoryStore, SqlStore, StepStore, migrate, open_store
+
+if typing.TYPE_CHECKING:
+    from stepline.agent import (
+        Agent,
+        AgentTool,
+        ChatModel,
+        FunctionTool,
+        HttpTool,
+        RunCompleted,
+        RunEvent,
+        RunFailed,
+        RunResult,
+        RunStarted,
+        RunState,
+        StepCompleted,
+        StepStarted,
+        StopPolicy,
+        TextDelta,
+        ToolCallFinished,
+        ToolCallStarted,
+        Usage,
+        UsageDelta,
+        any_of,
+        budget,
+        collect,
+        max_steps,
+        tool,
+        until_no_tool_calls,
+        until_tool_called,
+    )
+
+#: the library's names load on first use: a process that only serves (``stepline
+#: serve``) needs neither the library nor the scripted model it brings (~2 MB)
+_AGENT_NAMES = frozenset(
+    {
+        "Agent",
+        "AgentTool",
+        "ChatModel",
+        "FunctionTool",
+        "HttpTool",
+        "RunCompleted",
+        "RunEvent",
+        "RunFailed",
+        "RunResult",
+        "RunStarted",
+        "RunState",
+        "StepCompleted",
+        "StepStarted",
+        "StopPolicy",
+        "TextDelta",
+        "ToolCallFinished",
+        "ToolCallStarted",
+        "Usage",
+        "UsageDelta",
+        "any_of",
+        "budget",
+        "collect",
+        "max_steps",
+        "tool",
+        "until_no_tool_calls",
+        "until_tool_called",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _AGENT_NAMES:
+        raise AttributeError(f"module 'stepline' has no attribute {name!r}")
+    import stepline.agent
+
+    value = getattr(stepline.agent, name)
+    globals()[name] = value  # loaded once: later lookups do not come back here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _AGENT_NAMES)
+
 
 __all__ = [
     "Agent",

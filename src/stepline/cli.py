@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import ipaddress
 import sys
 import traceback
@@ -30,12 +31,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import click
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
 
 from stepline.config import DEFAULT_DATABASE_URL, KeyConfig, RateConfig, Settings, load_settings
 from stepline.errors import ConfigError, StepLineError, StoreError
@@ -43,11 +38,22 @@ from stepline.protocol.assemble import sum_usage
 from stepline.server.logs import configure_logging
 from stepline.steps import StepKind, StepState
 
+# httpx (which the server uses) imports its own command-line client on import whenever
+# click, rich and pygments are installed, as they are beside this CLI: some 6 MB that
+# no stepline process runs. A module marked absent is skipped, as httpx skips it when
+# they are not installed.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 # The database and server machinery (SQLAlchemy, Alembic, FastAPI) is imported by the
 # commands that use it, after the checks that need none of it: a config error, or
-# `stepline --help`, answers in a fraction of the time.
+# `stepline --help`, answers in a fraction of the time. rich too, which only the
+# commands that print tables and trees need: a server that has started prints two
+# lines, and carries no console library for them.
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from rich.console import Console
+    from rich.table import Table
+    from rich.tree import Tree
 
     from stepline.server.auth import StoredKey
     from stepline.steps import Step
@@ -68,9 +74,28 @@ app.add_typer(responses_app, name="responses")
 keys_app = typer.Typer(help="Manage the API keys stored in the database.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-console = Console()
-#: errors: one line each, never wrapped to the terminal's width, never read as markup
-stderr_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+@functools.cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+@functools.cache
+def _stderr_console() -> Console:
+    """Errors: one line each, never wrapped to the terminal's width, never read as markup."""
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def escape(text: str) -> str:
+    """``text`` shown as it is, not read as rich markup."""
+    from rich.markup import escape
+
+    return escape(text)
+
 
 _T = TypeVar("_T")
 
@@ -93,7 +118,9 @@ DebugOption = Annotated[
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     """End the command with ``message`` as one line on stderr."""
-    stderr_console.print(Text.assemble(("error: ", "red"), " ".join(message.split())))
+    from rich.text import Text
+
+    _stderr_console().print(Text.assemble(("error: ", "red"), " ".join(message.split())))
     raise typer.Exit(code)
 
 
@@ -153,6 +180,16 @@ async def _stored_key_count(database_url: str) -> int:
         await store.close()
 
 
+_INSECURE = "no API keys and --insecure: open to anyone who can reach it"
+
+
+def _say(line: str, *, alarm: bool = False) -> None:
+    """One line on stdout, flushed; red on a terminal when it is an alarm."""
+    if alarm and sys.stdout.isatty():
+        line = f"\x1b[31m{line}\x1b[0m"
+    print(line, flush=True)
+
+
 def _access(settings: Settings, host: str, insecure: bool, stored: int) -> tuple[bool, str]:
     """Whether requests without a key are let in, and the start-up line saying so;
     a ConfigError when the server would be open on an address other than loopback."""
@@ -164,7 +201,7 @@ def _access(settings: Settings, host: str, insecure: bool, stored: int) -> tuple
     if loopback:
         return True, "no API keys: open to anyone who can reach this loopback address"
     if insecure:
-        return True, "[red]no API keys and --insecure: open to anyone who can reach it[/red]"
+        return True, _INSECURE
     raise ConfigError(
         f"no API keys, and {host} is not a loopback address: create a key "
         "(`stepline keys create NAME`, or [keys.NAME] in the config), bind 127.0.0.1, "
@@ -281,9 +318,8 @@ def serve(
 
         def listening() -> None:
             # printed once the port accepts connections: a script may wait for this line
-            console.print(ready)
-            console.print(access)
-            console.file.flush()
+            _say(ready)
+            _say(access, alarm=access == _INSECURE)
 
         with _one_line_errors(debug):
             serve_until_signal(application, sock=sock, on_listening=listening)
@@ -311,17 +347,21 @@ def _prepare_app(
     stored = asyncio.run(_stored_key_count(settings.database_url)) if exists else 0
     open_access, access = _access(settings, host, insecure, stored)
     from stepline.server.app import create_app, sealing_keys
-    from stepline.server.demo import demo_mounts
 
     sealing_keys(settings)
     # logs start here, every check passed: from the migration on, the server speaks
     # through its log (libraries imported above log their set-up before this, unseen)
     configure_logging(log_format="json" if log_format == "json" else "text")
     asyncio.run(migrate_in_child(settings.database_url))
+    mounts = None
+    if demo:  # the scripted model the demo serves is loaded for it only
+        from stepline.server.demo import demo_mounts
+
+        mounts = demo_mounts()
     application = create_app(
         settings,
         migrate=False,
-        mounts=demo_mounts() if demo else None,
+        mounts=mounts,
         allow_anonymous=open_access,
         python_tools=python_tools,
     )
@@ -346,7 +386,7 @@ def migrate(
         check_creatable(settings.database_url)
         asyncio.run(migrate_database(settings.database_url))
         label = database_label(settings.database_url)
-    console.print(f"database at {escape(label)} is up to date")
+    _console().print(f"database at {escape(label)} is up to date")
 
 
 @app.command("mock-upstream")
@@ -371,7 +411,7 @@ def mock_upstream(
             _fail(f"--script takes NAME=FILE, got {spec!r}")
         scripts[name] = Script.from_json(Path(path).read_bytes())
     model = ScriptedModel(scripts, demo_token_delay=token_delay)
-    console.print(f"scripted model on http://{host}:{port}/v1")
+    _console().print(f"scripted model on http://{host}:{port}/v1")
     uvicorn.run(create_scripted_app(model), host=host, port=port, log_level="warning")
 
 
@@ -453,7 +493,7 @@ def create_key(
         created = asyncio.run(_store_new_key(settings.database_url, name, key))
     if not created:
         _fail(f"a key named {name!r} exists already", 1)
-    console.print(f"created API key {name!r}; this is the only time its token is shown:")
+    _console().print(f"created API key {name!r}; this is the only time its token is shown:")
     # the token alone on stdout, so that a script can capture it
     sys.stdout.write(token + "\n")
     sys.stdout.flush()
@@ -475,6 +515,10 @@ def _limits_text(key: KeyConfig) -> tuple[str, str, str]:
 def _print_table(table: Table) -> None:
     """Print ``table`` at least as wide as its unwrappable columns need: an id is never
     cut to fit the terminal (a too-narrow one wraps the line instead)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = _console()
     unbounded = console.options.update_width(1_000_000)
     needed = Measurement.get(console, unbounded, table).maximum
     # a console prints no wider than it is, whatever its print is asked: use a wider one
@@ -486,6 +530,9 @@ def list_keys(
     config: ConfigOption = None, database: DatabaseOption = None, debug: DebugOption = False
 ) -> None:
     """The API keys of the config and of the database (never their tokens)."""
+    from rich.table import Table
+    from rich.text import Text
+
     from stepline.server.auth import list_stored_keys
 
     with _one_line_errors(debug):
@@ -498,7 +545,7 @@ def list_keys(
             if not settings.keys:
                 raise
             # the config's keys are keys all the same, database or not: list them
-            stderr_console.print(Text(f"no stored keys listed: {exc}"))
+            _stderr_console().print(Text(f"no stored keys listed: {exc}"))
             stored = []
     table = Table("name", "source", "created", "models", "tools", "limits")
     for name, key in settings.keys.items():
@@ -533,7 +580,7 @@ def revoke_key(
     if not revoked:
         hint = " (it is in the config: remove it there)" if name in settings.keys else ""
         _fail(f"no stored key named {name!r}{hint}", 1)
-    console.print(f"revoked API key {escape(repr(name))}")
+    _console().print(f"revoked API key {escape(repr(name))}")
 
 
 @keys_app.command("hash")
@@ -580,6 +627,8 @@ def list_responses(
     debug: DebugOption = False,
 ) -> None:
     """The most recent stored responses."""
+    from rich.table import Table
+
     with _one_line_errors(debug):
         settings = _settings(config, database)
         records, _ = asyncio.run(_read(settings.database_url, None, limit))
@@ -647,6 +696,8 @@ def show_response(
 ) -> None:
     """A response as a tree of its steps (sub-agents nested), with states, timings and
     tokens, and why it or a step failed."""
+    from rich.tree import Tree
+
     with _one_line_errors(debug):
         settings = _settings(config, database)
         records, steps = asyncio.run(_read(settings.database_url, response_id, 1))
@@ -662,7 +713,7 @@ def show_response(
         f"{usage['output_tokens']} out{_error_text((record.result or {}).get('error'))}"
     )
     _add_steps(tree, steps, None)
-    console.print(tree)
+    _console().print(tree)
 
 
 async def _usage_document(
@@ -718,6 +769,8 @@ def usage(
 ) -> None:
     """Requests, errors, tokens and latency per day, key and model (the last 30 days by
     default), read from the database."""
+    from rich.table import Table
+
     with _one_line_errors(debug):
         settings = _settings(config, database)
         document = asyncio.run(
@@ -788,13 +841,13 @@ def gc(
         settings = _settings(config, database)
         policy = retention_policy(settings)
         if not policy.enabled:
-            console.print(
+            _console().print(
                 "retention is off (set retention in the config, or per key): nothing to delete"
             )
             return
         counts = asyncio.run(_collect_garbage(settings.database_url, policy, dry_run=dry_run))
     verb = "would delete" if dry_run else "deleted"
-    console.print(
+    _console().print(
         f"{verb} {counts.responses} responses ({counts.steps} steps, {counts.events} events, "
         f"{counts.items} items); kept {counts.kept} past their age that newer responses continue"
     )

@@ -147,12 +147,14 @@ class _AiohttpReply:
                 return
             yield block
 
-    async def body(self) -> AsyncGenerator[bytes, None]:
+    def body(self) -> AsyncGenerator[bytes, None]:
         encoding = self._response.headers.get("content-encoding", "identity").lower()
         if encoding not in ("gzip", "deflate", "x-gzip"):
-            async for block in self.raw():
-                yield block
-            return
+            # the raw blocks themselves: no generator in between for each open stream
+            return self.raw()
+        return self._decoded(encoding)
+
+    async def _decoded(self, encoding: str) -> AsyncGenerator[bytes, None]:
         # wbits 47: a gzip or zlib header, told apart from the data
         decoder = zlib.decompressobj(wbits=47)
         try:

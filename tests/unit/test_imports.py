@@ -65,3 +65,20 @@ def test_a_sqlite_server_imports_neither_asyncpg_nor_cryptography_until_used() -
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == ["[]", "True"]
+
+
+def test_a_sqlite_server_loads_no_console_library_demo_or_postgresql_dialect() -> None:
+    """``stepline serve`` on SQLite: no rich or pygments (the CLI's tables, httpx's
+    command-line client), no agent library or scripted model (``--demo`` only), no
+    PostgreSQL dialect of SQLAlchemy."""
+    probe = (
+        "import sys, stepline.cli, stepline.server.app, stepline.server.serve\n"
+        "import stepline.store.listing, stepline.store.usage\n"
+        "heavy = ('rich', 'pygments', 'stepline.agent', 'stepline.scripted',\n"
+        "         'sqlalchemy.dialects.postgresql')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"

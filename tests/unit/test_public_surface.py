@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+
+import pytest
 
 import stepline
 import stepline.agent
@@ -13,6 +17,8 @@ PUBLIC = (stepline, stepline.agent, stepline.errors, stepline.store)
 
 
 def test_the_package_exports_exactly_its_public_names() -> None:
+    for name in stepline.__all__:  # the library's names are loaded on first use
+        getattr(stepline, name)
     held = {
         name
         for name, value in vars(stepline).items()
@@ -29,6 +35,23 @@ def test_the_package_reexports_the_library_the_stores_and_every_error() -> None:
     assert {"MemoryStore", "SqlStore", "StepStore", "open_store", "migrate"} <= exported
     for name in stepline.__all__:
         getattr(stepline, name)
+
+
+def test_the_library_is_loaded_on_first_use_only() -> None:
+    """Importing stepline (as ``stepline serve`` does) loads neither the library nor
+    the scripted model; naming a library export loads it."""
+    probe = (
+        "import sys, stepline\n"
+        "print(sorted(m for m in ('stepline.agent', 'stepline.scripted') if m in sys.modules))\n"
+        "stepline.Agent\n"
+        "print('stepline.agent' in sys.modules, 'Agent' in dir(stepline))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["[]", "True", "True"]
+    with pytest.raises(AttributeError):
+        stepline.no_such_name  # noqa: B018
 
 
 def test_no_public_name_means_two_things() -> None:

@@ -112,6 +112,28 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+class _MadeOnFirstUse(httpx.AsyncBaseTransport):
+    """httpx's own transport, made at the first request through it.
+
+    The app's httpx client serves what few calls do not go through aiohttp (token
+    counting, compaction upstreams, injected tools); many servers never make one.
+    Making its connection pool loads httpcore and h11 and an SSL context with the
+    CA bundle, some 2 MB, so that waits for a request."""
+
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._transport: httpx.AsyncHTTPTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport(limits=self._limits)
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
 async def _close(
     chat: ChatClient | None,
     http: httpx.AsyncClient,
@@ -207,7 +229,9 @@ def create_app(
             sink = Sinks(app_metrics, tracing)
             the_chat.step_headers = tracing.step_headers
         http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
+            transport=_MadeOnFirstUse(
+                limits=httpx.Limits(max_connections=500, max_keepalive_connections=100)
+            ),
             follow_redirects=False,
         )
         # the HTTP tools' network, as fast per call as the upstream client's

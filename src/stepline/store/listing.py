@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stepline.steps import Step, StepKind, StepState
@@ -144,7 +143,10 @@ class ResponseTree:
 def _json_text(dialect: str, column: sa.ColumnElement[Any], *path: str) -> sa.ColumnElement[Any]:
     """The text (or number) at ``path`` inside a JSON text column; NULL where absent."""
     if dialect == "postgresql":
-        return sa.func.jsonb_extract_path_text(sa.cast(column, postgresql.JSONB), *path)
+        # loaded here: a SQLite server never needs the PostgreSQL dialect (~2 MB)
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return sa.func.jsonb_extract_path_text(sa.cast(column, JSONB), *path)
     return sa.func.json_extract(column, "$." + ".".join(path))
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stepline.steps import StepKind
@@ -98,6 +97,9 @@ def _usage_of_model_calls(window: sa.CTE, dialect: str) -> sa.Subquery:
     is_call = sa.and_(steps.c.kind != StepKind.TOOL_CALL.value, steps.c.response.is_not(None))
     usage: sa.ColumnElement[Any]
     if dialect == "postgresql":
+        # loaded here: a SQLite server never needs the PostgreSQL dialect (~2 MB)
+        from sqlalchemy.dialects.postgresql import JSONB
+
         usage = sa.case((is_call, sa.cast(steps.c.response, JSONB)["usage"]))
     else:
         usage = sa.case((is_call, sa.func.json_extract(steps.c.response, "$.usage")))
