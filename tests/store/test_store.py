@@ -485,6 +485,39 @@ async def test_cancel_steps_cancels_every_live_step(store: StepStore) -> None:
     assert await store.load_steps("resp_2") == [elsewhere]
 
 
+@pytest.mark.parametrize("through", ["finish_response", "append_events"])
+async def test_a_response_finished_cancelled_cancels_its_live_steps_in_the_same_write(
+    store: StepStore, through: str
+) -> None:
+    """Cancelling is one write: a crash can never leave a live response whose steps
+    were cancelled (a process resuming it would fail it on a cancelled model call)."""
+    await store.create_response(make_record())
+    await store.create_response(make_record("resp_2"))
+    done, running = await store.record_steps(
+        "resp_1", scope=None, steps=[model_call(), tool_call("a")], start=True
+    )
+    await store.finish_step(done.id, state=StepState.COMPLETED, response={"output": ""})
+    [other] = await store.record_steps("resp_2", scope=None, steps=[model_call()], start=True)
+
+    if through == "finish_response":
+        assert await store.finish_response(
+            "resp_1", status="cancelled", result={}, completed_at=None
+        )
+        # a response finished any other way leaves its steps to their own ends
+        assert await store.finish_response("resp_2", status="failed", result={}, completed_at=None)
+    else:
+        ends: list[StepEnd | ResponseEnd] = [
+            ResponseEnd(response_id="resp_1", status="cancelled", result={}, completed_at=None),
+            ResponseEnd(response_id="resp_2", status="failed", result={}, completed_at=None),
+        ]
+        assert (await store.append_events([], ends=ends)).ends == [True, True]
+
+    states = {step.id: step.state for step in await store.load_steps("resp_1")}
+    assert states == {done.id: StepState.COMPLETED, running.id: StepState.CANCELLED}
+    [still] = await store.load_steps("resp_2")
+    assert (still.id, still.state) == (other.id, StepState.PROCESSING)
+
+
 # -- events ----------------------------------------------------------------------
 
 

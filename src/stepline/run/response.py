@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ from stepline.run.conversation import (
     load_conversation,
 )
 from stepline.run.prepare import Prepared, prepare
-from stepline.steps import Step, StepKind
+from stepline.steps import Step, StepKind, StepState
 from stepline.store.base import ResponseEnd, ResponseRecord, StepStore
 from stepline.tools.mcp_tools import McpListing
 from stepline.tools.registry import ServerTool
@@ -234,10 +235,18 @@ async def stored_response(
     store: StepStore, record: ResponseRecord, *, status: str | None = None
 ) -> dict[str, Any]:
     """The response object as stored now: its result once terminal, else its progress
-    (shown with ``status`` when given, as a cancellation stores it)."""
+    (shown with ``status`` when given, as a cancellation stores it: its live steps
+    cancelled)."""
     if record.result is not None:
         return record.result
     steps = await store.load_steps(record.id)
+    if status == "cancelled":
+        steps = [
+            step
+            if step.state.terminal
+            else dataclasses.replace(step, state=StepState.CANCELLED, finished_at=time.time())
+            for step in steps
+        ]
     request = parse_request(record.body)
     return snapshot(
         record,

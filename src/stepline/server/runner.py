@@ -258,7 +258,7 @@ class Runner:
         # a loop running here stops without releasing its lease, so nobody claims
         # the response between the stop and the cancellation
         await self.stop_loop(record.id)
-        await store.cancel_steps(record.id)
+        # the result shows its live steps cancelled; storing it cancels them, atomically
         result = await stored_response(store, record, status="cancelled")
         if not await store.finish_response(
             record.id, status="cancelled", result=result, completed_at=None

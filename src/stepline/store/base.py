@@ -212,7 +212,8 @@ class StepStore(Protocol):
         """Store the terminal status and result; False if it was already terminal.
 
         ``items`` (the response's input and output items) are stored with it, in
-        the same transaction, for :meth:`find_items`."""
+        the same transaction, for :meth:`find_items`. A response finished
+        ``cancelled`` has its live steps cancelled in that transaction too."""
         ...
 
     async def find_items(

@@ -244,6 +244,15 @@ async def finish_response(tx: Tx, end: ResponseEnd) -> bool:
     )
     if not finished:
         return False
+    if end.status == "cancelled":
+        # a cancellation stops every step with it: a crash between the two never leaves
+        # a live response with cancelled steps (a process resuming it would fail it)
+        await tx.fetch(
+            f"UPDATE steps SET state = '{StepState.CANCELLED.value}', finished_at = $2"
+            f" WHERE response_id = $1 AND {_LIVE_STEP}",
+            end.response_id,
+            time.time(),
+        )
     kept = [
         (end.response_id, position, item["id"], _dump(item))
         for position, item in enumerate(end.items)
@@ -486,7 +495,9 @@ async def append_events(
     if driver.postgres and rows and not ends:
         return await _append_rows_postgres(driver, rows, with_rows, owner)
     if driver.postgres and not any(
-        isinstance(end, ResponseEnd) and end.conversation_id is not None for end in ends
+        isinstance(end, ResponseEnd)
+        and (end.conversation_id is not None or end.status == "cancelled")
+        for end in ends
     ):
         return await _append_ends_postgres(driver, rows, ends, touched, owner, now)
     async with driver.transaction() as tx:

@@ -178,6 +178,8 @@ class MemoryStore:
             owner=None,
             lease_expires_at=None,
         )
+        if status == "cancelled":
+            await self.cancel_steps(response_id)
         return True
 
     async def find_items(
