@@ -224,8 +224,8 @@ class Runner:
             task = self.tasks.get(response_id)
             if response_id in held or task is None:
                 continue
-            # not renewed: lost, unless it is not stored yet (a plain request's run stores
-            # it with its first step), or was stored as ours just after the renewal read
+            # not renewed: lost, unless it is not stored yet (its run stores it with its
+            # first step), or was stored as ours just after the renewal read
             current = await store.get_response(response_id)
             if current is None or current.owner == self.owner:
                 continue
