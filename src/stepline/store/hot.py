@@ -560,32 +560,44 @@ def _row_columns(rows: Sequence[EventRow]) -> tuple[list[Any], ...]:
 #: one per response (each wakes every listening process)
 _NOTIFY_IDS = 190
 
-#: Events on PostgreSQL in one statement (events alone, most of a stream's writes, take
-#: one round trip and a transaction of their own): the fence's leases (``FOR KEY
-#: SHARE``: a claim's ``FOR UPDATE`` waits for the write), the rows of the responses
-#: still held, and a notification per group of those responses. $1-$4 are the rows,
-#: $5 the responses, $6 the owner (NULL: no fence).
-_APPEND_ROWS = f"""
-WITH held AS (
+#: the parts of the statements below that both write: the fence's leases (``FOR KEY
+#: SHARE``: a claim's ``FOR UPDATE`` waits for the write) over the responses $5 when
+#: there is an owner $6, the responses still held (``kept``), and the event rows $1-$4
+#: of those
+_FENCE = """WITH held AS (
     SELECT id FROM responses
     WHERE $6::text IS NOT NULL AND id = ANY($5::text[]) AND owner = $6
     ORDER BY id FOR KEY SHARE
 ), kept AS (
     SELECT id FROM unnest($5::text[]) AS id
     WHERE $6::text IS NULL OR id IN (SELECT id FROM held)
-), written AS (
+)"""
+_WRITE_ROWS = """, written AS (
     INSERT INTO events (response_id, seq, step_id, data)
     SELECT e.response_id, e.seq, e.step_id, e.data
     FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])
         AS e(response_id, seq, step_id, data)
     WHERE e.response_id IN (SELECT id FROM kept)
     ON CONFLICT (response_id, seq) DO NOTHING
-)
-SELECT ids, pg_notify('{CHANNEL}', ids) FROM (
-    SELECT string_agg(id, ',' ORDER BY id) AS ids
-    FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / {_NOTIFY_IDS} AS part FROM kept) AS k
-    GROUP BY part
-) AS notes
+)"""
+
+
+def _notes(kept: str) -> str:
+    """The grouped ids of the responses ``kept`` names, one notification per group."""
+    return (
+        f"SELECT string_agg(id, ',' ORDER BY id) AS ids FROM (SELECT id, (row_number() OVER"
+        f" (ORDER BY id) - 1) / {_NOTIFY_IDS} AS part FROM {kept}) AS k GROUP BY part"
+    )
+
+
+#: Events on PostgreSQL in one statement (events alone, most of a stream's writes, take
+#: one round trip and a transaction of their own): the fence's leases (``FOR KEY
+#: SHARE``: a claim's ``FOR UPDATE`` waits for the write), the rows of the responses
+#: still held, and a notification per group of those responses. $1-$4 are the rows,
+#: $5 the responses, $6 the owner (NULL: no fence).
+_APPEND_ROWS = f"""
+{_FENCE}{_WRITE_ROWS}
+SELECT ids, pg_notify('{CHANNEL}', ids) FROM ({_notes("kept")}) AS notes
 """
 
 
@@ -605,14 +617,7 @@ async def _append_rows_postgres(
 #: or not it is read; the result is one row per held response ("k"), finished step
 #: ("s", its columns) and finished response ("r"), and the notifications ("n").
 _APPEND_ENDS = f"""
-WITH held AS (
-    SELECT id FROM responses
-    WHERE $6::text IS NOT NULL AND id = ANY($5::text[]) AND owner = $6
-    ORDER BY id FOR KEY SHARE
-), kept AS (
-    SELECT id FROM unnest($5::text[]) AS id
-    WHERE $6::text IS NULL OR id IN (SELECT id FROM held)
-), step_ends AS (
+{_FENCE}, step_ends AS (
     UPDATE steps AS s
     SET state = e.state, response = e.response, error = e.error, finished_at = e.finished_at
     FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::float8[])
@@ -634,25 +639,12 @@ WITH held AS (
     FROM unnest($16::text[], $17::int[], $18::text[], $19::text[])
         AS i(response_id, position, id, data)
     WHERE i.response_id IN (SELECT id FROM response_ends)
-), written AS (
-    INSERT INTO events (response_id, seq, step_id, data)
-    SELECT e.response_id, e.seq, e.step_id, e.data
-    FROM unnest($1::text[], $2::int[], $3::text[], $4::bytea[])
-        AS e(response_id, seq, step_id, data)
-    WHERE e.response_id IN (SELECT id FROM kept)
-    ON CONFLICT (response_id, seq) DO NOTHING
-)
+){_WRITE_ROWS}
 SELECT 'k', id, {_NO_STEP} FROM kept
 UNION ALL SELECT 's', * FROM step_ends
 UNION ALL SELECT 'r', id, {_NO_STEP} FROM response_ends
-UNION ALL SELECT 'n', pg_notify('{CHANNEL}', ids)::text, {_NO_STEP} FROM (
-    SELECT string_agg(id, ',' ORDER BY id) AS ids
-    FROM (
-        SELECT id, (row_number() OVER (ORDER BY id) - 1) / {_NOTIFY_IDS} AS part
-        FROM kept WHERE id = ANY($1::text[])
-    ) AS k
-    GROUP BY part
-) AS notes
+UNION ALL SELECT 'n', pg_notify('{CHANNEL}', ids)::text, {_NO_STEP}
+FROM ({_notes("(SELECT id FROM kept WHERE id = ANY($1::text[])) AS with_rows")}) AS notes
 """
 
 
