@@ -10,7 +10,7 @@ HTTP server and the upstream client cost, and no more.
 
 ``--client httpx``: an ``httpx.AsyncClient``, reading the SSE lines with
 ``aiter_lines``; ``--client stepline``: stepline's own upstream client
-(:class:`~stepline.upstream.client.ChatClient`, its transport and SSE parser).
+(:class:`~stepline._upstream.client.ChatClient`, its transport and SSE parser).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import httpx
 import orjson
 import uvicorn
 
-from stepline.config import UpstreamConfig
-from stepline.upstream.client import ChatClient
-from stepline.upstream.routing import UpstreamTarget
+from stepline._config import UpstreamConfig
+from stepline._upstream.client import ChatClient
+from stepline._upstream.routing import UpstreamTarget
 
 __all__ = ["main"]
 

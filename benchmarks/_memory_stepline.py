@@ -11,9 +11,9 @@ import argparse
 
 import uvicorn
 
-from stepline.config import load_settings
-from stepline.server.app import create_app
-from stepline.store.memory import MemoryStore
+from stepline._config import load_settings
+from stepline._server.app import create_app
+from stepline.store._memory import MemoryStore
 
 __all__ = ["main"]
 

@@ -94,7 +94,7 @@ def _stacks(path: Path) -> list[tuple[str, list[tuple[str, str]], int]]:
 
 
 #: frames every sample of the server passes through; they say nothing
-_ENTRY_POINTS = ("stepline/__main__.py", "stepline/cli.py", "stepline/server/serve.py")
+_ENTRY_POINTS = ("stepline/__main__.py", "stepline/_cli.py", "stepline/_server/serve.py")
 
 
 def _package(where: str) -> str:

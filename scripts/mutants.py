@@ -2,7 +2,7 @@
 
 Each mutant is one plausible bug — a dropped guard, a flipped comparison, an
 off-by-one, a skipped fence, a wait for durability removed, a wrong state —
-written as an exact snippet of a module under ``src/stepline/engine/`` or
+written as an exact snippet of a module under ``src/stepline/_engine/`` or
 ``src/stepline/store/`` and its replacement, with the tests that must catch it.
 
 The mutants are applied to a private copy of the tree (``src/``, ``tests/``,
@@ -65,7 +65,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- engine/event_log.py ------------------------------------------------
     Mutant(
         name="log-follow-shows-undurable",
-        module="engine/event_log.py",
+        module="_engine/event_log.py",
         old="            if position <= self.durable:\n"
         "                return self.rows[position - self.start : self.durable - self.start + 1]",
         new="            if position <= self.appended:\n"
@@ -74,28 +74,28 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="log-wait-durable-off-by-one",
-        module="engine/event_log.py",
+        module="_engine/event_log.py",
         old="while self.durable < self.appended:",
         new="while self.durable < self.appended - 1:",
         tests=(EVENT_LOG, "tests/durability/test_kill_points.py"),
     ),
     Mutant(
         name="writer-retries-any-failure",
-        module="engine/event_log.py",
+        module="_engine/event_log.py",
         old="            except StoreError:\n",
         new="            except Exception:\n",
         tests=(EVENT_LOG,),
     ),
     Mutant(
         name="writer-fenced-end-succeeds",
-        module="engine/event_log.py",
+        module="_engine/event_log.py",
         old="                unit.done.set_exception(_lease_lost(unit.log.response_id))",
         new="                unit.done.set_result(result)",
         tests=(EVENT_LOG, "tests/scaleout/test_postgres_processes.py"),
     ),
     Mutant(
         name="writer-fenced-log-goes-on",
-        module="engine/event_log.py",
+        module="_engine/event_log.py",
         old="                log.fail(_lease_lost(log.response_id))",
         new="                pass",
         tests=(EVENT_LOG, "tests/scaleout/test_postgres_processes.py"),
@@ -103,21 +103,21 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- engine/loop.py, engine/tool_call.py ---------------------------------
     Mutant(
         name="loop-fail-fast-on-success",
-        module="engine/tool_call.py",
+        module="_engine/tool_call.py",
         old="if fail_fast and done is not None and done.state is StepState.FAILED:",
         new="if fail_fast and done is not None and done.state is StepState.COMPLETED:",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
         name="loop-tool-concurrency-plus-one",
-        module="engine/tool_call.py",
+        module="_engine/tool_call.py",
         old="asyncio.Semaphore(loop.engine.limits.tool_concurrency)",
         new="asyncio.Semaphore(loop.engine.limits.tool_concurrency + 1)",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
         name="view-resend-done-after-crash",
-        module="protocol/response_events.py",
+        module="_protocol/response_events.py",
         old="        done_sent = any(event_type(row.data) == _ITEM_DONE for row in sent)",
         new="        done_sent = False",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
@@ -128,56 +128,56 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="view-resend-started-after-crash",
-        module="protocol/response_events.py",
+        module="_protocol/response_events.py",
         old="if self.events is not None and index is not None and not sent:",
         new="if self.events is not None and index is not None:",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
     ),
     Mutant(
         name="loop-no-drain",
-        module="engine/loop.py",
+        module="_engine/loop.py",
         old="                raise LoopDrained(self.response_id)",
         new="                pass",
         tests=("tests/durability/test_shutdown.py",),
     ),
     Mutant(
         name="loop-stops-before-any-step",
-        module="engine/loop.py",
+        module="_engine/loop.py",
         old="if not self.stops or not any(s.state.terminal for s in self.recorded.values()):",
         new="if not self.stops:",
         tests=LIBRARY,
     ),
     Mutant(
         name="loop-tool-calls-past-the-limit-recorded-started",
-        module="engine/loop.py",
+        module="_engine/loop.py",
         old="runs_at_once = calls <= self.engine.limits.tool_concurrency and calls in (",
         new="runs_at_once = calls in (",
         tests=("tests/e2e/test_store_writes.py",),
     ),
     Mutant(
         name="tool-call-run-past-its-lease-unguarded",
-        module="engine/tool_call.py",
+        module="_engine/tool_call.py",
         old="and loop.engine.clock() - (step.started_at or 0) > lease:",
         new="and False:",
         tests=("tests/e2e/test_store_writes.py",),
     ),
     Mutant(
         name="view-compaction-announced-twice",
-        module="protocol/response_events.py",
+        module="_protocol/response_events.py",
         old="        if self.events is None or await self._sent(step):",
         new="        if self.events is None:",
         tests=("tests/durability/test_compaction_recovery.py",),
     ),
     Mutant(
         name="loop-max-depth-off-by-one",
-        module="engine/tool_call.py",
+        module="_engine/tool_call.py",
         old="if loop.depth + 1 > limits.max_depth:",
         new="if loop.depth + 1 >= limits.max_depth:",
         tests=LIBRARY,
     ),
     Mutant(
         name="loop-lost-finish-not-reread",
-        module="engine/loop.py",
+        module="_engine/loop.py",
         old="        if step is None:\n"
         "            # the guarded finish found the step no longer processing: re-read the truth\n"
         "            chain = await self.engine.store.load_chain(self.response_id,"
@@ -195,7 +195,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- engine/transition.py -----------------------------------------------
     Mutant(
         name="transition-passes-over-fan-out",
-        module="engine/transition.py",
+        module="_engine/transition.py",
         old="    if unfinished:\n        return RunSteps(steps=unfinished)",
         new="    if unfinished and not chain[-1].state.terminal:\n"
         "        return RunSteps(steps=unfinished)",
@@ -203,28 +203,28 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="transition-max-tool-calls-off-by-one",
-        module="engine/transition.py",
+        module="_engine/transition.py",
         old="run_so_far + len(missing) > policy.max_tool_calls",
         new="run_so_far + len(missing) >= policy.max_tool_calls",
         tests=TRANSITION,
     ),
     Mutant(
         name="transition-max-iterations-off-by-one",
-        module="engine/transition.py",
+        module="_engine/transition.py",
         old="if len(model_calls) >= policy.max_iterations:",
         new="if len(model_calls) > policy.max_iterations:",
         tests=TRANSITION,
     ),
     Mutant(
         name="transition-cancelled-siblings-named",
-        module="engine/transition.py",
+        module="_engine/transition.py",
         old="errors = [step for step in failed if step.state is StepState.FAILED] or failed",
         new="errors = failed",
         tests=TRANSITION,
     ),
     Mutant(
         name="transition-approved-calls-run-twice",
-        module="engine/transition.py",
+        module="_engine/transition.py",
         old="approved = [call for call in policy.approved_calls if call.call_id not in recorded]",
         new="approved = list(policy.approved_calls)",
         tests=TRANSITION,
@@ -232,7 +232,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- run/response.py ----------------------------------------------------
     Mutant(
         name="response-terminal-event-not-found",
-        module="run/response.py",
+        module="_run/response.py",
         old="store.read_events(response_id, after=last_seq - 1, limit=1)",
         new="store.read_events(response_id, after=last_seq, limit=1)",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
@@ -243,21 +243,21 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="response-created-resent-on-resume",
-        module="run/response.py",
+        module="_run/response.py",
         old="if view.sends and view.next_seq == 0:",
         new="if view.sends:",
         tests=("tests/durability/test_kill_points.py",),
     ),
     Mutant(
         name="response-store-false-kept",
-        module="run/response.py",
+        module="_run/response.py",
         old="    if not request.store:\n        await engine.store.delete_response(record.id)",
         new="    if not request.store:\n        pass",
         tests=(*LIBRARY, "tests/e2e/test_responses.py"),
     ),
     Mutant(
         name="response-failed-joins-conversation",
-        module="run/response.py",
+        module="_run/response.py",
         old='_JOINS_CONVERSATION = frozenset({"completed", "incomplete"})',
         new='_JOINS_CONVERSATION = frozenset({"completed", "incomplete", "failed"})',
         tests=("tests/library/test_conversation.py", "tests/e2e/test_conversations.py"),
@@ -265,7 +265,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- run/conversation.py ------------------------------------------------
     Mutant(
         name="conversation-stale-cache-trusted",
-        module="run/conversation.py",
+        module="_run/conversation.py",
         old="        return found if await store.stored_ids(found.records) == set(found.records)"
         " else None",
         new="        return found",
@@ -274,42 +274,42 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- store/hot.py -------------------------------------------------------
     Mutant(
         name="hot-finish-step-unguarded",
-        module="store/hot.py",
+        module="store/_hot.py",
         old=" WHERE id = $1 AND state = '{StepState.PROCESSING.value}' RETURNING",
         new=" WHERE id = $1 RETURNING",
         tests=STORE,
     ),
     Mutant(
         name="hot-finish-response-unguarded",
-        module="store/hot.py",
+        module="store/_hot.py",
         old='f" lease_expires_at = NULL WHERE id = $1 AND {_NOT_TERMINAL} RETURNING id",',
         new='" lease_expires_at = NULL WHERE id = $1 RETURNING id",',
         tests=STORE,
     ),
     Mutant(
         name="hot-append-unfenced",
-        module="store/hot.py",
+        module="store/_hot.py",
         old="fenced = frozenset(touched) - {row[0] for row in held}",
         new="fenced = frozenset()",
         tests=STORE,
     ),
     Mutant(
         name="hot-claim-live-leases",
-        module="store/hot.py",
+        module="store/_hot.py",
         old="(lease_expires_at IS NULL OR lease_expires_at < $2)",
         new="(lease_expires_at IS NULL OR lease_expires_at > $2)",
         tests=STORE,
     ),
     Mutant(
         name="hot-record-steps-no-row-lock",
-        module="store/hot.py",
+        module="store/_hot.py",
         old='"SELECT id FROM responses WHERE id = $1" + _for(driver, "UPDATE"), response_id',
         new='"SELECT id FROM responses WHERE id = $1", response_id',
         tests=STORE,
     ),
     Mutant(
         name="hot-duplicate-event-fails",
-        module="store/hot.py",
+        module="store/_hot.py",
         old='"INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)"\n'
         '        " ON CONFLICT (response_id, seq) DO NOTHING",',
         new='"INSERT INTO events (response_id, seq, step_id, data) VALUES ($1, $2, $3, $4)",',
@@ -317,21 +317,21 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="hot-conversation-positions-shifted",
-        module="store/hot.py",
+        module="store/_hot.py",
         old="start = int(reserved[0][0]) - len(items)",
         new="start = int(reserved[0][0]) - len(items) + 1",
         tests=STORE,
     ),
     Mutant(
         name="hot-renew-terminal-lease",
-        module="store/hot.py",
+        module="store/_hot.py",
         old=" WHERE owner = $1 AND id {driver.in_list('$2')} AND {_NOT_TERMINAL}\"",
         new=" WHERE owner = $1 AND id {driver.in_list('$2')}\"",
         tests=STORE,
     ),
     Mutant(
         name="hot-read-events-inclusive",
-        module="store/hot.py",
+        module="store/_hot.py",
         old="WHERE response_id = $1 AND seq > $2",
         new="WHERE response_id = $1 AND seq >= $2",
         tests=STORE,
@@ -339,7 +339,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- store/drivers.py ---------------------------------------------------
     Mutant(
         name="sqlite-tx-no-rollback",
-        module="store/drivers.py",
+        module="store/_drivers.py",
         old="            except BaseException:\n"
         "                self._db.rollback()\n                raise",
         new="            except BaseException:\n                raise",
@@ -348,14 +348,14 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- store/sql.py -------------------------------------------------------
     Mutant(
         name="sql-write-abandoned-on-cancel",
-        module="store/sql.py",
+        module="store/_sql.py",
         old="            return await asyncio.shield(task)\n",
         new="            return await task\n",
         tests=STORE,
     ),
     Mutant(
         name="sql-followers-not-notified",
-        module="store/sql.py",
+        module="store/_sql.py",
         old="        if written:\n            self._notifier.notify(written)",
         new="        if written:\n            pass",
         tests=(*STORE, "tests/durability/test_streams_and_background.py"),
@@ -363,21 +363,21 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- store/memory.py ----------------------------------------------------
     Mutant(
         name="memory-finish-step-unguarded",
-        module="store/memory.py",
+        module="store/_memory.py",
         old="if step is None or step.state is not StepState.PROCESSING:",
         new="if step is None:",
         tests=STORE,
     ),
     Mutant(
         name="memory-append-unfenced",
-        module="store/memory.py",
+        module="store/_memory.py",
         old="if (record := self._responses.get(response_id)) is None or record.owner != owner",
         new="if (record := self._responses.get(response_id)) is None",
         tests=STORE,
     ),
     Mutant(
         name="memory-duplicate-event-kept",
-        module="store/memory.py",
+        module="store/_memory.py",
         old="if index < len(self.seqs) and self.seqs[index] == row.seq:",
         new="if False:",
         tests=STORE,

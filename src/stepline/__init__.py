@@ -5,7 +5,10 @@ The public surface is what this package exports (``__all__``): the library
 see :mod:`stepline.agent`), the stores it can keep a run in
 (:class:`MemoryStore`, :class:`SqlStore` through :func:`open_store`), and the
 errors it raises (the tree drawn in :mod:`stepline.errors`). The server is
-``stepline serve`` (:mod:`stepline.cli`). Every other module is internal: its
+``stepline serve`` (:mod:`stepline._cli`). The modules a user imports are
+this one, :mod:`stepline.agent`, :mod:`stepline.store`, :mod:`stepline.scripted`
+(the scripted model, for tests) and :mod:`stepline.errors`; every other
+module's name, or its package's, starts with ``_``: it is internal, and its
 names may change between releases.
 
 The library's names are loaded on their first use (``__getattr__``), the

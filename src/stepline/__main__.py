@@ -1,5 +1,5 @@
 """``python -m stepline`` is the ``stepline`` command."""
 
-from stepline.cli import main
+from stepline._cli import main
 
 main()

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from stepline._server.auth import hash_token, new_token
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
-from stepline.server.auth import hash_token, new_token
 from tests.durability.conftest import ToolServer, free_port, stepline_config, to_toml
 
 if TYPE_CHECKING:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from stepline._steps import StepKind
 from stepline.scripted import serve_app
-from stepline.steps import StepKind
 from tests._otlp import ReceivedSpan, Receiver
 from tests.console._held_tool import HOLD_URL
 from tests.console.conftest import DemoServer, start_demo

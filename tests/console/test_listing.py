@@ -1,4 +1,4 @@
-"""The console's store reads (``store/listing.py``), on every backend: memory, SQLite, PostgreSQL.
+"""The console's store reads (``store/_listing.py``), on every backend: memory, SQLite, PostgreSQL.
 
 Each test stores responses and steps through the ordinary store methods, then
 checks what ``list_summaries`` and ``response_tree`` return against what was
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from stepline.steps import NewStep, StepKind, StepState
+from stepline._steps import NewStep, StepKind, StepState
 from stepline.store import SqlStore, StepStore
-from stepline.store.base import ResponseRecord
-from stepline.store.listing import Cursor, ResponseQuery
+from stepline.store._base import ResponseRecord
+from stepline.store._listing import Cursor, ResponseQuery
 from tests._backends import backend_params, store_backend
 
 T0 = 1_800_000_000.0

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from stepline.steps import Step
-from stepline.store.sql import open_store
+from stepline._steps import Step
+from stepline.store._sql import open_store
 from tests.console._png import read_png
 from tests.console.conftest import DemoServer, KeyedServer, signed_in
 

@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from stepline.scripted import serve_app
-from stepline.store.sql import open_store
+from stepline.store._sql import open_store
 from tests.durability.conftest import (
     DONE,
     TERMINAL_EVENTS,

@@ -156,8 +156,8 @@ def _config(upstream_url: str, tools_url: str) -> dict[str, Any]:
 #: the launcher, and the launcher ends when the test process closes its stdin.
 _LAUNCHER = r"""
 import ctypes, json, os, signal, sys, traceback
-import stepline.cli
-import stepline.server.app, stepline.server.serve, stepline.server.preflight  # noqa: F401
+import stepline._cli
+import stepline._server.app, stepline._server.serve, stepline._server.preflight  # noqa: F401
 import alembic.command, asyncpg, aiosqlite, h11, uvicorn.protocols.http.h11_impl  # noqa: F401
 reply = sys.stdout.fileno()
 for line in sys.stdin:
@@ -175,7 +175,7 @@ for line in sys.stdin:
             code = 1
             try:
                 sys.argv = ["stepline", *command["argv"]]
-                stepline.cli.main()
+                stepline._cli.main()
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1

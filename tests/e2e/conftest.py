@@ -33,10 +33,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
-from stepline.server.app import create_app
-from stepline.store.sql import open_store
+from stepline.store._sql import open_store
 from tests._backends import SQL_KINDS, backend_params
 from tests._backends import database_url as backend_database
 

@@ -20,8 +20,8 @@ from agents.memory import OpenAIResponsesCompactionSession
 from openai.types.responses import EasyInputMessageParam
 from websockets.asyncio.client import connect
 
-from stepline.chat.summary import SUMMARY_INSTRUCTIONS, SUMMARY_PREFIX
-from stepline.protocol.sealing import Sealer
+from stepline._chat.summary import SUMMARY_INSTRUCTIONS, SUMMARY_PREFIX
+from stepline._protocol.sealing import Sealer
 from stepline.scripted import Script
 from tests.e2e.conftest import Stack, open_store_for, read_sse, serve_stack
 

@@ -28,7 +28,7 @@ from agents import (
 from openai.types.responses import EasyInputMessageParam
 from websockets.asyncio.client import connect
 
-from stepline.server.auth import hash_token, new_token
+from stepline._server.auth import hash_token, new_token
 from tests._backends import SQL_KINDS, backend_params
 from tests.durability.conftest import (
     DONE,

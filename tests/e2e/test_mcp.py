@@ -13,9 +13,9 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
-from stepline.server.app import create_app
 from tests.e2e.conftest import read_sse
 from tests.mcp._servers import Recorder, build_server
 

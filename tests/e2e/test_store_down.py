@@ -6,12 +6,12 @@ from typing import Any
 
 import httpx
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._steps import Step
 from stepline.errors import StoreError
 from stepline.scripted import serve_app
-from stepline.server.app import create_app
-from stepline.steps import Step
-from stepline.store.memory import MemoryStore
+from stepline.store._memory import MemoryStore
 
 
 class UnreachableStore(MemoryStore):

@@ -23,14 +23,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._steps import NewStep, Step, StepKind
 from stepline.scripted import serve_app
-from stepline.scripted.script import Script
-from stepline.scripted.server import ScriptedModel, create_scripted_app
-from stepline.server.app import create_app
-from stepline.steps import NewStep, Step, StepKind
-from stepline.store.base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
-from stepline.store.memory import MemoryStore
+from stepline.scripted._script import Script
+from stepline.scripted._server import ScriptedModel, create_scripted_app
+from stepline.store._base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
+from stepline.store._memory import MemoryStore
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from stepline.server.auth import hash_token, new_token
+from stepline._server.auth import hash_token, new_token
 from tests._backends import SQL_KINDS, backend_params
 from tests.e2e.conftest import Stack, ToolServer, read_sse, serve_stack
 

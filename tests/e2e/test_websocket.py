@@ -20,8 +20,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
-from stepline.server import websocket
-from stepline.server.auth import hash_token, new_token
+from stepline._server import websocket
+from stepline._server.auth import hash_token, new_token
 from tests.durability.conftest import message_events
 from tests.e2e.conftest import Stack, StackFactory, normalise_ids, read_sse, serve_stack
 

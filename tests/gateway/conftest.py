@@ -27,11 +27,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._server.auth import hash_token, new_token
+from stepline._upstream.client import ChatClient
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
-from stepline.server.app import create_app
-from stepline.server.auth import hash_token, new_token
-from stepline.upstream.client import ChatClient
 
 
 @dataclass

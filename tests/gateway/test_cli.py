@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stepline.cli import _is_loopback, _stored_key_count
-from stepline.cli import app as cli
-from stepline.server.auth import KeyRing, hash_token, list_stored_keys
-from stepline.store.revisions import current_revision, head_revision
-from stepline.store.sql import open_store
+from stepline._cli import _is_loopback, _stored_key_count
+from stepline._cli import app as cli
+from stepline._server.auth import KeyRing, hash_token, list_stored_keys
+from stepline.store._revisions import current_revision, head_revision
+from stepline.store._sql import open_store
 
 pytestmark = pytest.mark.timeout(30)
 

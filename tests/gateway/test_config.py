@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from stepline.config import HttpToolConfig, Settings, load_settings
+from stepline._config import HttpToolConfig, Settings, load_settings
+from stepline._server.auth import hash_token
 from stepline.errors import ConfigError
-from stepline.server.auth import hash_token
 
 
 def _settings(**extra: Any) -> dict[str, Any]:

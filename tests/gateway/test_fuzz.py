@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._upstream.client import ChatClient
 from stepline.scripted import ScriptedModel, create_scripted_app
-from stepline.server.app import create_app
-from stepline.upstream.client import ChatClient
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,9 +11,8 @@ from typing import Any
 import openai
 import pytest
 
-from stepline.config import KeyConfig
-from stepline.errors import RequestError, StoreError
-from stepline.server.auth import (
+from stepline._config import KeyConfig
+from stepline._server.auth import (
     KeyRing,
     delete_stored_key,
     hash_token,
@@ -21,8 +20,9 @@ from stepline.server.auth import (
     new_token,
     store_key,
 )
-from stepline.store.base import ResponseRecord
-from stepline.store.sql import open_store
+from stepline.errors import RequestError, StoreError
+from stepline.store._base import ResponseRecord
+from stepline.store._sql import open_store
 from tests._backends import backend_params, store_backend
 from tests.gateway.conftest import Gateway, GatewayFactory, read_sse
 

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline.config import RateConfig
+from stepline._config import RateConfig
+from stepline._server.limits import TokenBucket
+from stepline._tools.http import truncate_output
 from stepline.scripted import serve_app
-from stepline.server.limits import TokenBucket
-from stepline.tools.http import truncate_output
 from tests.gateway.conftest import GatewayFactory
 
 pytestmark = pytest.mark.timeout(30)

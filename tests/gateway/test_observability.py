@@ -17,13 +17,13 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._server.logs import JsonFormatter
 from stepline.errors import StoreError
 from stepline.scripted import serve_app
-from stepline.server.app import create_app
-from stepline.server.logs import JsonFormatter
-from stepline.store.memory import MemoryStore
-from stepline.store.revisions import head_revision
+from stepline.store._memory import MemoryStore
+from stepline.store._revisions import head_revision
 from tests.gateway.conftest import GatewayFactory, read_sse
 
 pytestmark = pytest.mark.timeout(30)

@@ -28,8 +28,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from stepline.protocol.request import ResponseRequest
-from stepline.server.conversations import MAX_ITEMS
+from stepline._protocol.request import ResponseRequest
+from stepline._server.conversations import MAX_ITEMS
 from tests.gateway.conftest import Gateway, GatewayFactory
 
 pytestmark = pytest.mark.timeout(120)

@@ -24,16 +24,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._server.auth import config_key_id
+from stepline._server.retention import RetentionWorker, retention_policy
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
-from stepline.server.app import create_app
-from stepline.server.auth import config_key_id
-from stepline.server.retention import RetentionWorker, retention_policy
-from stepline.store.engines import create_store_engine
-from stepline.store.retention import RetentionPolicy
-from stepline.store.revisions import migrate
-from stepline.store.schema import responses
-from stepline.store.sql import open_store
+from stepline.store._engines import create_store_engine
+from stepline.store._retention import RetentionPolicy
+from stepline.store._revisions import migrate
+from stepline.store._schema import responses
+from stepline.store._sql import open_store
 from tests._backends import SQL_KINDS, backend_params, database_url
 from tests.e2e.conftest import normalise_ids, read_sse
 from tests.store._stored import rows_of, store_response

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stepline.config import Settings, load_settings
+from stepline._config import Settings, load_settings
+from stepline._upstream.client import ChatClient
+from stepline._upstream.routing import TargetPool, UpstreamTarget, resolve_target
 from stepline.errors import ConfigError
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
-from stepline.upstream.client import ChatClient
-from stepline.upstream.routing import TargetPool, UpstreamTarget, resolve_target
 from tests.gateway.conftest import Gateway, GatewayFactory
 
 pytestmark = pytest.mark.timeout(30)

@@ -25,14 +25,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from stepline import masking
-from stepline.chat.stream import ChatStreamAccumulator
-from stepline.cli import app as cli
-from stepline.config import UpstreamConfig, load_settings
+from stepline import _masking as masking
+from stepline._chat.stream import ChatStreamAccumulator
+from stepline._cli import app as cli
+from stepline._config import UpstreamConfig, load_settings
+from stepline._server.logs import JsonFormatter
+from stepline._upstream import ChatClient, UpstreamTarget
 from stepline.errors import ConfigError, UpstreamError
 from stepline.scripted import serve_app
-from stepline.server.logs import JsonFormatter
-from stepline.upstream import ChatClient, UpstreamTarget
 from tests.gateway.conftest import GatewayFactory, read_sse
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from stepline.server.serve import bind_socket
+from stepline._server.serve import bind_socket
 
 
 async def test_connections_on_the_served_socket_have_tcp_nodelay() -> None:

@@ -28,11 +28,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
+from stepline._server.auth import hash_token
+from stepline._server.serve import bind_socket, serve
 from stepline.errors import ConfigError
-from stepline.server.app import create_app
-from stepline.server.auth import hash_token
-from stepline.server.serve import bind_socket, serve
 from tests._backends import database_url
 from tests.gateway.conftest import GatewayFactory
 

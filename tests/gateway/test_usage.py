@@ -14,12 +14,12 @@ import openai
 import orjson
 import pytest
 
-from stepline.config import Settings
+from stepline._config import Settings
+from stepline._server.app import create_app
 from stepline.errors import NotSupported
 from stepline.scripted import serve_app
-from stepline.server.app import create_app
-from stepline.store.memory import MemoryStore
-from stepline.store.sql import open_store
+from stepline.store._memory import MemoryStore
+from stepline.store._sql import open_store
 from tests.gateway.conftest import Gateway, GatewayFactory
 
 pytestmark = pytest.mark.timeout(60)
@@ -241,7 +241,7 @@ async def test_a_bad_usage_parameter_is_a_400_naming_it(
 
 
 async def test_the_cli_says_what_is_wrong_with_an_option_in_one_line(tmp_path: Path) -> None:
-    from stepline.store.revisions import migrate
+    from stepline.store._revisions import migrate
 
     url = f"sqlite:///{tmp_path / 'usage.db'}"
     await migrate(url)

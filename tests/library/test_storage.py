@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from stepline._protocol.request import parse_request
 from stepline.agent import Agent, FunctionTool, RunEvent, ToolCallStarted, collect, tool
 from stepline.errors import ConfigError
-from stepline.protocol.request import parse_request
 from stepline.scripted import ScriptedModel
 from stepline.store import StepStore
 from tests._backends import SQL_KINDS, backend_params, store_backend

@@ -11,7 +11,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from stepline.tools.mcp import McpSource, McpSourceConfig, McpToolInfo
+from stepline._tools.mcp import McpSource, McpSourceConfig, McpToolInfo
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -106,7 +106,7 @@ def test_server_tools_shape_allow_list_and_bad_schemas(caplog: pytest.LogCapture
         McpToolInfo(name="broken", description="", input_schema={"type": 5}),
         McpToolInfo(name="hidden", description="", input_schema={"type": "object"}),
     ]
-    with caplog.at_level(logging.WARNING, logger="stepline.tools.mcp"):
+    with caplog.at_level(logging.WARNING, logger="stepline._tools.mcp"):
         built = source.server_tools(tools)
     assert [tool.name for tool in built] == ["calc__add", "calc__ping"]
     add, ping = built

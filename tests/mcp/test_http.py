@@ -14,10 +14,10 @@ import orjson
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from stepline._tools.mcp import McpSource, McpSourceConfig
+from stepline._tools.registry import ToolCallContext
 from stepline.errors import ToolError
 from stepline.scripted import serve_app
-from stepline.tools.mcp import McpSource, McpSourceConfig
-from stepline.tools.registry import ToolCallContext
 from tests.mcp._servers import FAIL_MESSAGE, REFUSE_MESSAGE
 from tests.mcp.conftest import McpHttpServer
 

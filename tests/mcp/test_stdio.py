@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from stepline._tools.mcp import McpSource, McpSourceConfig
 from stepline.errors import ToolError
-from stepline.tools.mcp import McpSource, McpSourceConfig
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from stepline.store.sql import open_store
+from stepline.store._sql import open_store
 from tests.durability.conftest import (
     TERMINAL_EVENTS,
     Harness,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stepline.steps import NewStep, StepKind, StepState
+from stepline._steps import NewStep, StepKind, StepState
 from stepline.store import EventRow, ResponseRecord, SqlStore
-from stepline.store.base import TERMINAL_STATUSES
-from stepline.store.schema import metadata, responses
+from stepline.store._base import TERMINAL_STATUSES
+from stepline.store._schema import metadata, responses
 
 __all__ = ["Stored", "rows_of", "store_response"]
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from stepline.store import ResponseRecord, StepStore
-from stepline.store.base import ConversationItem, ConversationRecord, ResponseEnd
+from stepline.store._base import ConversationItem, ConversationRecord, ResponseEnd
 
 
 def conversation(conversation_id: str = "conv_1", **fields: Any) -> ConversationRecord:

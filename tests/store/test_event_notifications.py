@@ -11,10 +11,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from stepline.steps import NewStep, StepKind, StepState
+from stepline._steps import NewStep, StepKind, StepState
 from stepline.store import StepStore
-from stepline.store.base import EventRow, ResponseRecord, StepEnd
-from stepline.store.notify import CHANNEL
+from stepline.store._base import EventRow, ResponseRecord, StepEnd
+from stepline.store._notify import CHANNEL
 from tests._backends import postgres_url, store_backend
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]

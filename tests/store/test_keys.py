@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.errors import StoreError
 from stepline.store import SqlStore, StepStore
-from stepline.store.engines import create_store_engine
-from stepline.store.keys import KeyRecord
-from stepline.store.revisions import alembic_config, engine_revision, head_revision, migrate_engine
-from stepline.store.schema import VERSION_TABLE, metadata
+from stepline.store._engines import create_store_engine
+from stepline.store._keys import KeyRecord
+from stepline.store._revisions import alembic_config, engine_revision, head_revision, migrate_engine
+from stepline.store._schema import VERSION_TABLE, metadata
 from tests._backends import SQL_KINDS, backend_params, database_url
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from stepline.store import SqlStore
-from stepline.store.retention import (
+from stepline.store._retention import (
     PurgeCounts,
     RetentionPolicy,
     expired_counts,

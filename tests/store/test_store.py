@@ -15,9 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import stepline.store
-import stepline.store.hot
+import stepline.store._hot
+from stepline._steps import NewStep, Step, StepKind, StepState
 from stepline.errors import ConfigError, StoreError
-from stepline.steps import NewStep, Step, StepKind, StepState
 from stepline.store import (
     EventRow,
     ResponseRecord,
@@ -26,15 +26,15 @@ from stepline.store import (
     normalize_database_url,
     open_store,
 )
-from stepline.store.base import ResponseEnd, StepEnd
-from stepline.store.revisions import (
+from stepline.store._base import ResponseEnd, StepEnd
+from stepline.store._revisions import (
     alembic_config,
     current_revision,
     head_revision,
     migrate,
     shipped_revisions,
 )
-from stepline.store.schema import VERSION_TABLE, metadata
+from stepline.store._schema import VERSION_TABLE, metadata
 from tests._backends import SQL_KINDS, backend_params, database_url
 
 SUB_SCOPE = "step_parent_tool_call"
@@ -821,7 +821,7 @@ async def test_a_started_write_finishes_when_its_caller_is_cancelled(
     await sql_store.create_response(make_record())
     step = await started(sql_store)
     caller: asyncio.Task[Step | None] | None = None
-    finish = stepline.store.hot.finish_step
+    finish = stepline.store._hot.finish_step
 
     async def cancel_the_caller_mid_write(*args: Any, **kwargs: Any) -> Step | None:
         assert caller is not None
@@ -829,7 +829,7 @@ async def test_a_started_write_finishes_when_its_caller_is_cancelled(
         await asyncio.sleep(0)  # let the cancellation reach the caller mid-write
         return await finish(*args, **kwargs)
 
-    monkeypatch.setattr(stepline.store.hot, "finish_step", cancel_the_caller_mid_write)
+    monkeypatch.setattr(stepline.store._hot, "finish_step", cancel_the_caller_mid_write)
     caller = asyncio.create_task(
         sql_store.finish_step(step.id, state=StepState.COMPLETED, response={"output": "ok"})
     )

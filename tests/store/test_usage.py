@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from stepline.protocol.assemble import sum_usage
-from stepline.steps import NewStep, StepKind, StepState
+from stepline._protocol.assemble import sum_usage
+from stepline._steps import NewStep, StepKind, StepState
 from stepline.store import SqlStore
-from stepline.store.base import TERMINAL_STATUSES
-from stepline.store.usage import GROUPS, Group, UsageQuery, UsageRow, read_usage
+from stepline.store._base import TERMINAL_STATUSES
+from stepline.store._usage import GROUPS, Group, UsageQuery, UsageRow, read_usage
 from tests.store._stored import Stored, store_response
 
 DAY = 86400.0

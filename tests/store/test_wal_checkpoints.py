@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stepline.store.drivers import SqliteDriver
+from stepline.store._drivers import SqliteDriver
 
 pytestmark = pytest.mark.timeout(30)
 

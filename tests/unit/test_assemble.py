@@ -7,17 +7,17 @@ from typing import Any
 import pytest
 from openai.types.responses import Response
 
-from stepline.protocol.assemble import (
+from stepline._protocol.assemble import (
     mcp_call_id,
     mcp_item_state,
     output_items,
     response_object,
     sum_usage,
 )
-from stepline.protocol.items import message_item
-from stepline.protocol.request import parse_request
-from stepline.steps import Step, StepKind, StepState
-from stepline.tools.registry import SERVER_LABEL
+from stepline._protocol.items import message_item
+from stepline._protocol.request import parse_request
+from stepline._steps import Step, StepKind, StepState
+from stepline._tools.registry import SERVER_LABEL
 
 RESPONSE_ID = "resp_test"
 

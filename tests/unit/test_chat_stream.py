@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stepline.chat.stream import AssistantTurn, ChatStreamAccumulator, ToolCall
+from stepline._chat.stream import AssistantTurn, ChatStreamAccumulator, ToolCall
 from stepline.errors import UpstreamError
 
 Call = tuple[Any, ...]

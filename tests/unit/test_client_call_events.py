@@ -13,15 +13,15 @@ import orjson
 from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.chat.stream import ChatStreamAccumulator
-from stepline.engine.view import CLIENT, SERVER, ToolView
-from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission
-from stepline.protocol.request import parse_request
-from stepline.protocol.sealing import Sealer
-from stepline.protocol.server_items import mcp_call_id
-from stepline.store.base import EventRow
+from stepline._chat.stream import ChatStreamAccumulator
+from stepline._engine.view import CLIENT, SERVER, ToolView
+from stepline._protocol.client_tools import ClientTools
+from stepline._protocol.events import OutputList, ResponseEvents
+from stepline._protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission
+from stepline._protocol.request import parse_request
+from stepline._protocol.sealing import Sealer
+from stepline._protocol.server_items import mcp_call_id
+from stepline.store._base import EventRow
 
 STREAM_EVENT = TypeAdapter[Any](ResponseStreamEvent)
 OUTPUT_ITEM = TypeAdapter[Any](ResponseOutputItem)

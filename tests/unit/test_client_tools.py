@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stepline.errors import InvalidRequest
-from stepline.protocol.client_tools import (
+from stepline._protocol.client_tools import (
     ClientTool,
     ClientTools,
     CustomInputDecoder,
     call_item,
     custom_input,
 )
-from stepline.protocol.request import ResponseRequest, parse_request
+from stepline._protocol.request import ResponseRequest, parse_request
+from stepline.errors import InvalidRequest
 
 
 def request(

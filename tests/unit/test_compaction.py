@@ -9,26 +9,26 @@ import httpx
 import orjson
 import pytest
 
-from stepline.chat.messages import chain_messages, finalize_messages
-from stepline.chat.summary import (
+from stepline._chat.messages import chain_messages, finalize_messages
+from stepline._chat.summary import (
     SUMMARY_KEY,
     SUMMARY_PREFIX,
     compacted,
     summary_message,
     transcript,
 )
-from stepline.config import UpstreamConfig
-from stepline.engine.compaction import drop_oldest, estimate_tokens, is_context_overflow
-from stepline.engine.policies import LoopPolicy
-from stepline.engine.transition import next_action
+from stepline._config import UpstreamConfig
+from stepline._engine.compaction import drop_oldest, estimate_tokens, is_context_overflow
+from stepline._engine.policies import LoopPolicy
+from stepline._engine.transition import next_action
+from stepline._protocol.assemble import output_items, sum_usage
+from stepline._protocol.items import InputContext, input_messages
+from stepline._protocol.request import parse_request
+from stepline._protocol.sealing import Sealer
+from stepline._steps import AppendSteps, Fail, Step, StepKind, StepState
+from stepline._upstream.routing import UpstreamTarget
+from stepline._upstream.tokenize import tokenizer_for
 from stepline.errors import InvalidRequest, UpstreamError
-from stepline.protocol.assemble import output_items, sum_usage
-from stepline.protocol.items import InputContext, input_messages
-from stepline.protocol.request import parse_request
-from stepline.protocol.sealing import Sealer
-from stepline.steps import AppendSteps, Fail, Step, StepKind, StepState
-from stepline.upstream.routing import UpstreamTarget
-from stepline.upstream.tokenize import tokenizer_for
 
 USER = {"role": "user", "content": "Plan the launch."}
 CALL = {

@@ -1,6 +1,6 @@
 """The event log and its writer: readers see only durable rows, failures reach them.
 
-The writer runs over a real :class:`~stepline.store.memory.MemoryStore` whose
+The writer runs over a real :class:`~stepline.store._memory.MemoryStore` whose
 ``append_events`` can be held at a gate (the write is in progress) or made to
 fail once; nothing here sleeps to order things: each step waits for what the
 other side did.
@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from stepline.engine.creation import Unstored
-from stepline.engine.event_log import EventLog, EventLogFailed, EventWriter
+from stepline._engine.creation import Unstored
+from stepline._engine.event_log import EventLog, EventLogFailed, EventWriter
+from stepline._steps import NewStep, StepKind, StepState
 from stepline.errors import LeaseLost, StoreError
-from stepline.steps import NewStep, StepKind, StepState
-from stepline.store.base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
-from stepline.store.memory import MemoryStore
+from stepline.store._base import Appended, EventRow, ResponseEnd, ResponseRecord, StepEnd
+from stepline.store._memory import MemoryStore
 
 RESPONSE = "resp_log"
 

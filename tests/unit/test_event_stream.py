@@ -2,7 +2,7 @@
 
 The response runs as an ASGI app against a receive that says when the client
 leaves and a send that records every message; the events come from a real
-event log over a :class:`~stepline.store.memory.MemoryStore`.
+event log over a :class:`~stepline.store._memory.MemoryStore`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, cast
 import pytest
 from starlette.types import Message
 
-from stepline.engine.event_log import EventLog, EventWriter
-from stepline.server.runner import Runner
-from stepline.server.sse import EventStream
-from stepline.store.base import EventRow, ResponseRecord
-from stepline.store.memory import MemoryStore
+from stepline._engine.event_log import EventLog, EventWriter
+from stepline._server.runner import Runner
+from stepline._server.sse import EventStream
+from stepline.store._base import EventRow, ResponseRecord
+from stepline.store._memory import MemoryStore
 
 RESPONSE = "resp_stream"
 

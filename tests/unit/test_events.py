@@ -10,12 +10,12 @@ import pytest
 from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.chat.stream import ChatStreamAccumulator
-from stepline.engine.view import CLIENT, SERVER, ToolView
-from stepline.protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
-from stepline.protocol.model_events import ModelCallEvents
-from stepline.protocol.server_items import mcp_call_id
-from stepline.store.base import EventRow
+from stepline._chat.stream import ChatStreamAccumulator
+from stepline._engine.view import CLIENT, SERVER, ToolView
+from stepline._protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
+from stepline._protocol.model_events import ModelCallEvents
+from stepline._protocol.server_items import mcp_call_id
+from stepline.store._base import EventRow
 
 RESPONSE_ID = "resp_test"
 STEP_ID = "step_0"

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from stepline.engine.history import HistoryCache
+from stepline._engine.history import HistoryCache
+from stepline._protocol.client_tools import ClientTools
+from stepline._protocol.items import InputContext
+from stepline._protocol.request import ResponseRequest
+from stepline._run.conversation import load_conversation
+from stepline._steps import NewStep, StepKind, StepState
 from stepline.errors import NotFound
-from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import InputContext
-from stepline.protocol.request import ResponseRequest
-from stepline.run.conversation import load_conversation
-from stepline.steps import NewStep, StepKind, StepState
 from stepline.store import MemoryStore
-from stepline.store.base import ResponseRecord
+from stepline.store._base import ResponseRecord
 
 READING = (False, False)
 

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stepline.config import HttpToolConfig
+from stepline._config import HttpToolConfig
+from stepline._tools.http import call_http_tool
+from stepline._transport import AiohttpTransport, HttpxTransport, Transport
 from stepline.errors import ToolError
 from stepline.scripted import serve_app
-from stepline.tools.http import call_http_tool
-from stepline.transport import AiohttpTransport, HttpxTransport, Transport
 
 
 class Flaky:

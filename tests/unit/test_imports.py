@@ -10,8 +10,8 @@ def test_the_server_imports_the_mcp_sdk_and_alembic_only_when_used() -> None:
     """The MCP SDK once an MCP server is configured or requested; Alembic once a
     database needs migrating (a server at the head reads its revision itself)."""
     probe = (
-        "import sys, stepline.server.app, stepline.cli, stepline.server.preflight\n"
-        "from stepline.store.revisions import head_revision; head_revision()\n"
+        "import sys, stepline._server.app, stepline._cli, stepline._server.preflight\n"
+        "from stepline.store._revisions import head_revision; head_revision()\n"
         "heavy = ('mcp', 'mcp_types', 'httpx2', 'alembic', 'mako')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
@@ -26,8 +26,8 @@ def test_a_server_migrates_its_database_in_a_child_and_never_imports_alembic() -
     child runs (the revision is read with one query)."""
     probe = (
         "import asyncio, sys, tempfile\n"
-        "from stepline.server.preflight import migrate_in_child\n"
-        "from stepline.store.revisions import current_revision, head_revision\n"
+        "from stepline._server.preflight import migrate_in_child\n"
+        "from stepline.store._revisions import current_revision, head_revision\n"
         "with tempfile.TemporaryDirectory() as where:\n"
         "    url = f'sqlite:///{where}/s.db'\n"
         "    asyncio.run(migrate_in_child(url))\n"
@@ -47,9 +47,9 @@ def test_a_sqlite_server_imports_neither_asyncpg_nor_cryptography_until_used() -
     """asyncpg only for PostgreSQL; cryptography at the first seal or open of a
     token, not when the sealer is made from its keys at start."""
     probe = (
-        "import asyncio, sys, tempfile, stepline.server.app, stepline.cli\n"
-        "from stepline.protocol.sealing import Sealer\n"
-        "from stepline.store.sql import open_store\n"
+        "import asyncio, sys, tempfile, stepline._server.app, stepline._cli\n"
+        "from stepline._protocol.sealing import Sealer\n"
+        "from stepline.store._sql import open_store\n"
         "async def main():\n"
         "    with tempfile.TemporaryDirectory() as where:\n"
         "        store = await open_store(f'sqlite:///{where}/s.db')\n"
@@ -72,8 +72,8 @@ def test_a_sqlite_server_loads_no_console_library_demo_or_postgresql_dialect() -
     command-line client), no agent library or scripted model (``--demo`` only), no
     PostgreSQL dialect of SQLAlchemy."""
     probe = (
-        "import sys, stepline.cli, stepline.server.app, stepline.server.serve\n"
-        "import stepline.store.listing, stepline.store.usage\n"
+        "import sys, stepline._cli, stepline._server.app, stepline._server.serve\n"
+        "import stepline.store._listing, stepline.store._usage\n"
         "heavy = ('rich', 'pygments', 'stepline.agent', 'stepline.scripted',\n"
         "         'sqlalchemy.dialects.postgresql')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"

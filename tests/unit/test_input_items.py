@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from stepline.chat.messages import finalize_messages
+from stepline._chat.messages import finalize_messages
+from stepline._protocol.client_tools import ClientTools
+from stepline._protocol.items import InputContext, input_messages
+from stepline._protocol.request import InputItem, parse_request
+from stepline._protocol.sealing import Sealer
 from stepline.errors import InvalidRequest
-from stepline.protocol.client_tools import ClientTools
-from stepline.protocol.items import InputContext, input_messages
-from stepline.protocol.request import InputItem, parse_request
-from stepline.protocol.sealing import Sealer
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
 PNG_B64 = base64.b64encode(PNG).decode()

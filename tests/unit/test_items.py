@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from stepline.chat.messages import chain_messages, finalize_messages, tool_error_text
-from stepline.engine.validate import conversation_problem
-from stepline.protocol.items import input_messages, message_item
-from stepline.protocol.request import InputItem, parse_request
-from stepline.steps import Step, StepKind, StepState
-from stepline.tools.registry import SERVER_LABEL
+from stepline._chat.messages import chain_messages, finalize_messages, tool_error_text
+from stepline._engine.validate import conversation_problem
+from stepline._protocol.items import input_messages, message_item
+from stepline._protocol.request import InputItem, parse_request
+from stepline._steps import Step, StepKind, StepState
+from stepline._tools.registry import SERVER_LABEL
 
 RESPONSE_ID = "resp_test"
 

@@ -36,60 +36,60 @@ def _imports(package: str) -> Iterator[tuple[str, str]]:
 #: package -> the stepline modules (prefixes) it may import, besides its own
 RULES = {
     "errors": (),
-    "retry": (),
-    "transport": (),
-    "config": ("stepline.errors",),
+    "_retry": (),
+    "_transport": (),
+    "_config": ("stepline.errors",),
     "scripted": ("stepline.errors",),
     # the step records every layer reads sit below them all
-    "steps": (),
+    "_steps": (),
     # the Chat Completions wire every model call speaks, below all who make one
-    "chat": ("stepline.errors", "stepline.steps"),
-    "store": ("stepline.errors", "stepline.steps"),
+    "_chat": ("stepline.errors", "stepline._steps"),
+    "store": ("stepline.errors", "stepline._steps"),
     # the wire reads the engine's typed steps, events and view (never the loop)
-    "protocol": (
+    "_protocol": (
         "stepline.errors",
-        "stepline.steps",
-        "stepline.chat",
-        "stepline.engine.view",
-        "stepline.engine.compaction",
-        "stepline.engine.sealing",
-        "stepline.store.base",
+        "stepline._steps",
+        "stepline._chat",
+        "stepline._engine.view",
+        "stepline._engine.compaction",
+        "stepline._engine.sealing",
+        "stepline.store._base",
     ),
-    "upstream": (
+    "_upstream": (
         "stepline.errors",
-        "stepline.config",
-        "stepline.masking",
-        "stepline.retry",
-        "stepline.transport",
-        "stepline.chat",
+        "stepline._config",
+        "stepline._masking",
+        "stepline._retry",
+        "stepline._transport",
+        "stepline._chat",
     ),
-    "tools": (
+    "_tools": (
         "stepline.errors",
-        "stepline.config",
-        "stepline.masking",
-        "stepline.retry",
-        "stepline.transport",
+        "stepline._config",
+        "stepline._masking",
+        "stepline._retry",
+        "stepline._transport",
     ),
     # the loop: no config file (it takes Limits and ModelRoutes), no server, no wire
     # (it takes a RunSpec, and shows its steps through the view the wire implements)
-    "engine": (
+    "_engine": (
         "stepline.errors",
-        "stepline.steps",
-        "stepline.chat",
+        "stepline._steps",
+        "stepline._chat",
         "stepline.store",
-        "stepline.tools",
-        "stepline.upstream",
+        "stepline._tools",
+        "stepline._upstream",
     ),
     # a response's run: where the engine and the wire meet
-    "run": (
+    "_run": (
         "stepline.errors",
-        "stepline.steps",
-        "stepline.chat",
-        "stepline.engine",
-        "stepline.protocol",
+        "stepline._steps",
+        "stepline._chat",
+        "stepline._engine",
+        "stepline._protocol",
         "stepline.store",
-        "stepline.tools",
-        "stepline.upstream",
+        "stepline._tools",
+        "stepline._upstream",
     ),
 }
 
@@ -107,14 +107,16 @@ def test_a_package_imports_only_the_layers_below_it(package: str) -> None:
 
 def test_nothing_below_the_server_imports_the_server_or_the_cli() -> None:
     below = [
-        p.name.removesuffix(".py") for p in SRC.iterdir() if p.name not in ("server", "cli.py")
+        p.name.removesuffix(".py")
+        for p in SRC.iterdir()
+        if p.name not in ("_server", "_cli.py", "__pycache__")
     ]
     crossing = [
         (where, name)
         for package in below
-        if not package.startswith("_")
+        if not package.startswith("__")
         for where, name in _imports(package)
-        if name.startswith(("stepline.server", "stepline.cli"))
+        if name.startswith(("stepline._server", "stepline._cli"))
     ]
     assert crossing == []
 
@@ -130,7 +132,7 @@ def _package_graph() -> dict[str, set[str]]:
     )
     graph: dict[str, set[str]] = {}
     for package in packages:
-        if package.startswith("_"):
+        if package.startswith("__") or package == "_version":
             continue
         graph[package] = {
             _package_of(name) for _, name in _imports(package) if _package_of(name) != package
@@ -178,19 +180,19 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("package", ["chat", "engine", "tools", "upstream"])
+@pytest.mark.parametrize("package", ["_chat", "_engine", "_tools", "_upstream"])
 def test_below_the_wire_nothing_reads_the_wire(package: str) -> None:
     """The engine and what it drives declare the types they need; the wire meets
     them in ``run`` (and implements the engine's view), never the other way round."""
     assert [
-        (where, name) for where, name in _imports(package) if _package_of(name) == "protocol"
+        (where, name) for where, name in _imports(package) if _package_of(name) == "_protocol"
     ] == []
 
 
 def test_the_engine_reads_no_config_and_knows_no_server() -> None:
     crossing = [
         (where, name)
-        for where, name in _imports("engine")
-        if _package_of(name) in ("config", "server", "cli", "run", "agent")
+        for where, name in _imports("_engine")
+        if _package_of(name) in ("_config", "_server", "_cli", "_run", "agent")
     ]
     assert crossing == []

@@ -8,11 +8,11 @@ import orjson
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from stepline.chat.stream import ChatStreamAccumulator
-from stepline.engine.view import CLIENT, SERVER
-from stepline.protocol.events import OutputList, ResponseEvents
-from stepline.protocol.model_events import ModelCallEvents, PriorEmission
-from stepline.store.base import EventRow
+from stepline._chat.stream import ChatStreamAccumulator
+from stepline._engine.view import CLIENT, SERVER
+from stepline._protocol.events import OutputList, ResponseEvents
+from stepline._protocol.model_events import ModelCallEvents, PriorEmission
+from stepline.store._base import EventRow
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 STEP = "step_1"

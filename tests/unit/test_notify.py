@@ -3,7 +3,7 @@ listener reads them (``tests/store/test_event_notifications.py`` checks what wri
 
 from __future__ import annotations
 
-from stepline.store.notify import EventNotifier, PgListener
+from stepline.store._notify import EventNotifier, PgListener
 
 
 def test_a_payload_wakes_the_watch_of_every_response_it_names() -> None:

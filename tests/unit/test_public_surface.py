@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,37 @@ def test_no_public_name_means_two_things() -> None:
         for name in module.__all__:
             value = getattr(module, name)
             assert meaning.setdefault(name, value) is value, f"{name} in {module.__name__}"
+
+
+#: the modules a user may import; every other module's name starts with ``_``,
+#: or sits in a package whose name does
+PUBLIC_MODULES = {
+    "stepline",
+    "stepline.__main__",
+    "stepline.agent",
+    "stepline.errors",
+    "stepline.scripted",
+    "stepline.store",
+}
+
+
+def _modules() -> set[str]:
+    """Every module of the package, by its dotted name, read off the files."""
+    root = Path(stepline.__file__).parent
+    names = set()
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if "migrations" not in parts:  # Alembic's scripts, loaded by path
+            names.add(".".join(parts))
+    return names
+
+
+def test_every_module_but_the_public_ones_is_private() -> None:
+    public = {
+        name
+        for name in _modules()
+        if not any(part.startswith("_") and part != "__main__" for part in name.split("."))
+    }
+    assert public == PUBLIC_MODULES

@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stepline.errors import InvalidRequest
-from stepline.protocol.request import (
+from stepline._protocol.request import (
     FunctionCallItem,
     FunctionCallOutputItem,
     McpCallItem,
@@ -21,6 +20,7 @@ from stepline.protocol.request import (
     parse_request,
     unknown_fields,
 )
+from stepline.errors import InvalidRequest
 
 
 def body(**fields: Any) -> dict[str, Any]:

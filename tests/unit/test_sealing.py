@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stepline._protocol.sealing import Sealer, parse_key
 from stepline.errors import ConfigError
-from stepline.protocol.sealing import Sealer, parse_key
 
 OLD = bytes(range(32))
 NEW = bytes(range(32, 64))

@@ -1,4 +1,4 @@
-"""Every table is the store's: declared in ``store/schema.py``, made by the migrations.
+"""Every table is the store's: declared in ``store/_schema.py``, made by the migrations.
 
 The API keys' table was once declared and made by the server itself, outside
 the migrations; this keeps any module outside ``store/`` from doing that
@@ -41,7 +41,7 @@ def test_no_module_outside_the_store_declares_or_makes_a_table() -> None:
 
 
 def test_the_key_ring_speaks_to_the_store_only_through_its_key_store() -> None:
-    tree = ast.parse((SRC / "server" / "auth.py").read_text())
+    tree = ast.parse((SRC / "_server" / "auth.py").read_text())
     imported = {
         node.module
         for node in ast.walk(tree)
@@ -54,5 +54,5 @@ def test_the_key_ring_speaks_to_the_store_only_through_its_key_store() -> None:
     }
     assert not any(name == "sqlalchemy" or name.startswith("sqlalchemy.") for name in imported)
     assert {name for name in imported if name.startswith("stepline.store")} == {
-        "stepline.store.keys"
+        "stepline.store._keys"
     }

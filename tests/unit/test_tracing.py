@@ -20,18 +20,18 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from stepline.config import TracingConfig, UpstreamConfig
-from stepline.errors import ConfigError
-from stepline.server.tracing import (
+from stepline._config import TracingConfig, UpstreamConfig
+from stepline._server.tracing import (
     TRACE_CONTEXT_FIELD,
     Tracing,
     TracingOptions,
     client_trace_context,
     tracing_options,
 )
-from stepline.steps import Step, StepKind, StepState
-from stepline.store.base import ResponseRecord
-from stepline.upstream.routing import UpstreamTarget
+from stepline._steps import Step, StepKind, StepState
+from stepline._upstream.routing import UpstreamTarget
+from stepline.errors import ConfigError
+from stepline.store._base import ResponseRecord
 
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
@@ -461,8 +461,8 @@ def test_a_tracing_setup_stepline_cannot_serve_is_a_config_error(
 def test_a_server_without_tracing_never_imports_the_sdk(tmp_path: Path) -> None:
     probe = (
         "import asyncio, sys\n"
-        "from stepline.config import Settings\n"
-        "from stepline.server.app import create_app\n"
+        "from stepline._config import Settings\n"
+        "from stepline._server.app import create_app\n"
         f"app = create_app(Settings(database_url='sqlite:///{tmp_path}/s.db'))\n"
         "async def main():\n"
         "    async with app.router.lifespan_context(app):\n"

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from stepline.engine.policies import ApprovedCall, LoopPolicy
-from stepline.engine.transition import model_call, next_action, tool_calls_of
-from stepline.steps import (
+from stepline._engine.policies import ApprovedCall, LoopPolicy
+from stepline._engine.transition import model_call, next_action, tool_calls_of
+from stepline._steps import (
     AppendSteps,
     Complete,
     Fail,

@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-import stepline.upstream
-from stepline.config import Settings, TimeoutsConfig, UpstreamConfig
+import stepline._upstream
+from stepline._config import Settings, TimeoutsConfig, UpstreamConfig
+from stepline._upstream import ChatClient, UpstreamTarget, resolve_target
 from stepline.errors import UpstreamError, UpstreamTimeout
-from stepline.upstream import ChatClient, UpstreamTarget, resolve_target
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -774,7 +774,7 @@ def test_api_key_is_resolved_once_per_upstream(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_public_surface() -> None:
-    assert stepline.upstream.__all__ == ["ChatClient", "UpstreamTarget", "resolve_target"]
+    assert stepline._upstream.__all__ == ["ChatClient", "UpstreamTarget", "resolve_target"]
 
 
 async def test_model_calls_reuse_one_connection() -> None:

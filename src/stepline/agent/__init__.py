@@ -14,9 +14,7 @@
 The same engine runs behind ``stepline serve``.
 """
 
-from stepline.agent.agent import Agent, AgentTool, ChatModel, HttpTool, RunResult, Usage, collect
-from stepline.agent.function_tool import FunctionTool, tool
-from stepline.engine.policies import (
+from stepline._engine.policies import (
     RunState,
     StopPolicy,
     any_of,
@@ -25,7 +23,7 @@ from stepline.engine.policies import (
     until_no_tool_calls,
     until_tool_called,
 )
-from stepline.engine.run_events import (
+from stepline._engine.run_events import (
     RunCompleted,
     RunEvent,
     RunFailed,
@@ -37,6 +35,8 @@ from stepline.engine.run_events import (
     ToolCallStarted,
     UsageDelta,
 )
+from stepline.agent._agent import Agent, AgentTool, ChatModel, HttpTool, RunResult, Usage, collect
+from stepline.agent._function_tool import FunctionTool, tool
 
 __all__ = [
     "Agent",

@@ -17,8 +17,8 @@ socket::
 A model name without a script gets :func:`demo_reply`.
 """
 
-from stepline.scripted.demo import demo_reply
-from stepline.scripted.script import (
+from stepline.scripted._demo import demo_reply
+from stepline.scripted._script import (
     Fault,
     Script,
     ScriptedCustomToolCall,
@@ -26,8 +26,8 @@ from stepline.scripted.script import (
     ScriptedUsage,
     Turn,
 )
-from stepline.scripted.server import ScriptedModel, create_scripted_app
-from stepline.scripted.serving import serve_app
+from stepline.scripted._server import ScriptedModel, create_scripted_app
+from stepline.scripted._serving import serve_app
 
 __all__ = [
     "Fault",

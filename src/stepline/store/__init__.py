@@ -2,18 +2,18 @@
 API keys created with ``stepline keys create``.
 
 :class:`StepStore` is the interface the loop and the server use (its ``keys``
-are a :class:`~stepline.store.keys.KeyStore` of their own);
+are a :class:`~stepline.store._keys.KeyStore` of their own);
 :class:`MemoryStore` keeps everything in memory, :class:`SqlStore` keeps it
 in SQLite or PostgreSQL (open one with :func:`open_store`). Both pass the same
-test suite. Every SQL table is declared in ``store/schema.py`` and changes
+test suite. Every SQL table is declared in ``store/_schema.py`` and changes
 only through the numbered migrations that ship in ``stepline/store/migrations``.
 """
 
-from stepline.store.base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore
-from stepline.store.engines import normalize_database_url
-from stepline.store.memory import MemoryStore
-from stepline.store.revisions import migrate
-from stepline.store.sql import SqlStore, open_store
+from stepline.store._base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore
+from stepline.store._engines import normalize_database_url
+from stepline.store._memory import MemoryStore
+from stepline.store._revisions import migrate
+from stepline.store._sql import SqlStore, open_store
 
 __all__ = [
     "TERMINAL_STATUSES",

@@ -1,13 +1,13 @@
 """Alembic environment for stepline's schema.
 
-stepline runs its migrations programmatically (``stepline.store.revisions.migrate_engine``):
+stepline runs its migrations programmatically (``stepline.store._revisions.migrate_engine``):
 the caller opens the async engine, takes a connection inside one transaction
 and hands it over as ``config.attributes["connection"]``; this module then
 runs synchronously on it (it is called through ``AsyncConnection.run_sync``).
 Without a connection it opens its own async engine from the ``url`` attribute
 (or the ``sqlalchemy.url`` option), so Alembic's own commands work too.
 
-The version table is :data:`stepline.store.schema.VERSION_TABLE`, so stepline
+The version table is :data:`stepline.store._schema.VERSION_TABLE`, so stepline
 can share a database with an application's own Alembic history.
 """
 
@@ -19,13 +19,13 @@ from alembic import context
 from sqlalchemy import Connection
 
 from stepline.errors import ConfigError
-from stepline.store.schema import VERSION_TABLE, metadata
+from stepline.store._schema import VERSION_TABLE, metadata
 
 config = context.config
 
 
 def _url() -> str:
-    from stepline.store.engines import normalize_database_url
+    from stepline.store._engines import normalize_database_url
 
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
@@ -45,7 +45,7 @@ def _run_on(connection: Connection) -> None:
 
 
 async def _run_with_own_engine() -> None:
-    from stepline.store.engines import create_store_engine
+    from stepline.store._engines import create_store_engine
 
     engine = create_store_engine(_url(), pool_size=1)
     try:

@@ -1,0 +1,305 @@
+"""One model call of a scope, and a compaction: the upstream's stream, shown and stored.
+
+A model call builds its Chat Completions body from the scope's
+:class:`~stepline._engine.spec.RunSpec` and the conversation recorded before
+it, fits it to the model's context window, streams it through the
+:class:`ChatStreamer` and relays every chunk's deltas to the view as they
+arrive; its end is stored through :meth:`ScopeLoop.end_step
+<stepline._engine.loop.ScopeLoop.end_step>`.
+
+Invariants:
+
+* Nothing is held back per chunk: each delta goes to the view at once, and a
+  call that relays many chunks lets the event writer and the readers run at
+  least every millisecond.
+* A streamed response's first events of a call are durable before the rest
+  are relayed (clients see only stored events: time to first token).
+* An invalid conversation, a context overflow or an upstream failure fails
+  the step (recorded, with its code), never the loop; the transition decides
+  what follows.
+* The items' done events are stored with the step's end, never before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+from stepline._chat.body import chat_body
+from stepline._chat.stream import ChatStreamAccumulator, DeltaSink
+from stepline._engine.compaction import (
+    CONTEXT_OVERFLOW,
+    fit_context,
+    is_context_overflow,
+    summarise,
+)
+from stepline._engine.run_events import StepCompleted, StepStarted, TextDelta, UsageDelta
+from stepline._engine.sinks import ModelCallSending, RunSink
+from stepline._engine.validate import conversation_problem
+from stepline._engine.view import CLIENT, SERVER, ToolView
+from stepline._steps import CompactionResult, ModelCallResult, Step, StepError, StepState
+from stepline._tools.mcp_tools import McpListing
+from stepline._upstream.routing import UpstreamTarget
+from stepline.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from stepline._engine.loop import ScopeLoop
+
+__all__ = ["ChatStreamer", "describe_tool", "ended_state", "run_compaction", "run_model_call"]
+
+#: the longest a model call relays chunks without letting other tasks run
+_YIELD_SECONDS = 0.001
+
+
+class ChatStreamer(Protocol):
+    """The upstream seam: yields Chat Completions chunk dicts for one model call."""
+
+    def stream(
+        self, target: UpstreamTarget, payload: dict[str, Any], *, step_id: str
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def ended_state(state: StepState) -> Literal["completed", "failed", "cancelled"]:
+    """A terminal step's state, as a ``StepCompleted`` event names it."""
+    assert state.terminal
+    return cast(Literal["completed", "failed", "cancelled"], state.value)
+
+
+class _ReportedText:
+    """A delta sink that also reports text deltas to the run's sink (when one asks)."""
+
+    def __init__(
+        self,
+        sink: DeltaSink,
+        report: RunSink,
+        *,
+        step_id: str,
+        scope: str | None,
+    ) -> None:
+        self._sink = sink
+        self._report = report
+        self._step_id = step_id
+        self._scope = scope
+
+    def on_reasoning(self, text: str) -> None:
+        self._sink.on_reasoning(text)
+
+    def on_text(self, text: str) -> None:
+        self._sink.on_text(text)
+        self._report.emit(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
+
+    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
+        self._sink.on_tool_call(index, call_id, name)
+
+    def on_tool_arguments(self, index: int, text: str) -> None:
+        self._sink.on_tool_arguments(index, text)
+
+    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
+        self._sink.on_logprobs(entries)
+
+
+def describe_tool(loop: ScopeLoop, name: str) -> ToolView:
+    """Who runs the scope's tool ``name`` when the model calls it: the client, the
+    server, or the server once the client approves (an unknown name: the server,
+    whose call then fails for the model to see)."""
+    if name in loop.policy.client_tools:
+        return CLIENT
+    tool = loop.server_tools.get(name)
+    if tool is None:
+        return SERVER
+    kind: Literal["server", "approval"] = (
+        "approval" if name in loop.policy.approval_tools else "server"
+    )
+    return ToolView(kind=kind, label=tool.label, shown_name=tool.display_name, hosted=tool.hosted)
+
+
+def _listed(loop: ScopeLoop, listing: McpListing) -> list[dict[str, Any]]:
+    """A listing's tools as an ``mcp_list_tools`` item shows them."""
+    allowed = loop.spec.allowed_tools
+    return [
+        {
+            "name": tool.display_name or name,
+            "description": tool.description,
+            "input_schema": tool.parameters,
+            "annotations": None,
+        }
+        for name, tool in listing.tools.items()
+        if allowed is None or name in allowed
+    ]
+
+
+def _tool_definitions(loop: ScopeLoop, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
+    """The tools a model call offers: the server's (those ``allowed``), then the client's."""
+    server = [
+        tool.chat_definition()
+        for name, tool in loop.server_tools.items()
+        if allowed is None or name in allowed
+    ]
+    return [*server, *loop.spec.client_definitions]
+
+
+async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) -> Step | None:
+    """Run a recorded model call to its end; the stored step, or None when its guarded
+    end found it no longer processing. ``started``: it was recorded processing."""
+    if not started:
+        step = await loop.engine.store.start_step(step.id)
+    loop.tap(
+        StepStarted(step_id=step.id, kind="model_call", scope=loop.scope, attempt=step.attempt)
+    )
+    messages = loop.messages_before(step)
+    problem = conversation_problem(messages, loop.policy.validation)
+    if problem is not None:
+        done = await loop.end_step(
+            step,
+            StepState.FAILED,
+            failure=StepError(
+                message=f"invalid conversation: {problem}", code="invalid_conversation"
+            ),
+        )
+        _model_call_done(loop, done)
+        return done
+    spec = loop.spec
+    payload = chat_body(
+        spec.chat,
+        model=loop.target.upstream_model,
+        messages=messages,
+        tools=_tool_definitions(loop, spec.allowed_tools),
+        first_call=step.request.get("iteration", 1) == 1,
+        dialect=loop.target.dialect,
+    )
+    fitted = await fit_context(
+        loop.engine.http,
+        loop.target,
+        window=loop.engine.routes.context_window(spec.model, loop.target),
+        truncation=spec.truncation,
+        payload=payload,
+        max_output_tokens=spec.max_output_tokens,
+    )
+    if fitted.overflow is not None:
+        error = StepError(message=fitted.overflow, code=CONTEXT_OVERFLOW)
+        done = await loop.end_step(step, StepState.FAILED, failure=error)
+        _model_call_done(loop, done)
+        return done
+    payload = fitted.payload
+    items_sink = await loop.view.model_call(step, describe=functools.partial(describe_tool, loop))
+    if loop.scope is None and step.request.get("iteration") == 1:
+        for listing in loop.listings:
+            items_sink.list_tools(listing.label, _listed(loop, listing), listing.error)
+    sink: DeltaSink = items_sink
+    if loop.engine.sink.run_events:
+        sink = _ReportedText(sink, loop.engine.sink, step_id=step.id, scope=loop.scope)
+    accumulator = ChatStreamAccumulator(sink)
+    loop.engine.sink.emit(ModelCallSending(step=step, target=loop.target, payload=payload))
+    try:
+        clock = asyncio.get_running_loop().time
+        next_yield = 0.0
+        # a plain request's client reads only the end: nobody waits for its first events
+        streamed = spec.streamed
+        view = loop.view
+        first_seq = view.next_seq if view.sends and streamed else None
+        async for chunk in loop.engine.chat.stream(loop.target, payload, step_id=step.id):
+            accumulator.feed(chunk)
+            if first_seq is not None:
+                if view.next_seq > first_seq:
+                    # clients see only stored events: store the first ones of
+                    # this call before relaying the rest (time to first token)
+                    await view.durable()
+                    first_seq = None
+            elif clock() >= next_yield:
+                # one network read can carry hundreds of chunks: let the event
+                # writer and the readers run at least every millisecond
+                await asyncio.sleep(0)
+                next_yield = clock() + _YIELD_SECONDS
+        turn = accumulator.result()
+    except UpstreamError as exc:
+        loop.view.hold()
+        items_sink.abort()
+        code = CONTEXT_OVERFLOW if is_context_overflow(exc) else exc.code
+        done = await loop.end_step(
+            step,
+            StepState.FAILED,
+            failure=StepError(message=exc.message, code=code, status=exc.status),
+        )
+        _model_call_done(loop, done)
+        return done
+    # the items' done events are stored with the step's end (see ScopeLoop.end_step)
+    loop.view.hold()
+    items = items_sink.close(turn)
+    message = turn.message()
+    if turn.reasoning:
+        message["reasoning_content"] = turn.reasoning
+    done = await loop.end_step(
+        step,
+        StepState.COMPLETED,
+        result=ModelCallResult(
+            message=message,
+            items=items,
+            call_items=items_sink.call_items,
+            usage=turn.usage,
+            finish_reason=turn.finish_reason,
+            model=turn.model,
+        ),
+    )
+    _model_call_done(loop, done)
+    return done
+
+
+async def run_compaction(loop: ScopeLoop, step: Step, *, started: bool = False) -> Step | None:
+    """Have the model summarise the conversation so far; later calls see the summary.
+
+    Shown as a ``compaction`` item (added, ``response.compaction.compacting``,
+    done with the sealed summary); the item's done event is stored with the
+    step's end, and a rerun after a crash does not announce it twice."""
+    if not started:
+        step = await loop.engine.store.start_step(step.id)
+    await loop.view.compaction_started(step)
+    try:
+        summary = await summarise(
+            loop.engine.chat,
+            loop.target,
+            loop.messages_before(step),
+            step_id=step.id,
+            prompt_cache_key=loop.spec.prompt_cache_key,
+        )
+    except UpstreamError as exc:
+        error = StepError(
+            message=f"compaction failed: {exc.message}", code=exc.code, status=exc.status
+        )
+        return await loop.end_step(step, StepState.FAILED, failure=error)
+    # the item's done event is stored with the step's end (see ScopeLoop.end_step)
+    done_item = loop.view.compaction_done(step, summary.text)
+    loop.state.input_tokens += summary.usage.get("input_tokens", 0)
+    loop.state.output_tokens += summary.usage.get("output_tokens", 0)
+    return await loop.end_step(
+        step,
+        StepState.COMPLETED,
+        result=CompactionResult(summary=summary.text, items=[done_item], usage=summary.usage),
+    )
+
+
+def _model_call_done(loop: ScopeLoop, step: Step | None) -> None:
+    if step is None:
+        return
+    usage = (step.response or {}).get("usage") or {}
+    calls = ((step.response or {}).get("message") or {}).get("tool_calls") or ()
+    loop.state.model_calls += 1
+    loop.state.input_tokens += int(usage.get("input_tokens", 0))
+    loop.state.output_tokens += int(usage.get("output_tokens", 0))
+    if loop.scope is None:
+        loop.state.wants_tools = bool(calls)
+    if usage:
+        loop.tap(
+            UsageDelta(
+                step_id=step.id,
+                scope=loop.scope,
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+            )
+        )
+    loop.tap(
+        StepCompleted(
+            step_id=step.id, kind="model_call", scope=loop.scope, state=ended_state(step.state)
+        )
+    )

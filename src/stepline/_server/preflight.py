@@ -1,0 +1,217 @@
+"""Database checks made before a command uses its database, each failure one ConfigError line.
+
+``stepline serve`` probes its database before it listens, then migrates it; a
+bad URL, a missing SQLite directory or an unreachable PostgreSQL stops it with
+a line that names the database (password hidden). The server reads the
+database's revision itself and, only when it is behind, runs ``stepline
+migrate`` in a child process: Alembic and its templates never load into the
+process that serves (some 7 MB it would keep for its whole life). The commands that only read
+(``responses list``, ``keys list``...) check that the database exists and has
+stepline's schema, and never create one: connecting to a SQLite file that is
+not there creates it, so a missing file is found by looking, not by connecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from stepline.errors import ConfigError, StoreError
+from stepline.store._engines import create_store_engine, normalize_database_url
+from stepline.store._revisions import engine_revision, migrate_engine, shipped_revisions
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "check_creatable",
+    "check_schema",
+    "database_label",
+    "migrate_database",
+    "migrate_in_child",
+    "probe_database",
+]
+
+#: seconds a PostgreSQL server may take to accept a connection before start-up gives up
+CONNECT_TIMEOUT = 10.0
+
+_FIRST = "run `stepline migrate` (or `stepline serve`) first, or pass another --database"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = sa.make_url(normalize_database_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database is None:
+        return None
+    return Path(parsed.database)
+
+
+def database_label(url: str) -> str:
+    """``url`` as shown to a person: its password hidden, a relative SQLite path resolved.
+
+    A ConfigError when stepline cannot use the URL at all."""
+    normalize_database_url(url)
+    shown = sa.make_url(url).render_as_string(hide_password=True)
+    path = _sqlite_path(url)
+    if path is not None and not path.is_absolute():
+        shown += f" ({path.resolve()})"
+    return shown
+
+
+def _engine(url: str) -> AsyncEngine:
+    postgres = _sqlite_path(url) is None
+    return create_store_engine(
+        url, pool_size=1, connect_args={"timeout": CONNECT_TIMEOUT} if postgres else None
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    # the driver's error, on one line: SQLAlchemy's own repeats the statement
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    if cause.__cause__ is not None and str(cause.__cause__) == str(cause):
+        cause = cause.__cause__  # SQLAlchemy's asyncpg adapter hides the driver's class name
+    if isinstance(cause, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+async def probe_database(url: str) -> bool:
+    """Whether the database at ``url`` exists; a ConfigError when it cannot be reached.
+
+    A SQLite file that is not there is not created: it does not exist (yet)."""
+    label = database_label(url)
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        return False
+    engine = _engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise ConfigError(f"cannot open the database {label}: {_reason(exc)}") from exc
+    finally:
+        await engine.dispose()
+    return True
+
+
+def check_creatable(url: str) -> None:
+    """A ConfigError when the SQLite file of ``url`` cannot be created where it is named."""
+    path = _sqlite_path(url)
+    if path is None or path.exists():
+        return
+    directory = path.resolve().parent
+    if not directory.is_dir():
+        problem = f"the directory {directory} does not exist"
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        problem = f"the directory {directory} is not writable"
+    else:
+        return
+    raise ConfigError(f"cannot create the database {database_label(url)}: {problem}")
+
+
+async def migrate_database(url: str) -> None:
+    """Upgrade the database at ``url`` to the schema of this stepline; a ConfigError
+    names the database when that fails."""
+    label = database_label(url)
+    engine = _engine(url)
+    try:
+        await migrate_engine(engine)
+    except StoreError as exc:
+        reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
+        raise ConfigError(f"cannot migrate the database {label}: {reason}") from exc
+    except _alembic_command_error() as exc:  # a revision this stepline does not know
+        raise ConfigError(f"cannot migrate the database {label}: {exc}") from exc
+    finally:
+        await engine.dispose()
+
+
+async def _is_current(url: str) -> bool:
+    """Whether the database at ``url`` is at this stepline's head revision (read with
+    one query, no Alembic); False when its revision cannot be read."""
+    engine = _engine(url)
+    try:
+        return await engine_revision(engine) == shipped_revisions()[-1]
+    except StoreError:
+        return False  # the child migrating it says what is wrong
+    finally:
+        await engine.dispose()
+
+
+#: the prefix of the child's one error line (see ``stepline._cli._fail``)
+_CHILD_ERROR = "error: "
+
+
+async def migrate_in_child(url: str) -> None:
+    """As :func:`migrate_database`, but Alembic runs in a child ``stepline migrate``,
+    and only when the database exists and is behind (or does not exist yet).
+
+    The child's one error line becomes this ConfigError. The URL goes to it in its
+    environment, not its arguments: a password in it stays out of the process list."""
+    if await probe_database(url) and await _is_current(url):
+        return
+    environment = {**os.environ, "STEPLINE_DATABASE_URL": url}
+    for name in ("STEPLINE_DEBUG", "FORCE_COLOR"):  # the child's error: one plain line
+        environment.pop(name, None)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stepline",
+        "migrate",
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await child.communicate()
+    if child.returncode == 0:
+        return
+    lines = stderr.decode(errors="replace").splitlines()
+    errors = [line for line in lines if line.startswith(_CHILD_ERROR)]
+    if errors:
+        raise ConfigError(errors[-1].removeprefix(_CHILD_ERROR))
+    raise ConfigError(
+        f"cannot migrate the database {database_label(url)}: "
+        f"`stepline migrate` exited with status {child.returncode}"
+    )
+
+
+def _alembic_command_error() -> type[Exception]:
+    """Alembic's error for a revision it does not know (imported only when one is raised:
+    a server whose database is at the head never imports Alembic)."""
+    from alembic.util import CommandError
+
+    return CommandError
+
+
+async def check_schema(url: str) -> None:
+    """A ConfigError unless the database at ``url`` exists and has this stepline's schema."""
+    label = database_label(url)
+    if not await probe_database(url):
+        raise ConfigError(f"no database at {label}: {_FIRST}")
+    engine = _engine(url)
+    try:
+        revision = await engine_revision(engine)
+    except StoreError as exc:
+        reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
+        raise ConfigError(f"cannot read the database {label}: {reason}") from exc
+    finally:
+        await engine.dispose()
+    if revision is None:
+        raise ConfigError(f"the database {label} has no schema yet: {_FIRST}")
+    known = shipped_revisions()
+    head = known[-1]
+    if revision == head:
+        return
+    if revision in known:
+        raise ConfigError(
+            f"the database {label} has an older schema ({revision}, not {head}): "
+            "run `stepline migrate`"
+        )
+    raise ConfigError(
+        f"the database {label} has a schema ({revision}) from a newer stepline: upgrade stepline"
+    )
