@@ -27,7 +27,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import click
 import typer
@@ -40,9 +41,9 @@ from stepline.errors import ConfigError, StepLineError, StoreError
 
 # httpx (which the server uses) imports its own command-line client on import whenever
 # click, rich and pygments are installed, as they are beside this CLI: some 6 MB that
-# no stepline process runs. A module marked absent is skipped, as httpx skips it when
-# they are not installed.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+# no stepline process runs. A module marked absent (None in sys.modules) is skipped, as
+# httpx skips it when they are not installed.
+sys.modules.setdefault("httpx._main", cast(ModuleType, None))
 
 # The database and server machinery (SQLAlchemy, Alembic, FastAPI) is imported by the
 # commands that use it, after the checks that need none of it: a config error, or

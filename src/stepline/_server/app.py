@@ -43,7 +43,7 @@ from stepline._server.console import install_console
 from stepline._server.gateway import Gateway, GatewayMiddleware
 from stepline._server.limits import KeyLimits
 from stepline._server.metrics import Metrics
-from stepline._server.openapi import install_openapi
+from stepline._server.openapi import DocumentedApp
 from stepline._server.replies import store_unavailable
 from stepline._server.retention import retention_worker
 from stepline._server.routes import router
@@ -296,7 +296,7 @@ def create_app(
                 # the spans still buffered are exported before the process goes
                 await asyncio.to_thread(tracing.shutdown)
 
-    app = FastAPI(
+    app = DocumentedApp(
         title="stepline",
         summary="An Open Responses server that runs the agent loop, stored step by step.",
         lifespan=lifespan,
@@ -314,7 +314,6 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(usage_router)
     install_console(app)
-    install_openapi(app)
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
     return app

@@ -3,7 +3,7 @@
 The routes read their bodies raw (each is validated by stepline's own parser,
 which names the bad ``param`` the way OpenAI does), so FastAPI sees no body and
 would document none, while advertising a 422 that never happens. This module
-gives the route decorators what they declare instead, and :func:`install_openapi`
+gives the route decorators what they declare instead, and :class:`DocumentedApp`
 finishes the document FastAPI generates.
 
 Invariants:
@@ -33,11 +33,11 @@ __all__ = [
     "AddConversationItemsBody",
     "ChatCompletionBody",
     "CreateConversationBody",
+    "DocumentedApp",
     "ErrorResponse",
     "UpdateConversationBody",
     "errors",
     "include_parameter",
-    "install_openapi",
     "json_body",
     "response_body",
     "streamed",
@@ -285,13 +285,10 @@ def _finish(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve ``app``'s document with the bodies and errors its routes declare."""
-    generate = app.openapi
+class DocumentedApp(FastAPI):
+    """The FastAPI app whose document has the bodies and errors its routes declare."""
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = _finish(generate())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = _finish(super().openapi())
+        return self.openapi_schema
