@@ -1,11 +1,16 @@
 """Scenario 0, ``floor``: what the HTTP server and an upstream client cost by themselves.
 
-Two bare servers (:mod:`benchmarks._floor_server`) answer ``POST /v1/responses``
+Bare servers (:mod:`benchmarks._floor_server`) answer ``POST /v1/responses``
 with one streamed call to the scripted model and nothing else: one through
 httpx, one through stepline's own upstream client. Against the direct call in
 the same run, their overhead is the least any server on this stack can add to
 a model call, before it parses, validates, stores or routes anything: the
 floor under the per-step targets of scenarios 1 and 2.
+
+Two more add the two durable writes a plain call needs (the response and its
+step before the call; the events and the ends after it) on the raw drivers,
+on SQLite and on PostgreSQL: the floor of a durable server on this machine,
+its disk included, under the targets of scenario 1 on each database.
 """
 
 from __future__ import annotations
@@ -13,10 +18,23 @@ from __future__ import annotations
 import orjson
 
 from benchmarks._report import Row, percentile
-from benchmarks._services import PYTHON, free_port
+from benchmarks._services import (
+    PYTHON,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+)
 from benchmarks._stack import HOST, Options, Results, Stack, log, run_sequence
 
 __all__ = ["floor"]
+
+#: each bare server: its name, its upstream client, what it stores in, and its row's label
+_SERVERS = (
+    ("httpx", "httpx", None, "httpx"),
+    ("stepline", "stepline", None, "stepline's upstream client"),
+    ("sqlite", "stepline", "sqlite", "stepline's upstream client + 2 SQLite writes"),
+    ("postgresql", "stepline", "postgresql", "stepline's upstream client + 2 PostgreSQL writes"),
+)
 
 #: the Chat Completions body of scenario 1, as stepline sends it
 _BODY = {
@@ -29,10 +47,27 @@ _BODY = {
 
 def floor(options: Options, results: Results) -> None:
     count, warmup = (200, 20) if options.quick else (1000, 50)
+    postgres = create_postgres_database(options.postgres) if options.postgres is not None else None
+    try:
+        _measure(options, results, count, warmup, postgres)
+    finally:
+        if postgres is not None and options.postgres is not None:
+            drop_postgres_database(options.postgres, postgres)
+
+
+def _measure(
+    options: Options, results: Results, count: int, warmup: int, postgres: str | None
+) -> None:
     with Stack("floor", options, database=None) as stack:
         assert stack.upstream.url is not None
         servers = {}
-        for client in ("httpx", "stepline"):
+        labels = {}
+        for name, client, store, label in _SERVERS:
+            where = f"sqlite:{stack.dir / 'floor.db'}" if store == "sqlite" else postgres
+            if store is None:
+                where = None
+            elif where is None:
+                continue  # no PostgreSQL server to measure on
             port = free_port()
             argv = [
                 PYTHON,
@@ -48,8 +83,10 @@ def floor(options: Options, results: Results) -> None:
                 orjson.dumps(_BODY).decode(),
                 "--client",
                 client,
+                *(["--store", where] if where is not None else []),
             ]
-            servers[client] = stack._start(f"floor, {client}", argv, port)
+            servers[name] = stack._start(f"floor, {name}", argv, port)
+            labels[name] = label
         for server in servers.values():
             server.wait_ready()
         log(f"floor: {count} requests through each bare server, then direct")
@@ -74,7 +111,7 @@ def floor(options: Options, results: Results) -> None:
             run="floor, direct",
             results=results,
         )
-    for client, label in (("httpx", "httpx"), ("stepline", "stepline's upstream client")):
+    for client, label in labels.items():
         for q in (50, 99):
             results.rows.append(
                 Row(
