@@ -70,7 +70,13 @@ class _Sqlite:
 
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        for statement in ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", *_TABLES):
+        for statement in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            # as stepline: no commit pays for a checkpoint (the WAL grows for the run)
+            "PRAGMA wal_autocheckpoint=0",
+            *_TABLES,
+        ):
             self.db.execute(statement.replace("BYTEA", "BLOB"))
 
     async def begin(self, response_id: str, body: bytes, step_id: str) -> None:
