@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from stepline._tools.registry import ServerTool
     from stepline.store._base import ResponseRecord
     from stepline.store._keys import KeyStore
-    from stepline.store._retention import PurgeCounts, RetentionPolicy
+    from stepline.store._retention_values import PurgeCounts, RetentionPolicy
 
 __all__ = ["app", "main"]
 

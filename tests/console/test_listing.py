@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from stepline._steps import NewStep, StepKind, StepState
 from stepline.store import SqlStore, StepStore
 from stepline.store._base import ResponseRecord
-from stepline.store._listing import Cursor, ResponseQuery
+from stepline.store._listing_values import Cursor, ResponseQuery
 from tests._backends import backend_params, store_backend
 
 T0 = 1_800_000_000.0

@@ -30,7 +30,7 @@ from stepline._server.auth import config_key_id
 from stepline._server.retention import RetentionWorker, retention_policy
 from stepline.scripted import Script, ScriptedModel, create_scripted_app, serve_app
 from stepline.store._engines import create_store_engine
-from stepline.store._retention import RetentionPolicy
+from stepline.store._retention_values import RetentionPolicy
 from stepline.store._revisions import migrate
 from stepline.store._schema import responses
 from stepline.store._sql import open_store

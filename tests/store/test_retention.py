@@ -5,13 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from stepline.store import SqlStore
-from stepline.store._retention import (
-    PurgeCounts,
-    RetentionPolicy,
-    expired_counts,
-    purge,
-    purge_batch,
-)
+from stepline.store._retention import expired_counts, purge, purge_batch
+from stepline.store._retention_values import PurgeCounts, RetentionPolicy
 from tests.store._stored import rows_of, store_response
 
 HOUR = 3600.0

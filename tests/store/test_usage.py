@@ -12,7 +12,8 @@ from stepline._protocol.assemble import sum_usage
 from stepline._steps import NewStep, StepKind, StepState
 from stepline.store import SqlStore
 from stepline.store._base import TERMINAL_STATUSES
-from stepline.store._usage import GROUPS, Group, UsageQuery, UsageRow, read_usage
+from stepline.store._usage import read_usage
+from stepline.store._usage_values import GROUPS, Group, UsageQuery, UsageRow
 from tests.store._stored import Stored, store_response
 
 DAY = 86400.0

@@ -8,7 +8,7 @@ store's sweep knows, and :class:`RetentionWorker` runs the sweep
 Invariants:
 
 * Off unless the config asks: without any ``retention`` nothing is deleted,
-  and no task runs.
+  no task runs, and the sweep's SQL (SQLAlchemy) is never loaded.
 * One sweep at a time per process; a sweep goes batch after batch (each its
   own short transaction, queued with the loop's writes) until nothing is
   left, then waits for the next interval.
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from stepline._config import Settings
 from stepline._server.auth import config_key_id
 from stepline.errors import StoreError
-from stepline.store._retention import DEFAULT_BATCH_SIZE, PurgeCounts, RetentionPolicy, purge
+from stepline.store._retention_values import DEFAULT_BATCH_SIZE, PurgeCounts, RetentionPolicy
 from stepline.store._sql import SqlStore
 
 __all__ = ["RetentionWorker", "retention_policy", "retention_worker"]
@@ -90,6 +90,8 @@ class RetentionWorker:
 
     async def sweep(self) -> PurgeCounts:
         """Delete everything past its age now; what was deleted."""
+        from stepline.store._retention import purge  # SQLAlchemy loads on the first sweep
+
         counts = await purge(self.store, self.policy, now=self.clock(), batch_size=self.batch_size)
         if counts.responses:
             logger.info(

@@ -47,7 +47,7 @@ from stepline._server.auth import KeyRing, require_admin
 from stepline._server.openapi import errors
 from stepline.errors import InvalidRequest, NotSupported
 from stepline.store._sql import SqlStore
-from stepline.store._usage import GROUPS, Group, UsageQuery, UsageRow, read_usage
+from stepline.store._usage_values import GROUPS, Group, UsageQuery, UsageRow
 
 __all__ = ["key_ids", "key_name", "router", "usage_document", "usage_query"]
 
@@ -201,6 +201,8 @@ async def usage_report(
         group_by=group_by,
         now=time.time(),
     )
+    from stepline.store._usage import read_usage  # SQLAlchemy loads on the first usage read
+
     rows = await read_usage(store, query)
     return usage_document(query, rows, lambda key_id: key_name(keys, key_id))
 

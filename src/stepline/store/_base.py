@@ -48,7 +48,7 @@ from stepline.store._notify import EventWatch
 
 if TYPE_CHECKING:  # listing.py builds on this module's types
     from stepline.store._keys import KeyStore
-    from stepline.store._listing import ResponsePage, ResponseQuery, ResponseTree
+    from stepline.store._listing_values import ResponsePage, ResponseQuery, ResponseTree
 
 __all__ = [
     "TERMINAL_STATUSES",

@@ -40,7 +40,7 @@ from stepline.store._base import (
     unique_item_ids,
 )
 from stepline.store._keys import KeyStore, MemoryKeyStore
-from stepline.store._listing import (
+from stepline.store._listing_values import (
     ResponsePage,
     ResponseQuery,
     ResponseTree,

@@ -27,67 +27,26 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stepline.store._base import TERMINAL_STATUSES
+from stepline.store._retention_values import DEFAULT_BATCH_SIZE, PurgeCounts, RetentionPolicy
 from stepline.store._schema import events, items, responses, steps
 from stepline.store._sql import SqlStore
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
-    "PurgeCounts",
-    "RetentionPolicy",
     "expired_counts",
     "purge",
     "purge_batch",
 ]
 
-#: responses deleted per transaction
-DEFAULT_BATCH_SIZE = 500
-
 _TERMINAL = sorted(TERMINAL_STATUSES)
 #: every table whose rows belong to one response, by its ``response_id``
 _KEYED_BY_RESPONSE = (events, items, steps)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetentionPolicy:
-    """How long responses are kept: ``default`` for every key not in ``keys`` (and
-    for responses without a key); ``keys`` by key id. None: kept forever."""
-
-    default: float | None = None
-    keys: Mapping[str, float | None] = field(default_factory=dict)
-
-    @property
-    def enabled(self) -> bool:
-        """True when some response may ever be deleted."""
-        return self.default is not None or any(age is not None for age in self.keys.values())
-
-
-@dataclass(frozen=True, kw_only=True)
-class PurgeCounts:
-    """Rows deleted (or, for a dry run, that would be); ``kept``: responses past their
-    age kept because a newer response continues them."""
-
-    responses: int = 0
-    steps: int = 0
-    events: int = 0
-    items: int = 0
-    kept: int = 0
-
-    def __add__(self, other: PurgeCounts) -> PurgeCounts:
-        return PurgeCounts(
-            responses=self.responses + other.responses,
-            steps=self.steps + other.steps,
-            events=self.events + other.events,
-            items=self.items + other.items,
-            kept=self.kept + other.kept,
-        )
 
 
 def _rule_clauses(

@@ -56,7 +56,7 @@ from stepline.store._engines import (
     describe_error,
 )
 from stepline.store._keys import KeyStore, SqlKeyStore
-from stepline.store._listing import ResponsePage, ResponseQuery, ResponseTree
+from stepline.store._listing_values import ResponsePage, ResponseQuery, ResponseTree
 from stepline.store._notify import EventNotifier, EventWatch, PgListener
 from stepline.store._revisions import engine_revision, migrate_engine
 from stepline.store._statements import (

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,53 +33,13 @@ from stepline._steps import StepKind
 from stepline.store._base import TERMINAL_STATUSES
 from stepline.store._schema import responses, steps
 from stepline.store._sql import SqlStore
+from stepline.store._usage_values import Group, UsageQuery, UsageRow
 
-__all__ = ["GROUPS", "Group", "UsageQuery", "UsageRow", "read_usage"]
-
-Group = Literal["day", "key", "model"]
-#: what usage can be grouped by, in the order rows are sorted
-GROUPS: tuple[Group, ...] = ("day", "key", "model")
+__all__ = ["read_usage"]
 
 _DAY_SECONDS = 86400
 _TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 _ERROR_STATUSES = ("failed", "incomplete", "cancelled")
-
-
-@dataclass(frozen=True, kw_only=True)
-class UsageQuery:
-    """Responses created in ``[start, end)`` (POSIX seconds), of these keys (None: any)
-    and this model (None: any), grouped by ``group_by``."""
-
-    start: float
-    end: float
-    key_ids: tuple[str, ...] | None = None
-    model: str | None = None
-    group_by: tuple[Group, ...] = GROUPS
-
-
-@dataclass(frozen=True, kw_only=True)
-class UsageRow:
-    """One group's figures; a field the query did not group by is None."""
-
-    day: datetime.date | None = None
-    key_id: str | None = None
-    model: str | None = None
-    requests: int = 0
-    completed: int = 0
-    failed: int = 0
-    incomplete: int = 0
-    cancelled: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    #: seconds; None when no response of the group has ended
-    latency_p50: float | None = None
-    latency_p95: float | None = None
-
-    @property
-    def errors(self) -> int:
-        return self.failed + self.incomplete + self.cancelled
 
 
 def _day(created_at: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[int]:

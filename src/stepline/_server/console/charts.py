@@ -19,7 +19,7 @@ import datetime
 from collections.abc import Sequence
 
 from stepline._server.console.html import Html, join, render
-from stepline.store._usage import UsageRow
+from stepline.store._usage_values import UsageRow
 
 __all__ = ["DAY_CHOICES", "usage_page"]
 

@@ -29,7 +29,7 @@ import orjson
 from stepline._server.console.html import Html, join, render, template
 from stepline._steps import Step, StepKind
 from stepline.store._base import ResponseRecord
-from stepline.store._listing import ResponsePage, ResponseSummary, ResponseTree
+from stepline.store._listing_values import ResponsePage, ResponseSummary, ResponseTree
 
 __all__ = [
     "HOURS_CHOICES",

@@ -52,9 +52,9 @@ from stepline._server.runner import Runner
 from stepline._server.sse import sse_frames
 from stepline.errors import InvalidRequest, NotFound, RequestError
 from stepline.store._base import StepStore
-from stepline.store._listing import Cursor, ResponseQuery
+from stepline.store._listing_values import Cursor, ResponseQuery
 from stepline.store._sql import SqlStore
-from stepline.store._usage import UsageQuery, read_usage
+from stepline.store._usage_values import UsageQuery
 
 __all__ = ["install_console", "router"]
 
@@ -396,6 +396,8 @@ async def usage(request: Request, days: Annotated[int, Query(ge=1, le=366)] = 14
     last = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
     first = last - datetime.timedelta(days=days - 1)
     start = datetime.datetime.combine(first, datetime.time(), datetime.UTC).timestamp()
+    from stepline.store._usage import read_usage  # SQLAlchemy loads on the first usage read
+
     rows = await read_usage(store, UsageQuery(start=start, end=now, group_by=("day",)))
     content = charts.usage_page(rows, first=first, last=last, days=days)
     return _html("Usage", content, page="usage", frame=_frame(request, caller))
