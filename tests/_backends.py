@@ -35,8 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from stepline.store import MemoryStore, SqlStore, StepStore
-from stepline.store._engines import create_store_engine, normalize_database_url
+from stepline.store._engines import create_store_engine
 from stepline.store._revisions import migrate_engine
+from stepline.store._urls import normalize_database_url
 
 __all__ = [
     "KINDS",

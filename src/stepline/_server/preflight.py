@@ -24,8 +24,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.errors import ConfigError, StoreError
-from stepline.store._engines import create_store_engine, normalize_database_url
+from stepline.store._engines import create_store_engine
 from stepline.store._revisions import engine_revision, migrate_engine, shipped_revisions
+from stepline.store._urls import normalize_database_url
 
 __all__ = [
     "CONNECT_TIMEOUT",

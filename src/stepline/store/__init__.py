@@ -10,10 +10,10 @@ only through the numbered migrations that ship in ``stepline/store/migrations``.
 """
 
 from stepline.store._base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore
-from stepline.store._engines import normalize_database_url
 from stepline.store._memory import MemoryStore
 from stepline.store._revisions import migrate
 from stepline.store._sql import SqlStore, open_store
+from stepline.store._urls import normalize_database_url
 
 __all__ = [
     "TERMINAL_STATUSES",

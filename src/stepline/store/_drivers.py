@@ -49,11 +49,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from stepline.errors import StoreError
+from stepline.store._urls import postgres_dsn, sqlite_path
 
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["Driver", "PostgresDriver", "Rows", "SqliteDriver", "Tx", "WalCheckpointer"]
+__all__ = [
+    "Driver",
+    "PostgresDriver",
+    "Rows",
+    "SqliteDriver",
+    "Tx",
+    "WalCheckpointer",
+    "open_driver",
+]
 
 #: what a statement returns: its rows, each indexable by column position
 Rows = list[Sequence[Any]]
@@ -95,6 +104,24 @@ class Driver(Tx, Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def open_driver(
+    url: str,
+    *,
+    writer_lock: asyncio.Lock | None = None,
+    size: int = 10,
+    connect_args: Mapping[str, Any] | None = None,
+) -> Driver:
+    """The driver for the database at ``url``, opened from the URL alone.
+
+    SQLite takes ``writer_lock`` (the one its store's writes queue on; a lock of
+    its own when None); PostgreSQL a pool of up to ``size`` connections, made
+    with ``connect_args``."""
+    path = sqlite_path(url)
+    if path is not None:
+        return SqliteDriver(path, writer_lock or asyncio.Lock())
+    return await PostgresDriver.connect(postgres_dsn(url), size=size, connect_args=connect_args)
 
 
 # -- SQLite -------------------------------------------------------------------

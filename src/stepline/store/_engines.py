@@ -5,9 +5,8 @@ they all meet the database the same way.
 
 Invariants:
 
-* A URL is one of the two stepline speaks (``sqlite:///path``,
-  ``postgresql://...``), mapped onto its async driver; anything else is a
-  :class:`~stepline.errors.ConfigError` that never shows the password.
+* A URL is read by :func:`~stepline.store._urls.normalize_database_url`,
+  as the drivers of the hot path read it.
 * On SQLite every connection runs in WAL mode with ``synchronous=NORMAL``,
   a busy timeout and foreign keys on; the driver opens no transaction of its
   own, and every transaction begins ``IMMEDIATE`` (a transaction that reads
@@ -21,7 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -30,14 +28,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from stepline.errors import ConfigError
+from stepline.store._urls import normalize_database_url
 
 __all__ = [
     "autocommit_engine",
     "connect_args_of",
     "create_store_engine",
     "describe_error",
-    "normalize_database_url",
+    "pool_size_of",
+    "url_of",
 ]
 
 #: the driver arguments each engine was made with (see ``create_store_engine``)
@@ -51,31 +50,6 @@ _SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=10000",
     "PRAGMA foreign_keys=ON",
 )
-
-
-def normalize_database_url(url: str) -> str:
-    """Map a user's database URL onto the async driver stepline uses.
-
-    ``sqlite:///path`` becomes ``sqlite+aiosqlite:///path``; ``postgresql://``,
-    ``postgres://`` and ``postgresql+asyncpg://`` become ``postgresql+asyncpg://``.
-    Anything else raises :class:`~stepline.errors.ConfigError`.
-    """
-    scheme, separator, rest = url.partition("://")
-    if separator:
-        if scheme in ("sqlite", "sqlite+aiosqlite"):
-            path = rest[1:] if rest.startswith("/") else ""
-            if path and path != ":memory:":
-                return f"sqlite+aiosqlite://{rest}"
-        elif scheme in ("postgresql", "postgres", "postgresql+asyncpg") and rest:
-            return f"postgresql+asyncpg://{rest}"
-    raise ConfigError(
-        f"unsupported database URL {_redact(url)!r}: "
-        "use sqlite:///path/to/file.db or postgresql://user@host/dbname"
-    )
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def create_store_engine(
@@ -140,3 +114,14 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return f"{type(exc.orig).__name__}: {exc.orig}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def url_of(engine: AsyncEngine) -> str:
+    """The URL ``engine`` connects to, password included (for the drivers)."""
+    return engine.url.render_as_string(hide_password=False)
+
+
+def pool_size_of(engine: AsyncEngine) -> int:
+    """How many connections ``engine`` pools (10 for a pool that does not say)."""
+    pool = engine.pool
+    return pool.size() if isinstance(pool, sa.pool.QueuePool) else 10

@@ -25,7 +25,7 @@ config = context.config
 
 
 def _url() -> str:
-    from stepline.store._engines import normalize_database_url
+    from stepline.store._urls import normalize_database_url
 
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
