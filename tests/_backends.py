@@ -36,7 +36,7 @@ from sqlalchemy.pool import NullPool
 
 from stepline.store import MemoryStore, SqlStore, StepStore
 from stepline.store._engines import create_store_engine
-from stepline.store._revisions import migrate_engine
+from stepline.store._migrate import migrate_engine
 from stepline.store._urls import normalize_database_url
 
 __all__ = [

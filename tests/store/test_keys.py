@@ -18,7 +18,8 @@ from stepline.errors import StoreError
 from stepline.store import SqlStore, StepStore
 from stepline.store._engines import create_store_engine
 from stepline.store._keys import KeyRecord
-from stepline.store._revisions import alembic_config, engine_revision, head_revision, migrate_engine
+from stepline.store._migrate import alembic_config, engine_revision, migrate_engine
+from stepline.store._revisions import head_revision
 from stepline.store._schema import VERSION_TABLE, metadata
 from tests._backends import SQL_KINDS, backend_params, database_url
 

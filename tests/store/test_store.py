@@ -27,8 +27,8 @@ from stepline.store import (
     open_store,
 )
 from stepline.store._base import ResponseEnd, StepEnd
+from stepline.store._migrate import alembic_config
 from stepline.store._revisions import (
-    alembic_config,
     current_revision,
     head_revision,
     migrate,

@@ -5,7 +5,9 @@ bad URL, a missing SQLite directory or an unreachable PostgreSQL stops it with
 a line that names the database (password hidden). The server reads the
 database's revision itself and, only when it is behind, runs ``stepline
 migrate`` in a child process: Alembic and its templates never load into the
-process that serves (some 7 MB it would keep for its whole life). The commands that only read
+process that serves (some 7 MB it would keep for its whole life). Every check
+runs on the store's drivers (:mod:`stepline.store._drivers`), so the serving
+process does not load SQLAlchemy for them either. The commands that only read
 (``responses list``, ``keys list``...) check that the database exists and has
 stepline's schema, and never create one: connecting to a SQLite file that is
 not there creates it, so a missing file is found by looking, not by connecting.
@@ -19,14 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from stepline.errors import ConfigError, StoreError
-from stepline.store._engines import create_store_engine
-from stepline.store._revisions import engine_revision, migrate_engine, shipped_revisions
-from stepline.store._urls import normalize_database_url
+from stepline.store._drivers import Driver, open_driver
+from stepline.store._revisions import database_revision, shipped_revisions
+from stepline.store._urls import normalize_database_url, redact_password, sqlite_path
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -45,10 +43,8 @@ _FIRST = "run `stepline migrate` (or `stepline serve`) first, or pass another --
 
 
 def _sqlite_path(url: str) -> Path | None:
-    parsed = sa.make_url(normalize_database_url(url))
-    if parsed.get_backend_name() != "sqlite" or parsed.database is None:
-        return None
-    return Path(parsed.database)
+    path = sqlite_path(url)
+    return None if path is None else Path(path)
 
 
 def database_label(url: str) -> str:
@@ -56,23 +52,26 @@ def database_label(url: str) -> str:
 
     A ConfigError when stepline cannot use the URL at all."""
     normalize_database_url(url)
-    shown = sa.make_url(url).render_as_string(hide_password=True)
+    shown = redact_password(url)
     path = _sqlite_path(url)
     if path is not None and not path.is_absolute():
         shown += f" ({path.resolve()})"
     return shown
 
 
-def _engine(url: str) -> AsyncEngine:
+async def _driver(url: str) -> Driver:
+    """A driver on the database at ``url``, with one connection (the hot path's own
+    kind: nothing here loads SQLAlchemy). A StoreError, caused by the driver's own
+    error, when it cannot connect."""
     postgres = _sqlite_path(url) is None
-    return create_store_engine(
-        url, pool_size=1, connect_args={"timeout": CONNECT_TIMEOUT} if postgres else None
+    return await open_driver(
+        url, size=1, connect_args={"timeout": CONNECT_TIMEOUT} if postgres else None
     )
 
 
 def _reason(exc: BaseException) -> str:
-    # the driver's error, on one line: SQLAlchemy's own repeats the statement
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    """The driver's error ``exc``, on one line."""
+    cause = exc
     if cause.__cause__ is not None and str(cause.__cause__) == str(cause):
         cause = cause.__cause__  # SQLAlchemy's asyncpg adapter hides the driver's class name
     if isinstance(cause, TimeoutError):
@@ -89,14 +88,15 @@ async def probe_database(url: str) -> bool:
     path = _sqlite_path(url)
     if path is not None and not path.exists():
         return False
-    engine = _engine(url)
     try:
-        async with engine.connect() as connection:
-            await connection.exec_driver_sql("SELECT 1")
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        raise ConfigError(f"cannot open the database {label}: {_reason(exc)}") from exc
-    finally:
-        await engine.dispose()
+        driver = await _driver(url)
+        try:
+            await driver.fetch("SELECT 1")
+        finally:
+            await driver.close()
+    except StoreError as exc:
+        reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
+        raise ConfigError(f"cannot open the database {label}: {reason}") from exc
     return True
 
 
@@ -118,12 +118,25 @@ def check_creatable(url: str) -> None:
 async def migrate_database(url: str) -> None:
     """Upgrade the database at ``url`` to the schema of this stepline; a ConfigError
     names the database when that fails."""
+    # the command that migrates (``stepline migrate``, a server's child) loads
+    # SQLAlchemy and Alembic; the server that serves never runs this
+    from sqlalchemy.exc import DBAPIError
+
+    from stepline.store._engines import create_store_engine
+    from stepline.store._migrate import migrate_engine
+
     label = database_label(url)
-    engine = _engine(url)
+    postgres = _sqlite_path(url) is None
+    engine = create_store_engine(
+        url, pool_size=1, connect_args={"timeout": CONNECT_TIMEOUT} if postgres else None
+    )
     try:
         await migrate_engine(engine)
     except StoreError as exc:
-        reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
+        cause = exc.__cause__
+        if isinstance(cause, DBAPIError) and cause.orig is not None:
+            cause = cause.orig  # the driver's error: SQLAlchemy's own repeats the statement
+        reason = _reason(cause) if cause is not None else exc.message
         raise ConfigError(f"cannot migrate the database {label}: {reason}") from exc
     except _alembic_command_error() as exc:  # a revision this stepline does not know
         raise ConfigError(f"cannot migrate the database {label}: {exc}") from exc
@@ -134,13 +147,14 @@ async def migrate_database(url: str) -> None:
 async def _is_current(url: str) -> bool:
     """Whether the database at ``url`` is at this stepline's head revision (read with
     one query, no Alembic); False when its revision cannot be read."""
-    engine = _engine(url)
     try:
-        return await engine_revision(engine) == shipped_revisions()[-1]
+        driver = await _driver(url)
+        try:
+            return await database_revision(driver) == shipped_revisions()[-1]
+        finally:
+            await driver.close()
     except StoreError:
         return False  # the child migrating it says what is wrong
-    finally:
-        await engine.dispose()
 
 
 #: the prefix of the child's one error line (see ``stepline._cli._fail``)
@@ -194,14 +208,15 @@ async def check_schema(url: str) -> None:
     label = database_label(url)
     if not await probe_database(url):
         raise ConfigError(f"no database at {label}: {_FIRST}")
-    engine = _engine(url)
     try:
-        revision = await engine_revision(engine)
+        driver = await _driver(url)
+        try:
+            revision = await database_revision(driver)
+        finally:
+            await driver.close()
     except StoreError as exc:
         reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
         raise ConfigError(f"cannot read the database {label}: {reason}") from exc
-    finally:
-        await engine.dispose()
     if revision is None:
         raise ConfigError(f"the database {label} has no schema yet: {_FIRST}")
     known = shipped_revisions()

@@ -1,17 +1,18 @@
-"""The schema's revisions: those this stepline ships, the one a database is at, and
-migrating it to the newest (Alembic, over the scripts in ``migrations/``).
+"""The schema's revisions: those this stepline ships and the one a database is at.
+
+Both are read without SQLAlchemy or Alembic: the shipped ones from the
+migration files, a database's on a driver (:mod:`stepline.store._drivers`),
+so a server whose database is at the head loads neither. Migrating is
+:mod:`stepline.store._migrate`'s (loaded by :func:`migrate` when it runs).
 
 Invariants:
 
 * The schema changes only through the numbered migrations, one line of them;
-  :func:`shipped_revisions` reads that line from the files, so a server whose
-  database is at the head never imports Alembic.
-* Migrating runs in one transaction, and Alembic runs only when the database
-  is behind. On PostgreSQL the transaction holds an advisory lock, and on
-  SQLite it begins ``IMMEDIATE``: processes that start together migrate one
-  after the other, and the second finds nothing to do.
-* Failures surface as :class:`~stepline.errors.StoreError` (an unknown
-  revision as Alembic's own ``CommandError``).
+  :func:`shipped_revisions` reads that line from the files.
+* A database's revision is the one row of :data:`VERSION_TABLE`; a database
+  without that table has none yet (None).
+* Failures surface as :class:`~stepline.errors.StoreError`, caused by the
+  driver's own error.
 """
 
 from __future__ import annotations
@@ -19,43 +20,24 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.errors import StoreError
-from stepline.store._engines import create_store_engine, describe_error
-from stepline.store._schema import VERSION_TABLE
-
-if TYPE_CHECKING:  # Alembic is imported only to migrate
-    from alembic.config import Config
+from stepline.store._drivers import Driver, open_driver
 
 __all__ = [
-    "alembic_config",
+    "VERSION_TABLE",
     "current_revision",
-    "engine_revision",
+    "database_revision",
     "head_revision",
     "migrate",
-    "migrate_engine",
     "shipped_revisions",
 ]
 
+#: Alembic's version table; named for stepline so it can share a database
+#: with an application that runs its own Alembic migrations
+VERSION_TABLE = "stepline_alembic_version"
+
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-#: PostgreSQL advisory lock held while migrating ("Stepline" as 8 ASCII bytes),
-#: so processes that start together migrate one after the other
-_MIGRATION_LOCK_KEY = int.from_bytes(b"Stepline", "big")
-
-
-def alembic_config() -> Config:
-    """The Alembic config of stepline's migrations, found inside the package."""
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS_DIR))
-    return config
-
 
 _REVISION_LINE = re.compile(r'^(revision|down_revision)\b[^=\n]*=\s*(?:"([^"]+)"|None)', re.M)
 
@@ -87,58 +69,39 @@ def head_revision() -> str:
     return shipped_revisions()[-1]
 
 
-async def migrate_engine(engine: AsyncEngine) -> None:
-    """Upgrade the database behind ``engine`` to the head revision (Alembic runs only
-    when there is something to do)."""
+_HAS_TABLE_SQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1"
+#: the table as an unqualified name finds it: on the search path, as Alembic looks
+_HAS_TABLE_POSTGRES = "SELECT 1 WHERE to_regclass($1::text) IS NOT NULL"
+_VERSION = f"SELECT version_num FROM {VERSION_TABLE}"
+
+
+async def database_revision(driver: Driver) -> str | None:
+    """The revision the database behind ``driver`` is at; None before any migration."""
     try:
-        async with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
-                )
-            if await connection.run_sync(_revision_of) != head_revision():
-                await connection.run_sync(_upgrade_to_head)
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"migrating the store failed: {describe_error(exc)}") from exc
-
-
-def _upgrade_to_head(connection: sa.Connection) -> None:
-    from alembic import command
-
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
-async def engine_revision(engine: AsyncEngine) -> str | None:
-    """The revision the database behind ``engine`` is at; None before any migration."""
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_revision_of)
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"reading the schema revision failed: {describe_error(exc)}") from exc
-
-
-def _revision_of(connection: sa.Connection) -> str | None:
-    if not sa.inspect(connection).has_table(VERSION_TABLE):
-        return None
-    versions = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
-    return connection.execute(sa.select(versions.c.version_num)).scalar()
-
-
-async def migrate(url: str) -> None:
-    """Upgrade the database at ``url`` to the head revision."""
-    engine = create_store_engine(url, pool_size=1)
-    try:
-        await migrate_engine(engine)
-    finally:
-        await engine.dispose()
+        has_table = _HAS_TABLE_POSTGRES if driver.postgres else _HAS_TABLE_SQLITE
+        if not await driver.fetch(has_table, VERSION_TABLE):
+            return None
+        rows = await driver.fetch(_VERSION)
+    except StoreError as exc:
+        cause = exc.__cause__ or exc
+        raise StoreError(
+            f"reading the schema revision failed: {type(cause).__name__}: {cause}"
+        ) from cause
+    return str(rows[0][0]) if rows else None
 
 
 async def current_revision(url: str) -> str | None:
     """The revision the database at ``url`` is at; None before any migration."""
-    engine = create_store_engine(url, pool_size=1)
+    driver = await open_driver(url, size=1)
     try:
-        return await engine_revision(engine)
+        return await database_revision(driver)
     finally:
-        await engine.dispose()
+        await driver.close()
+
+
+async def migrate(url: str) -> None:
+    """Upgrade the database at ``url`` to the head revision (SQLAlchemy and Alembic
+    load here)."""
+    from stepline.store._migrate import migrate_url
+
+    await migrate_url(url)

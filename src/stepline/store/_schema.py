@@ -31,6 +31,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from stepline.store._revisions import VERSION_TABLE
+
 __all__ = [
     "VERSION_TABLE",
     "JsonText",
@@ -43,10 +45,6 @@ __all__ = [
     "responses",
     "steps",
 ]
-
-#: Alembic's version table; named for stepline so it can share a database
-#: with an application that runs its own Alembic migrations
-VERSION_TABLE = "stepline_alembic_version"
 
 
 class JsonText(sa.types.TypeDecorator[Any]):

@@ -57,8 +57,8 @@ from stepline.store._engines import (
 )
 from stepline.store._keys import KeyStore, SqlKeyStore
 from stepline.store._listing_values import ResponsePage, ResponseQuery, ResponseTree
+from stepline.store._migrate import engine_revision, migrate_engine
 from stepline.store._notify import EventNotifier, EventWatch, PgListener
-from stepline.store._revisions import engine_revision, migrate_engine
 from stepline.store._statements import (
     CANCEL_STEPS,
     DELETE_EVENTS,
