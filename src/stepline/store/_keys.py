@@ -15,6 +15,8 @@ Invariants:
   added; a row from before keys had ids has none, and its id is its name.
 * Listing is one read outside any transaction: on SQLite it takes no write
   lock, since every process re-reads the keys every few seconds.
+* The SQL runs on the store's drivers (:mod:`stepline.store._drivers`), as
+  the hot path's does: a server re-reading its keys never loads SQLAlchemy.
 * Failures surface as :class:`~stepline.errors.StoreError`.
 """
 
@@ -24,10 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from stepline.store._schema import api_keys
+import orjson
 
 if TYPE_CHECKING:  # the SQL store makes its key store, this module does not import it
     from stepline.store._sql import SqlStore
@@ -103,79 +102,87 @@ def _copy(key: KeyRecord) -> KeyRecord:
 
 # -- SQL ---------------------------------------------------------------------------
 
-_LIST_KEYS = sa.select(api_keys).order_by(api_keys.c.name)
-_COUNT_KEYS = sa.select(sa.func.count()).select_from(api_keys)
-_KEY_NAMED = sa.select(api_keys.c.name).where(api_keys.c.name == sa.bindparam("p_name"))
-_DELETE_KEY = sa.delete(api_keys).where(api_keys.c.name == sa.bindparam("p_name"))
+# the table and columns of ``store/_schema.py``; JSON columns hold orjson text
+_COLUMNS = "name, id, hash, created_at, models, tools, rate, max_concurrent, admin"
+_LIST_KEYS = f"SELECT {_COLUMNS} FROM stepline_api_keys ORDER BY name"
+_COUNT_KEYS = "SELECT count(*) FROM stepline_api_keys"
+_KEY_NAMED = "SELECT name FROM stepline_api_keys WHERE name = $1"
+_ADD_KEY = f"INSERT INTO stepline_api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+_DELETE_KEY = "DELETE FROM stepline_api_keys WHERE name = $1 RETURNING name"
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
 
-def _record_of(row: sa.Row[Any]) -> KeyRecord:
+def _record_of(row: Sequence[Any]) -> KeyRecord:
+    name, key_id, digest, created_at, models, tools, rate, max_concurrent, admin = row
     return KeyRecord(
-        name=row.name,
-        id=row.id or row.name,
-        hash=row.hash,
-        created_at=row.created_at,
-        models=_tuple(row.models),
-        tools=_tuple(row.tools),
-        rate=row.rate,
-        max_concurrent=row.max_concurrent,
-        admin=bool(row.admin),
+        name=name,
+        id=key_id or name,
+        hash=digest,
+        created_at=created_at,
+        models=_tuple(_json(models)),
+        tools=_tuple(_json(tools)),
+        rate=_json(rate),
+        max_concurrent=max_concurrent,
+        admin=bool(admin),
     )
 
 
-def _values_of(key: KeyRecord) -> dict[str, Any]:
-    return {
-        "name": key.name,
-        "id": key.id,
-        "hash": key.hash,
-        "models": None if key.models is None else list(key.models),
-        "tools": None if key.tools is None else list(key.tools),
-        "rate": key.rate,
-        "max_concurrent": key.max_concurrent,
-        "created_at": key.created_at,
-        "admin": key.admin,
-    }
+def _values_of(key: KeyRecord) -> tuple[Any, ...]:
+    return (
+        key.name,
+        key.id,
+        key.hash,
+        key.created_at,
+        _json_text(None if key.models is None else list(key.models)),
+        _json_text(None if key.tools is None else list(key.tools)),
+        _json_text(key.rate),
+        key.max_concurrent,
+        key.admin,
+    )
 
 
 class SqlKeyStore:
     """A :class:`KeyStore` on the ``stepline_api_keys`` table of a :class:`SqlStore`.
 
-    Its reads run as the store's reads (autocommit), its writes queued with the
-    store's writes (on SQLite, behind this process's other writers)."""
+    Its statements run on the store's driver: reads on their own (autocommit),
+    writes queued with the store's writes (on SQLite, behind this process's
+    other writers; never abandoned once started)."""
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
 
     async def list_keys(self) -> list[KeyRecord]:
-        async def work(connection: AsyncConnection) -> list[KeyRecord]:
-            return [_record_of(row) for row in await connection.execute(_LIST_KEYS)]
-
-        return await self._store.run_read(work)
+        driver = await self._store.hot_driver()
+        return [_record_of(row) for row in await driver.fetch(_LIST_KEYS)]
 
     async def count_keys(self) -> int:
-        async def work(connection: AsyncConnection) -> int:
-            return int((await connection.execute(_COUNT_KEYS)).scalar_one())
-
-        return await self._store.run_read(work)
+        driver = await self._store.hot_driver()
+        [(count,)] = await driver.fetch(_COUNT_KEYS)
+        return int(count)
 
     async def add_key(self, key: KeyRecord) -> bool:
-        values = _values_of(key)
+        driver = await self._store.hot_driver()
 
-        async def work(connection: AsyncConnection) -> bool:
-            taken = await connection.execute(_KEY_NAMED, {"p_name": key.name})
-            if taken.first() is not None:
-                return False
-            await connection.execute(sa.insert(api_keys), values)
-            return True
+        async def work() -> bool:
+            async with driver.transaction() as tx:
+                if await tx.fetch(_KEY_NAMED, key.name):
+                    return False
+                await tx.fetch(_ADD_KEY, *_values_of(key))
+                return True
 
-        return await self._store.run_write(work)
+        return await self._store.guard(work())
 
     async def delete_key(self, name: str) -> bool:
-        async def work(connection: AsyncConnection) -> bool:
-            return (await connection.execute(_DELETE_KEY, {"p_name": name})).rowcount == 1
-
-        return await self._store.run_write(work)
+        driver = await self._store.hot_driver()
+        return bool(await self._store.guard(driver.write(_DELETE_KEY, name)))

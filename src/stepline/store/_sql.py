@@ -1,21 +1,26 @@
 """SqlStore: the StepStore on SQLite or PostgreSQL.
 
 The statements a running response needs on every step (creating it, its
-steps, its event log, its end, its lease) run on the drivers themselves,
-``sqlite3`` and ``asyncpg`` (:mod:`stepline.store._hot` over
-:mod:`stepline.store._drivers`). Everything else — the statements off that
-path (listings, deletes, keys, conversations, retention, usage) — speaks
-SQLAlchemy Core on an async engine (aiosqlite, asyncpg). The engine is set up
-in :mod:`stepline.store._engines`, the schema migrated by
-:mod:`stepline.store._revisions`; the statements are in
-:mod:`stepline.store._statements` and the modules of each concern.
+steps, its event log, its end, its lease), the API keys a server re-reads
+and the schema's revision run on the drivers themselves, ``sqlite3`` and
+``asyncpg`` (:mod:`stepline.store._hot`, :mod:`stepline.store._keys` and
+:mod:`stepline.store._revisions` over :mod:`stepline.store._drivers`); a
+driver is opened from the URL alone. Everything else — the statements off
+that path (listings, deletes, key writes, conversations' reads, retention,
+usage) — speaks SQLAlchemy Core on an async engine (aiosqlite, asyncpg), in
+:mod:`stepline.store._cold` and the modules of each concern. The engine is
+set up in :mod:`stepline.store._engines`, the schema migrated by
+:mod:`stepline.store._migrate`.
 
 Invariants beyond the :class:`~stepline.store._base.StepStore` contract:
 
+* This module imports no SQLAlchemy. A store opened from a URL makes its
+  engine (and loads SQLAlchemy, some 18 MB resident) on the first call that
+  needs it: a process that only runs responses never does.
 * On SQLite, the writes of one process — the drivers' and SQLAlchemy's —
   queue on one asyncio lock, so they never meet SQLite's busy handler (which
-  sleeps in growing steps) or each other's open transaction. Reads run on
-  the autocommit engine and take no write lock.
+  sleeps in growing steps) or each other's open transaction. Reads run
+  without it and take no write lock.
 * A write that has started is not abandoned when its caller is cancelled: it
   runs in its own task, the caller waits for it and then sees the
   cancellation. Driver connections are never left mid-statement.
@@ -26,18 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-
-import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepline._steps import NewStep, Step, StepState
-from stepline.errors import StoreError
-from stepline.store import _conversations as conversations
 from stepline.store import _hot as hot
-from stepline.store import _listing as listing
 from stepline.store._base import (
     TERMINAL_STATUSES,
     Appended,
@@ -48,27 +46,17 @@ from stepline.store._base import (
     ResponseRecord,
     StepEnd,
 )
-from stepline.store._drivers import Driver, PostgresDriver, SqliteDriver
-from stepline.store._engines import (
-    autocommit_engine,
-    connect_args_of,
-    create_store_engine,
-    describe_error,
-)
+from stepline.store._drivers import Driver, open_driver
 from stepline.store._keys import KeyStore, SqlKeyStore
 from stepline.store._listing_values import ResponsePage, ResponseQuery, ResponseTree
-from stepline.store._migrate import engine_revision, migrate_engine
 from stepline.store._notify import EventNotifier, EventWatch, PgListener
-from stepline.store._statements import (
-    CANCEL_STEPS,
-    DELETE_EVENTS,
-    DELETE_ITEMS,
-    DELETE_RESPONSE,
-    DELETE_STEPS,
-    FIND_ITEMS,
-    LIST_RESPONSES,
-    record_from_row,
-)
+from stepline.store._revisions import database_revision
+from stepline.store._urls import normalize_database_url, postgres_dsn, sqlite_path
+
+if TYPE_CHECKING:  # SQLAlchemy loads with the cold path, on its first use
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from stepline.store._cold import ColdPath
 
 __all__ = ["SqlStore", "open_store"]
 
@@ -76,14 +64,21 @@ _T = TypeVar("_T")
 
 
 async def open_store(url: str, *, migrate: bool = True, pool_size: int = 10) -> SqlStore:
-    """Open the store at ``url``, migrating it to the head revision first by default."""
+    """Open the store at ``url``, migrating it to the head revision first by default.
+
+    Without ``migrate`` no engine is made: SQLAlchemy loads on the store's first
+    call off the hot path."""
+    if not migrate:
+        return SqlStore(url, pool_size=pool_size)
+    from stepline.store._engines import create_store_engine
+    from stepline.store._migrate import migrate_engine
+
     engine = create_store_engine(url, pool_size=pool_size)
-    if migrate:
-        try:
-            await migrate_engine(engine)
-        except BaseException:
-            await engine.dispose()
-            raise
+    try:
+        await migrate_engine(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     return SqlStore(engine)
 
 
@@ -91,20 +86,39 @@ async def open_store(url: str, *, migrate: bool = True, pool_size: int = 10) -> 
 
 
 class SqlStore:
-    """A :class:`~stepline.store._base.StepStore` on an SQLAlchemy async engine.
+    """A :class:`~stepline.store._base.StepStore` on SQLite or PostgreSQL.
 
-    Build it with :func:`open_store`, or from an engine made by
-    :func:`~stepline.store._engines.create_store_engine` (the engine must be set up
-    that way, and its database migrated with
-    :func:`~stepline.store._revisions.migrate_engine`).
+    Build it with :func:`open_store`, from the URL of a migrated database (its
+    engine made on first use, with ``pool_size`` connections and the driver's
+    ``connect_args``), or from an engine made by
+    :func:`~stepline.store._engines.create_store_engine` (the engine must be set
+    up that way, and its database migrated with
+    :func:`~stepline.store._migrate.migrate_engine`).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._autocommit = autocommit_engine(engine)
+    def __init__(
+        self,
+        engine: AsyncEngine | str,
+        *,
+        pool_size: int = 10,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> None:
         self._writes: set[asyncio.Task[Any]] = set()
-        self._postgres = engine.dialect.name == "postgresql"
-        self._sqlite_writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._cold: ColdPath | None = None
+        if isinstance(engine, str):
+            self._url = normalize_database_url(engine)
+            self._pool_size = pool_size
+            self._connect_args = dict(connect_args or {})
+        else:
+            from stepline.store._engines import connect_args_of, pool_size_of, url_of
+
+            self._url = url_of(engine)
+            self._pool_size = pool_size_of(engine)
+            self._connect_args = connect_args_of(engine)
+        self._postgres = sqlite_path(self._url) is None
+        self._sqlite_writer = None if self._postgres else asyncio.Lock()
+        if not isinstance(engine, str):
+            self._cold = self._cold_path_on(engine)
         self._notifier = EventNotifier()
         self._listener: PgListener | None = None
         self._driver: Driver | None = None
@@ -113,7 +127,8 @@ class SqlStore:
 
     @property
     def engine(self) -> AsyncEngine:
-        return self._engine
+        """The SQLAlchemy engine of the paths off the hot one (made on first use)."""
+        return self._cold_path().engine
 
     @property
     def keys(self) -> KeyStore:
@@ -122,7 +137,7 @@ class SqlStore:
     async def current_revision(self) -> str | None:
         """The schema revision of the database; compare with
         :func:`~stepline.store._revisions.head_revision`."""
-        return await engine_revision(self._engine)
+        return await database_revision(await self._hot())
 
     # -- responses --
 
@@ -140,11 +155,7 @@ class SqlStore:
         return await hot.get_response(await self._hot(), response_id)
 
     async def list_responses(self, *, limit: int = 20) -> list[ResponseRecord]:
-        async def work(connection: AsyncConnection) -> list[ResponseRecord]:
-            result = await connection.execute(LIST_RESPONSES, {"p_limit": limit})
-            return [record_from_row(row) for row in result]
-
-        return await self._read(work)
+        return await self._cold_path().list_responses(limit)
 
     async def set_status(self, response_id: str, status: str) -> None:
         if status in TERMINAL_STATUSES:
@@ -180,24 +191,10 @@ class SqlStore:
     ) -> dict[str, dict[str, Any]]:
         if not item_ids:
             return {}
-        params = {"p_ids": list(dict.fromkeys(item_ids)), "p_key": key_id}
-
-        async def work(connection: AsyncConnection) -> dict[str, dict[str, Any]]:
-            result = await connection.execute(FIND_ITEMS, params)
-            return {row.id: row.data for row in result}
-
-        return await self._read(work)
+        return await self._cold_path().find_items(item_ids, key_id)
 
     async def delete_response(self, response_id: str) -> bool:
-        params = {"p_id": response_id}
-
-        async def work(connection: AsyncConnection) -> bool:
-            await connection.execute(DELETE_EVENTS, params)
-            await connection.execute(DELETE_ITEMS, params)
-            await connection.execute(DELETE_STEPS, params)
-            return (await connection.execute(DELETE_RESPONSE, params)).rowcount == 1
-
-        return await self._write(work, transaction=True)
+        return await self._cold_path().delete_response(response_id)
 
     # -- steps --
 
@@ -235,12 +232,7 @@ class SqlStore:
         return await self._guard(work())
 
     async def cancel_steps(self, response_id: str) -> int:
-        params = {"p_id": response_id, "p_now": time.time()}
-
-        async def work(connection: AsyncConnection) -> int:
-            return (await connection.execute(CANCEL_STEPS, params)).rowcount
-
-        return await self._write(work)
+        return await self._cold_path().cancel_steps(response_id)
 
     async def load_chain(self, response_id: str, *, scope: str | None) -> list[Step]:
         return await hot.load_chain(await self._hot(), response_id, scope=scope)
@@ -279,8 +271,7 @@ class SqlStore:
 
     def watch_events(self, response_id: str) -> EventWatch:
         if self._postgres and self._listener is None:
-            dsn = self._engine.url.set(drivername="postgresql")
-            self._listener = PgListener(dsn.render_as_string(hide_password=False), self._notifier)
+            self._listener = PgListener(postgres_dsn(self._url), self._notifier)
             self._listener.start()
         return self._notifier.watch(response_id)
 
@@ -325,7 +316,8 @@ class SqlStore:
             await self._listener.aclose()
         if self._driver is not None:
             await self._driver.close()
-        await self._engine.dispose()
+        if self._cold is not None:
+            await self._cold.dispose()
 
     # -- machinery --
 
@@ -338,15 +330,28 @@ class SqlStore:
         return self._driver
 
     async def _open_driver(self) -> Driver:
-        url = self._engine.url
-        if self._sqlite_writer is not None:
-            assert url.database is not None  # normalize_database_url refuses :memory:
-            return SqliteDriver(url.database, self._sqlite_writer)
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        pool = self._engine.pool
-        size = pool.size() if isinstance(pool, sa.pool.QueuePool) else 10
-        connect_args = connect_args_of(self._engine)
-        return await PostgresDriver.connect(dsn, size=size, connect_args=connect_args)
+        return await open_driver(
+            self._url,
+            writer_lock=self._sqlite_writer,
+            size=self._pool_size,
+            connect_args=self._connect_args,
+        )
+
+    def _cold_path(self) -> ColdPath:
+        """The statements off the hot path (made, with the engine, on first use)."""
+        if self._cold is None:
+            from stepline.store._engines import create_store_engine
+
+            engine = create_store_engine(
+                self._url, pool_size=self._pool_size, connect_args=self._connect_args
+            )
+            self._cold = self._cold_path_on(engine)
+        return self._cold
+
+    def _cold_path_on(self, engine: AsyncEngine) -> ColdPath:
+        from stepline.store._cold import ColdPath
+
+        return ColdPath(engine, writer_lock=self._sqlite_writer, guard=self._guard)
 
     async def _guard(self, write: Awaitable[_T]) -> _T:
         """Await a write in a task of its own: a write that has started is not
@@ -364,41 +369,6 @@ class SqlStore:
                 await asyncio.wait([task])
             raise
 
-    async def _read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
-        try:
-            async with self._autocommit.connect() as connection:
-                return await work(connection)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"store read failed: {describe_error(exc)}") from exc
-
-    async def _write(
-        self, work: Callable[[AsyncConnection], Awaitable[_T]], *, transaction: bool = False
-    ) -> _T:
-        return await self._guard(self._run_write(work, transaction))
-
-    async def _run_write(
-        self, work: Callable[[AsyncConnection], Awaitable[_T]], transaction: bool
-    ) -> _T:
-        if self._sqlite_writer is None:
-            return await self._run_write_now(work, transaction)
-        # SQLite takes one writer at a time, and a writer that finds the lock
-        # taken sleeps in growing steps (its busy handler): queue this
-        # process's writers here instead, in order, without sleeping
-        async with self._sqlite_writer:
-            return await self._run_write_now(work, transaction)
-
-    async def _run_write_now(
-        self, work: Callable[[AsyncConnection], Awaitable[_T]], transaction: bool
-    ) -> _T:
-        try:
-            if transaction:
-                async with self._engine.begin() as connection:
-                    return await work(connection)
-            async with self._autocommit.connect() as connection:
-                return await work(connection)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"store write failed: {describe_error(exc)}") from exc
-
     def _write_done(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)
         if not task.cancelled():
@@ -407,14 +377,22 @@ class SqlStore:
 
     # -- for the store's other modules (keys, retention, usage) --
 
+    async def hot_driver(self) -> Driver:
+        """The driver the hot path's statements run on (opened on first use)."""
+        return await self._hot()
+
+    async def guard(self, write: Awaitable[_T]) -> _T:
+        """Await ``write`` as the store's own writes are: never abandoned once started."""
+        return await self._guard(write)
+
     async def run_read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run ``work`` on an autocommit connection, as the store's own reads run."""
-        return await self._read(work)
+        return await self._cold_path().read(work)
 
     async def run_write(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run ``work`` in one transaction, queued with the store's own writes (on
         SQLite, behind this process's writers; never abandoned once started)."""
-        return await self._write(work, transaction=True)
+        return await self._cold_path().write(work, transaction=True)
 
     # -- conversations (the statements are in ``store/_conversations.py``) --
 
@@ -424,24 +402,15 @@ class SqlStore:
         return await self._guard(hot.create_conversation(await self._hot(), record, items))
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        async def work(connection: AsyncConnection) -> ConversationRecord | None:
-            return await conversations.get_conversation(connection, conversation_id)
-
-        return await self._read(work)
+        return await self._cold_path().get_conversation(conversation_id)
 
     async def update_conversation(
         self, conversation_id: str, *, metadata: dict[str, str]
     ) -> ConversationRecord | None:
-        async def work(connection: AsyncConnection) -> ConversationRecord | None:
-            return await conversations.update_conversation(connection, conversation_id, metadata)
-
-        return await self._write(work)
+        return await self._cold_path().update_conversation(conversation_id, metadata)
 
     async def delete_conversation(self, conversation_id: str) -> bool:
-        async def work(connection: AsyncConnection) -> bool:
-            return await conversations.delete_conversation(connection, conversation_id)
-
-        return await self._write(work, transaction=True)
+        return await self._cold_path().delete_conversation(conversation_id)
 
     async def append_conversation_items(
         self, conversation_id: str, items: Sequence[dict[str, Any]]
@@ -463,42 +432,22 @@ class SqlStore:
         limit: int | None = None,
         descending: bool = False,
     ) -> list[ConversationItem]:
-        async def work(connection: AsyncConnection) -> list[ConversationItem]:
-            return await conversations.list_items(
-                connection,
-                conversation_id,
-                after=after,
-                before=before,
-                limit=limit,
-                descending=descending,
-            )
-
-        return await self._read(work)
+        return await self._cold_path().list_conversation_items(
+            conversation_id, after=after, before=before, limit=limit, descending=descending
+        )
 
     async def get_conversation_item(
         self, conversation_id: str, item_id: str
     ) -> ConversationItem | None:
-        async def work(connection: AsyncConnection) -> ConversationItem | None:
-            return await conversations.get_item(connection, conversation_id, item_id)
-
-        return await self._read(work)
+        return await self._cold_path().get_conversation_item(conversation_id, item_id)
 
     async def delete_conversation_item(self, conversation_id: str, item_id: str) -> bool:
-        async def work(connection: AsyncConnection) -> bool:
-            return await conversations.delete_item(connection, conversation_id, item_id)
+        return await self._cold_path().delete_conversation_item(conversation_id, item_id)
 
-        return await self._write(work)
-
-    # -- the console's reads (store/listing.py) --
+    # -- the console's reads (``store/_listing.py``) --
 
     async def list_summaries(self, query: ResponseQuery) -> ResponsePage:
-        async def work(connection: AsyncConnection) -> ResponsePage:
-            return await listing.list_summaries(connection, query)
-
-        return await self._read(work)
+        return await self._cold_path().list_summaries(query)
 
     async def response_tree(self, response_id: str) -> ResponseTree | None:
-        async def work(connection: AsyncConnection) -> ResponseTree | None:
-            return await listing.load_tree(connection, response_id)
-
-        return await self._read(work)
+        return await self._cold_path().response_tree(response_id)
