@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_the_server_imports_the_mcp_sdk_and_alembic_only_when_used() -> None:
@@ -82,3 +84,45 @@ def test_a_sqlite_server_loads_no_console_library_demo_or_postgresql_dialect() -
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_server_that_only_serves_responses_never_imports_sqlalchemy(tmp_path: Path) -> None:
+    """``stepline serve`` on SQLite, asked for responses plain and streamed, read back
+    whole and as events, its probes and models, a key created while it runs (the
+    key ring's reload) and the lease keeper's period: the drivers serve it all, and
+    SQLAlchemy loads only with the first read of a cold path (usage), which works."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    stepline = [sys.executable, "-m", "stepline"]
+    subprocess.run([*stepline, "migrate", "--database", url], check=True, timeout=60)
+    created = subprocess.run(
+        [*stepline, "keys", "create", "operator", "--admin", "--database", url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    token = created.stdout.splitlines()[-1]
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("_serving_probe.py")), url, token],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    [report] = [
+        json.loads(line.removeprefix("probe: "))
+        for line in done.stdout.splitlines()
+        if line.startswith("probe: ")
+    ]
+    assert report == {
+        "readyz": 200,
+        "models": 200,
+        "plain": "completed",
+        "streamed": True,
+        "read": "completed",
+        "events": True,
+        "late_key": 200,
+        "serving": [],
+        "usage": 200,
+        "cold": True,
+    }
