@@ -7,6 +7,10 @@ are a :class:`~stepline.store._keys.KeyStore` of their own);
 in SQLite or PostgreSQL (open one with :func:`open_store`). Both pass the same
 test suite. Every SQL table is declared in ``store/_schema.py`` and changes
 only through the numbered migrations that ship in ``stepline/store/migrations``.
+
+Importing this package imports no SQLAlchemy: a :class:`SqlStore` runs a
+response's statements, its keys and its revision on the drivers, and loads
+SQLAlchemy (its engine, Alembic to migrate) on the first call off that path.
 """
 
 from stepline.store._base import TERMINAL_STATUSES, EventRow, ResponseRecord, StepStore

@@ -4,8 +4,11 @@ SQLAlchemy's async layer costs 0.4-0.5 ms per statement (a hop to the
 driver's thread or a greenlet switch, then back); the drivers take 10-40 µs.
 The statements a running response needs on every step (see
 :mod:`stepline.store._hot`) therefore go straight to ``sqlite3`` or
-``asyncpg`` through a :class:`Driver`; SQLAlchemy and Alembic keep the
-schema, the migrations and every statement off that path.
+``asyncpg`` through a :class:`Driver`, as do the other reads a server makes
+at steady state (its API keys, the schema's revision). A driver opens from
+the database URL alone (:func:`open_driver`), so a process that only serves
+responses never loads SQLAlchemy; SQLAlchemy and Alembic keep the schema, the
+migrations and every statement off that path (loaded on its first use).
 
 A statement is written once, with PostgreSQL's ``$1`` placeholders; the
 SQLite driver reads them as SQLite's ``?1``. Lists are bound through
@@ -18,9 +21,9 @@ Invariants:
   statement runs to its end without yielding, so a transaction — ``BEGIN
   IMMEDIATE`` to ``COMMIT`` with nothing awaited between — never interleaves
   with another coroutine's statements. Writers queue on the store's writer
-  lock (shared with the store's SQLAlchemy writes in this process); a lock
-  held by another process is waited for by sleeping, never by blocking the
-  loop (the connection's busy timeout is zero).
+  lock (shared with the store's SQLAlchemy writes in this process, once it
+  makes any); a lock held by another process is waited for by sleeping,
+  never by blocking the loop (the connection's busy timeout is zero).
 * SQLite: no commit on the event loop ever checkpoints. A checkpoint writes
   the WAL back into the database file and syncs it: milliseconds that would
   land on whichever request's commit crossed SQLite's threshold (one in

@@ -1,7 +1,9 @@
-"""The SQL store's engines: database URLs, and an async engine set up per dialect.
+"""The SQL store's engines: an async SQLAlchemy engine set up per dialect.
 
 Every engine the SQL store, its migrations and the CLI use is made here, so
-they all meet the database the same way.
+they all meet the database the same way. Importing this module imports
+SQLAlchemy: the store does so on the first call off its hot path, never to
+serve a response.
 
 Invariants:
 
