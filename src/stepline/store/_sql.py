@@ -103,22 +103,22 @@ class SqlStore:
         pool_size: int = 10,
         connect_args: Mapping[str, Any] | None = None,
     ) -> None:
-        self._writes: set[asyncio.Task[Any]] = set()
-        self._cold: ColdPath | None = None
+        handed: AsyncEngine | None = None
         if isinstance(engine, str):
             self._url = normalize_database_url(engine)
             self._pool_size = pool_size
             self._connect_args = dict(connect_args or {})
-        else:
+        else:  # the drivers connect as the engine does
             from stepline.store._engines import connect_args_of, pool_size_of, url_of
 
+            handed = engine
             self._url = url_of(engine)
             self._pool_size = pool_size_of(engine)
             self._connect_args = connect_args_of(engine)
+        self._writes: set[asyncio.Task[Any]] = set()
         self._postgres = sqlite_path(self._url) is None
         self._sqlite_writer = None if self._postgres else asyncio.Lock()
-        if not isinstance(engine, str):
-            self._cold = self._cold_path_on(engine)
+        self._cold = None if handed is None else self._cold_path_on(handed)
         self._notifier = EventNotifier()
         self._listener: PgListener | None = None
         self._driver: Driver | None = None
