@@ -64,8 +64,21 @@ __all__ = [
     "SqliteDriver",
     "Tx",
     "WalCheckpointer",
+    "dump_json",
+    "load_json",
     "open_driver",
 ]
+
+
+def dump_json(value: Any) -> str | None:
+    """A JSON column's value as the statements bind it: orjson text (None stays NULL)."""
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def load_json(text: str | bytes | None) -> Any:
+    """A JSON column read back (NULL as None)."""
+    return None if text is None else orjson.loads(text)
+
 
 #: what a statement returns: its rows, each indexable by column position
 Rows = list[Sequence[Any]]

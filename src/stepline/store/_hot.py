@@ -38,8 +38,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from stepline._steps import NewStep, Step, StepKind, StepState
 from stepline.errors import StoreError
 from stepline.store._base import (
@@ -55,7 +53,7 @@ from stepline.store._base import (
     new_steps,
     unique_item_ids,
 )
-from stepline.store._drivers import Driver, Rows, Tx
+from stepline.store._drivers import Driver, Rows, Tx, dump_json, load_json
 from stepline.store._notify import CHANNEL
 
 __all__ = [
@@ -98,27 +96,19 @@ _NOT_TERMINAL = "status NOT IN ({})".format(", ".join(f"'{s}'" for s in sorted(T
 _LIVE_STEP = f"state IN ('{StepState.PENDING.value}', '{StepState.PROCESSING.value}')"
 
 
-def _dump(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _load(text: str | bytes | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
 def _record(row: Sequence[Any]) -> ResponseRecord:
     return ResponseRecord(
         id=row[0],
         created_at=row[1],
         status=row[2],
         model=row[3],
-        body=_load(row[4]),
+        body=load_json(row[4]),
         previous_response_id=row[5],
         store=bool(row[6]),
         background=bool(row[7]),
         owner=row[8],
         lease_expires_at=row[9],
-        result=_load(row[10]),
+        result=load_json(row[10]),
         completed_at=row[11],
         key_id=row[12],
     )
@@ -133,9 +123,9 @@ def _step(row: Sequence[Any]) -> Step:
         sequence=row[4],
         kind=StepKind(row[5]),
         state=StepState(row[6]),
-        request=_load(row[7]),
-        response=_load(row[8]),
-        error=_load(row[9]),
+        request=load_json(row[7]),
+        response=load_json(row[8]),
+        error=load_json(row[9]),
         call_id=row[10],
         attempt=row[11],
         created_at=row[12],
@@ -194,13 +184,13 @@ def _insert_response(record: ResponseRecord) -> tuple[str, tuple[Any, ...]]:
             record.created_at,
             record.status,
             record.model,
-            _dump(record.body),
+            dump_json(record.body),
             record.previous_response_id,
             record.store,
             record.background,
             record.owner,
             record.lease_expires_at,
-            _dump(record.result),
+            dump_json(record.result),
             record.completed_at,
             record.key_id,
         ),
@@ -239,7 +229,7 @@ async def finish_response(tx: Tx, end: ResponseEnd) -> bool:
         f" lease_expires_at = NULL WHERE id = $1 AND {_NOT_TERMINAL} RETURNING id",
         end.response_id,
         end.status,
-        _dump(end.result),
+        dump_json(end.result),
         end.completed_at,
     )
     if not finished:
@@ -254,7 +244,7 @@ async def finish_response(tx: Tx, end: ResponseEnd) -> bool:
             time.time(),
         )
     kept = [
-        (end.response_id, position, item["id"], _dump(item))
+        (end.response_id, position, item["id"], dump_json(item))
         for position, item in enumerate(end.items)
         if item.get("id")
     ]
@@ -277,7 +267,7 @@ async def create_conversation(
             " VALUES ($1, $2, $3, $4, $5)",
             record.id,
             record.created_at,
-            _dump(record.metadata),
+            dump_json(record.metadata),
             record.key_id,
             record.next_position,
         )
@@ -317,7 +307,7 @@ async def append_conversation_items(
     await tx.executemany(
         "INSERT INTO conversation_items (conversation_id, position, id, data)"
         " VALUES ($1, $2, $3, $4)",
-        [(conversation_id, item.position, item.id, _dump(item.data)) for item in stored],
+        [(conversation_id, item.position, item.id, dump_json(item.data)) for item in stored],
     )
     return stored
 
@@ -369,9 +359,9 @@ def _step_values(step: Step) -> tuple[Any, ...]:
         step.sequence,
         step.kind.value,
         step.state.value,
-        _dump(step.request),
-        _dump(step.response),
-        _dump(step.error),
+        dump_json(step.request),
+        dump_json(step.response),
+        dump_json(step.error),
         step.call_id,
         step.attempt,
         step.created_at,
@@ -449,7 +439,9 @@ async def finish_step(
     """Finish a processing step (in ``tx``, or alone on a driver's ``write``)."""
     if not state.terminal:
         raise ValueError(f"a step end needs a terminal state, not {state.value!r}")
-    rows = await tx.fetch(_FINISH_STEP, step_id, state.value, _dump(response), _dump(error), now)
+    rows = await tx.fetch(
+        _FINISH_STEP, step_id, state.value, dump_json(response), dump_json(error), now
+    )
     return _step(rows[0]) if rows else None
 
 
@@ -665,7 +657,7 @@ async def _append_ends_postgres(
         if not step_end.state.terminal:
             raise ValueError(f"a step end needs a terminal state, not {step_end.state.value!r}")
     items = [
-        (end.response_id, position, item["id"], _dump(item))
+        (end.response_id, position, item["id"], dump_json(item))
         for end in response_ends
         for position, item in enumerate(end.items)
         if item.get("id")
@@ -677,12 +669,12 @@ async def _append_ends_postgres(
         owner,
         [end.step_id for end in step_ends],
         [end.state.value for end in step_ends],
-        [_dump(end.response) for end in step_ends],
-        [_dump(end.error) for end in step_ends],
+        [dump_json(end.response) for end in step_ends],
+        [dump_json(end.error) for end in step_ends],
         [now if end.finished_at is None else end.finished_at for end in step_ends],
         [end.response_id for end in response_ends],
         [end.status for end in response_ends],
-        [_dump(end.result) for end in response_ends],
+        [dump_json(end.result) for end in response_ends],
         [end.completed_at for end in response_ends],
         *([list(column) for column in zip(*items, strict=True)] if items else [[], [], [], []]),
     )

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
+from stepline.store._drivers import dump_json, load_json
 
 if TYPE_CHECKING:  # the SQL store makes its key store, this module does not import it
     from stepline.store._sql import SqlStore
@@ -111,14 +111,6 @@ _ADD_KEY = f"INSERT INTO stepline_api_keys ({_COLUMNS}) VALUES ($1, $2, $3, $4, 
 _DELETE_KEY = "DELETE FROM stepline_api_keys WHERE name = $1 RETURNING name"
 
 
-def _json(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
 def _tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
@@ -130,9 +122,9 @@ def _record_of(row: Sequence[Any]) -> KeyRecord:
         id=key_id or name,
         hash=digest,
         created_at=created_at,
-        models=_tuple(_json(models)),
-        tools=_tuple(_json(tools)),
-        rate=_json(rate),
+        models=_tuple(load_json(models)),
+        tools=_tuple(load_json(tools)),
+        rate=load_json(rate),
         max_concurrent=max_concurrent,
         admin=bool(admin),
     )
@@ -144,9 +136,9 @@ def _values_of(key: KeyRecord) -> tuple[Any, ...]:
         key.id,
         key.hash,
         key.created_at,
-        _json_text(None if key.models is None else list(key.models)),
-        _json_text(None if key.tools is None else list(key.tools)),
-        _json_text(key.rate),
+        dump_json(None if key.models is None else list(key.models)),
+        dump_json(None if key.tools is None else list(key.tools)),
+        dump_json(key.rate),
         key.max_concurrent,
         key.admin,
     )
