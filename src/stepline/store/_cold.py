@@ -48,7 +48,7 @@ __all__ = ["ColdPath", "Guard"]
 
 _T = TypeVar("_T")
 
-#: awaits a write so that it is never abandoned once started (``SqlStore._guard``)
+#: awaits a write so that it is never abandoned once started (``SqlStore.guard``)
 Guard = Callable[[Awaitable[Any]], Awaitable[Any]]
 
 

@@ -137,7 +137,7 @@ class SqlStore:
     async def current_revision(self) -> str | None:
         """The schema revision of the database; compare with
         :func:`~stepline.store._revisions.head_revision`."""
-        return await database_revision(await self._hot())
+        return await database_revision(await self.hot_driver())
 
     # -- responses --
 
@@ -148,11 +148,11 @@ class SqlStore:
         steps: Sequence[NewStep] = (),
         events: Sequence[EventRow] = (),
     ) -> list[Step]:
-        created = hot.create_response(await self._hot(), record, steps=steps, events=events)
-        return await self._guard(created)
+        created = hot.create_response(await self.hot_driver(), record, steps=steps, events=events)
+        return await self.guard(created)
 
     async def get_response(self, response_id: str) -> ResponseRecord | None:
-        return await hot.get_response(await self._hot(), response_id)
+        return await hot.get_response(await self.hot_driver(), response_id)
 
     async def list_responses(self, *, limit: int = 20) -> list[ResponseRecord]:
         return await self._cold_path().list_responses(limit)
@@ -160,7 +160,7 @@ class SqlStore:
     async def set_status(self, response_id: str, status: str) -> None:
         if status in TERMINAL_STATUSES:
             raise ValueError(f"{status!r} is terminal: use finish_response")
-        await self._guard(hot.set_status(await self._hot(), response_id, status))
+        await self.guard(hot.set_status(await self.hot_driver(), response_id, status))
 
     async def finish_response(
         self,
@@ -178,13 +178,13 @@ class SqlStore:
             completed_at=completed_at,
             items=items,
         )
-        driver = await self._hot()
+        driver = await self.hot_driver()
 
         async def work() -> bool:
             async with driver.transaction() as tx:
                 return await hot.finish_response(tx, end)
 
-        return await self._guard(work())
+        return await self.guard(work())
 
     async def find_items(
         self, item_ids: Sequence[str], *, key_id: str | None
@@ -204,12 +204,12 @@ class SqlStore:
         if not steps:
             return []
         recorded = hot.record_steps(
-            await self._hot(), response_id, scope=scope, steps=steps, start=start
+            await self.hot_driver(), response_id, scope=scope, steps=steps, start=start
         )
-        return await self._guard(recorded)
+        return await self.guard(recorded)
 
     async def start_step(self, step_id: str) -> Step:
-        return await self._guard(hot.start_step(await self._hot(), step_id))
+        return await self.guard(hot.start_step(await self.hot_driver(), step_id))
 
     async def finish_step(
         self,
@@ -221,7 +221,7 @@ class SqlStore:
     ) -> Step | None:
         if not state.terminal:
             raise ValueError(f"finish_step needs a terminal state, not {state.value!r}")
-        driver = await self._hot()
+        driver = await self.hot_driver()
 
         async def work() -> Step | None:
             async with driver.transaction() as tx:
@@ -229,16 +229,16 @@ class SqlStore:
                     tx, step_id, state=state, response=response, error=error, now=time.time()
                 )
 
-        return await self._guard(work())
+        return await self.guard(work())
 
     async def cancel_steps(self, response_id: str) -> int:
         return await self._cold_path().cancel_steps(response_id)
 
     async def load_chain(self, response_id: str, *, scope: str | None) -> list[Step]:
-        return await hot.load_chain(await self._hot(), response_id, scope=scope)
+        return await hot.load_chain(await self.hot_driver(), response_id, scope=scope)
 
     async def load_steps(self, response_id: str) -> list[Step]:
-        return await hot.load_steps(await self._hot(), response_id)
+        return await hot.load_steps(await self.hot_driver(), response_id)
 
     # -- events --
 
@@ -251,8 +251,8 @@ class SqlStore:
     ) -> Appended:
         if not rows and not ends:
             return Appended(ends=[])
-        appended = await self._guard(
-            hot.append_events(await self._hot(), rows, ends=ends, owner=owner)
+        appended = await self.guard(
+            hot.append_events(await self.hot_driver(), rows, ends=ends, owner=owner)
         )
         written = sorted({row.response_id for row in rows} - appended.fenced)
         if written:
@@ -276,16 +276,16 @@ class SqlStore:
         return self._notifier.watch(response_id)
 
     async def stored_ids(self, response_ids: Sequence[str]) -> set[str]:
-        return await hot.stored_ids(await self._hot(), response_ids)
+        return await hot.stored_ids(await self.hot_driver(), response_ids)
 
     async def read_events(self, response_id: str, *, after: int, limit: int) -> list[EventRow]:
-        return await hot.read_events(await self._hot(), response_id, after=after, limit=limit)
+        return await hot.read_events(await self.hot_driver(), response_id, after=after, limit=limit)
 
     async def step_events(self, response_id: str, step_id: str) -> list[EventRow]:
-        return await hot.step_events(await self._hot(), response_id, step_id)
+        return await hot.step_events(await self.hot_driver(), response_id, step_id)
 
     async def last_event_seq(self, response_id: str) -> int:
-        return await hot.last_event_seq(await self._hot(), response_id)
+        return await hot.last_event_seq(await self.hot_driver(), response_id)
 
     # -- leases --
 
@@ -294,19 +294,21 @@ class SqlStore:
     ) -> set[str]:
         if not response_ids:
             return set()
-        renewed = hot.renew_leases(await self._hot(), owner, response_ids, expires_at=expires_at)
-        return await self._guard(renewed)
+        renewed = hot.renew_leases(
+            await self.hot_driver(), owner, response_ids, expires_at=expires_at
+        )
+        return await self.guard(renewed)
 
     async def release_lease(self, response_id: str, owner: str) -> None:
-        await self._guard(hot.release_lease(await self._hot(), response_id, owner))
+        await self.guard(hot.release_lease(await self.hot_driver(), response_id, owner))
 
     async def claim_expired(
         self, owner: str, *, now: float, expires_at: float, limit: int
     ) -> list[str]:
         claimed = hot.claim_expired(
-            await self._hot(), owner, now=now, expires_at=expires_at, limit=limit
+            await self.hot_driver(), owner, now=now, expires_at=expires_at, limit=limit
         )
-        return await self._guard(claimed)
+        return await self.guard(claimed)
 
     async def close(self) -> None:
         """Wait for writes still running, then close every connection."""
@@ -321,8 +323,9 @@ class SqlStore:
 
     # -- machinery --
 
-    async def _hot(self) -> Driver:
-        """The driver for the hot path's statements (opened on first use)."""
+    async def hot_driver(self) -> Driver:
+        """The driver the hot path's statements run on (opened on first use); the
+        store's other modules (keys) run theirs on it too."""
         if self._driver is None:
             async with self._opening:
                 if self._driver is None:
@@ -351,11 +354,12 @@ class SqlStore:
     def _cold_path_on(self, engine: AsyncEngine) -> ColdPath:
         from stepline.store._cold import ColdPath
 
-        return ColdPath(engine, writer_lock=self._sqlite_writer, guard=self._guard)
+        return ColdPath(engine, writer_lock=self._sqlite_writer, guard=self.guard)
 
-    async def _guard(self, write: Awaitable[_T]) -> _T:
+    async def guard(self, write: Awaitable[_T]) -> _T:
         """Await a write in a task of its own: a write that has started is not
-        abandoned when its caller is cancelled (the caller waits, then sees it)."""
+        abandoned when its caller is cancelled (the caller waits, then sees it).
+        The store's other modules (keys, the cold path) await theirs here too."""
         task = asyncio.ensure_future(write)
         self._writes.add(task)
         task.add_done_callback(self._write_done)
@@ -377,14 +381,6 @@ class SqlStore:
 
     # -- for the store's other modules (keys, retention, usage) --
 
-    async def hot_driver(self) -> Driver:
-        """The driver the hot path's statements run on (opened on first use)."""
-        return await self._hot()
-
-    async def guard(self, write: Awaitable[_T]) -> _T:
-        """Await ``write`` as the store's own writes are: never abandoned once started."""
-        return await self._guard(write)
-
     async def run_read(self, work: Callable[[AsyncConnection], Awaitable[_T]]) -> _T:
         """Run ``work`` on an autocommit connection, as the store's own reads run."""
         return await self._cold_path().read(work)
@@ -399,7 +395,7 @@ class SqlStore:
     async def create_conversation(
         self, record: ConversationRecord, items: Sequence[dict[str, Any]] = ()
     ) -> list[ConversationItem]:
-        return await self._guard(hot.create_conversation(await self._hot(), record, items))
+        return await self.guard(hot.create_conversation(await self.hot_driver(), record, items))
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         return await self._cold_path().get_conversation(conversation_id)
@@ -415,13 +411,13 @@ class SqlStore:
     async def append_conversation_items(
         self, conversation_id: str, items: Sequence[dict[str, Any]]
     ) -> list[ConversationItem] | None:
-        driver = await self._hot()
+        driver = await self.hot_driver()
 
         async def work() -> list[ConversationItem] | None:
             async with driver.transaction() as tx:
                 return await hot.append_conversation_items(tx, conversation_id, items)
 
-        return await self._guard(work())
+        return await self.guard(work())
 
     async def list_conversation_items(
         self,
