@@ -18,8 +18,8 @@ from stepline.errors import StoreError
 from stepline.store import SqlStore, StepStore
 from stepline.store._engines import create_store_engine
 from stepline.store._keys import KeyRecord
-from stepline.store._migrate import alembic_config, engine_revision, migrate_engine
-from stepline.store._revisions import head_revision
+from stepline.store._migrate import alembic_config, migrate_engine
+from stepline.store._revisions import current_revision, head_revision
 from stepline.store._schema import VERSION_TABLE, metadata
 from tests._backends import SQL_KINDS, backend_params, database_url
 
@@ -191,7 +191,7 @@ async def test_the_migration_adopts_an_older_keys_table_and_keeps_its_keys(
             await _make_old_database(engine, revision=revision, with_ids=with_ids)
             await migrate_engine(engine)
             await migrate_engine(engine)  # a second run finds nothing to do
-            assert await engine_revision(engine) == head_revision()
+            assert await current_revision(url) == head_revision()
             async with engine.connect() as connection:
                 assert await connection.run_sync(_differences) == []
 
@@ -260,7 +260,7 @@ async def test_downgrading_keeps_the_keys(kind: str, tmp_path: Path) -> None:
 
             async with engine.begin() as connection:
                 await connection.run_sync(downgrade)
-            assert await engine_revision(engine) == "0004"
+            assert await current_revision(url) == "0004"
             await migrate_engine(engine)
             assert await store.keys.list_keys() == [key("ci")]
         finally:

@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -27,14 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stepline.errors import StoreError
 from stepline.store._engines import create_store_engine, describe_error
-from stepline.store._revisions import VERSION_TABLE, head_revision
+from stepline.store._revisions import MIGRATIONS_DIR, VERSION_TABLE, head_revision
 
 if TYPE_CHECKING:  # Alembic is imported only to migrate
     from alembic.config import Config
 
-__all__ = ["alembic_config", "engine_revision", "migrate_engine", "migrate_url"]
+__all__ = ["alembic_config", "migrate_engine", "migrate_url"]
 
-_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: PostgreSQL advisory lock held while migrating ("Stepline" as 8 ASCII bytes),
 #: so processes that start together migrate one after the other
 _MIGRATION_LOCK_KEY = int.from_bytes(b"Stepline", "big")
@@ -45,7 +43,7 @@ def alembic_config() -> Config:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
 
 
@@ -70,15 +68,6 @@ def _upgrade_to_head(connection: sa.Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
-
-
-async def engine_revision(engine: AsyncEngine) -> str | None:
-    """The revision the database behind ``engine`` is at; None before any migration."""
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_revision_of)
-    except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"reading the schema revision failed: {describe_error(exc)}") from exc
 
 
 def _revision_of(connection: sa.Connection) -> str | None:

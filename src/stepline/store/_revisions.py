@@ -25,6 +25,7 @@ from stepline.errors import StoreError
 from stepline.store._drivers import Driver, open_driver
 
 __all__ = [
+    "MIGRATIONS_DIR",
     "VERSION_TABLE",
     "current_revision",
     "database_revision",
@@ -37,7 +38,8 @@ __all__ = [
 #: with an application that runs its own Alembic migrations
 VERSION_TABLE = "stepline_alembic_version"
 
-_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+#: the Alembic scripts of stepline's migrations, inside the package
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 _REVISION_LINE = re.compile(r'^(revision|down_revision)\b[^=\n]*=\s*(?:"([^"]+)"|None)', re.M)
 
@@ -50,7 +52,7 @@ def shipped_revisions() -> tuple[str, ...]:
     the head never imports Alembic (a test checks this against Alembic's own
     reading)."""
     previous: dict[str, str | None] = {}
-    for path in sorted((_MIGRATIONS_DIR / "versions").glob("[0-9]*.py")):
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("[0-9]*.py")):
         found = {m.group(1): m.group(2) for m in _REVISION_LINE.finditer(path.read_text())}
         previous[str(found["revision"])] = found.get("down_revision")
     newer = {down: rev for rev, down in previous.items()}
