@@ -16,14 +16,16 @@ not there creates it, so a missing file is found by looking, not by connecting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from stepline.errors import ConfigError, StoreError
 from stepline.store._drivers import Driver, open_driver
-from stepline.store._revisions import database_revision, shipped_revisions
+from stepline.store._revisions import database_revision, head_revision, shipped_revisions
 from stepline.store._urls import normalize_database_url, redact_password, sqlite_path
 
 __all__ = [
@@ -59,14 +61,19 @@ def database_label(url: str) -> str:
     return shown
 
 
-async def _driver(url: str) -> Driver:
+@contextlib.asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[Driver]:
     """A driver on the database at ``url``, with one connection (the hot path's own
-    kind: nothing here loads SQLAlchemy). A StoreError, caused by the driver's own
-    error, when it cannot connect."""
+    kind: nothing here loads SQLAlchemy), closed on leaving. A StoreError, caused by
+    the driver's own error, when it cannot connect."""
     postgres = _sqlite_path(url) is None
-    return await open_driver(
+    driver = await open_driver(
         url, size=1, connect_args={"timeout": CONNECT_TIMEOUT} if postgres else None
     )
+    try:
+        yield driver
+    finally:
+        await driver.close()
 
 
 def _reason(exc: BaseException) -> str:
@@ -89,11 +96,8 @@ async def probe_database(url: str) -> bool:
     if path is not None and not path.exists():
         return False
     try:
-        driver = await _driver(url)
-        try:
+        async with _connected(url) as driver:
             await driver.fetch("SELECT 1")
-        finally:
-            await driver.close()
     except StoreError as exc:
         reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
         raise ConfigError(f"cannot open the database {label}: {reason}") from exc
@@ -148,11 +152,8 @@ async def _is_current(url: str) -> bool:
     """Whether the database at ``url`` is at this stepline's head revision (read with
     one query, no Alembic); False when its revision cannot be read."""
     try:
-        driver = await _driver(url)
-        try:
-            return await database_revision(driver) == shipped_revisions()[-1]
-        finally:
-            await driver.close()
+        async with _connected(url) as driver:
+            return await database_revision(driver) == head_revision()
     except StoreError:
         return False  # the child migrating it says what is wrong
 
@@ -209,21 +210,17 @@ async def check_schema(url: str) -> None:
     if not await probe_database(url):
         raise ConfigError(f"no database at {label}: {_FIRST}")
     try:
-        driver = await _driver(url)
-        try:
+        async with _connected(url) as driver:
             revision = await database_revision(driver)
-        finally:
-            await driver.close()
     except StoreError as exc:
         reason = _reason(exc.__cause__) if exc.__cause__ is not None else exc.message
         raise ConfigError(f"cannot read the database {label}: {reason}") from exc
     if revision is None:
         raise ConfigError(f"the database {label} has no schema yet: {_FIRST}")
-    known = shipped_revisions()
-    head = known[-1]
+    head = head_revision()
     if revision == head:
         return
-    if revision in known:
+    if revision in shipped_revisions():
         raise ConfigError(
             f"the database {label} has an older schema ({revision}, not {head}): "
             "run `stepline migrate`"
