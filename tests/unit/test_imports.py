@@ -89,7 +89,7 @@ def test_a_sqlite_server_loads_no_console_library_demo_or_postgresql_dialect() -
 def test_a_server_that_only_serves_responses_never_imports_sqlalchemy(tmp_path: Path) -> None:
     """``stepline serve`` on SQLite, asked for responses plain and streamed, read back
     whole and as events, its probes and models, a key created while it runs (the
-    key ring's reload) and the lease keeper's period: the drivers serve it all, and
+    key ring's reload): the drivers serve it all, and
     SQLAlchemy loads only with the first read of a cold path (usage), which works."""
     url = f"sqlite:///{tmp_path}/s.db"
     stepline = [sys.executable, "-m", "stepline"]
