@@ -63,11 +63,14 @@ def _measure(
         servers = {}
         labels = {}
         for name, client, store, label in _SERVERS:
-            where = f"sqlite:{stack.dir / 'floor.db'}" if store == "sqlite" else postgres
             if store is None:
                 where = None
-            elif where is None:
+            elif store == "sqlite":
+                where = f"sqlite:{stack.dir / 'floor.db'}"
+            elif postgres is None:
                 continue  # no PostgreSQL server to measure on
+            else:
+                where = postgres
             port = free_port()
             argv = [
                 PYTHON,
