@@ -117,7 +117,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="view-resend-done-after-crash",
-        module="_protocol/response_events.py",
+        module="_protocol/response_stream.py",
         old="        done_sent = any(event_type(row.data) == _ITEM_DONE for row in sent)",
         new="        done_sent = False",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
@@ -128,9 +128,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         name="view-resend-started-after-crash",
-        module="_protocol/response_events.py",
-        old="if self.events is not None and index is not None and not sent:",
-        new="if self.events is not None and index is not None:",
+        module="_protocol/response_stream.py",
+        old="if events is not None and index is not None and not sent:",
+        new="if events is not None and index is not None:",
         tests=("tests/durability/test_kill_points.py", "tests/durability/test_crash_recovery.py"),
     ),
     Mutant(
@@ -162,10 +162,48 @@ MUTANTS: tuple[Mutant, ...] = (
         tests=("tests/e2e/test_store_writes.py",),
     ),
     Mutant(
+        name="tool-call-end-shown-before-it-is-stored",
+        module="_engine/tool_call.py",
+        old="    loop.log.hold()\n    loop.sink.emit(ToolCallFinishing(step=ended))",
+        new="    loop.sink.emit(ToolCallFinishing(step=ended))",
+        tests=("tests/e2e/test_store_writes.py", "tests/durability/test_kill_points.py"),
+        reason=(
+            "equivalent while nothing awaits between a step's finishing events and its"
+            " end's commit: the writer takes both in one batch; the hold keeps them together"
+            " whatever comes to run in between"
+        ),
+    ),
+    Mutant(
+        name="model-call-end-shown-before-it-is-stored",
+        module="_engine/model_call.py",
+        old="    loop.log.hold()\n    loop.sink.emit(ModelCallFinishing(step=step, turn=turn))",
+        new="    loop.sink.emit(ModelCallFinishing(step=step, turn=turn))",
+        tests=("tests/e2e/test_store_writes.py", "tests/durability/test_kill_points.py"),
+        reason=(
+            "equivalent while nothing awaits between a step's finishing events and its"
+            " end's commit: the writer takes both in one batch; the hold keeps them together"
+            " whatever comes to run in between"
+        ),
+    ),
+    Mutant(
+        name="stream-items-not-stored-with-the-step",
+        module="_engine/loop.py",
+        old="response = None if result is None else {**result.payload(), **shown}",
+        new="response = None if result is None else result.payload()",
+        tests=(*LIBRARY, "tests/e2e/test_responses.py"),
+    ),
+    Mutant(
+        name="sinks-deltas-to-the-first-taker-only",
+        module="_engine/sinks.py",
+        old="        if len(taken) > 1:",
+        new="        if False:",
+        tests=("tests/unit/test_sinks.py",),
+    ),
+    Mutant(
         name="view-compaction-announced-twice",
-        module="_protocol/response_events.py",
-        old="        if self.events is None or await self._sent(step):",
-        new="        if self.events is None:",
+        module="_protocol/response_stream.py",
+        old="        if events is None or event.shown_before:",
+        new="        if events is None:",
         tests=("tests/durability/test_compaction_recovery.py",),
     ),
     Mutant(
@@ -244,8 +282,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         name="response-created-resent-on-resume",
         module="_run/response.py",
-        old="if view.sends and view.next_seq == 0:",
-        new="if view.sends:",
+        old="if run_log.sends and run_log.first_seq == 0:",
+        new="if run_log.sends:",
         tests=("tests/durability/test_kill_points.py",),
     ),
     Mutant(

@@ -22,19 +22,23 @@ Invariants:
 * Payloads are JSON-ready dicts (what the store persists); the loop makes
   them from typed results (:class:`ModelCallResult`, :class:`ToolCallResult`,
   :class:`CompactionResult`, :class:`StepError`), one ``payload()`` each.
+  Beside the engine's own fields, a step's ``response`` carries what the
+  run's stream attached to it (``_engine.run_log``): the output items that
+  show it, which only the wire reads.
 
 Payload shapes:
 
 * model_call ``request``: ``{"model": ..., "iteration": n}``
 * model_call ``response``: ``{"message": <chat assistant message>,
-  "items": [<output items in emission order>], "usage": {...},
-  "finish_reason": str, "model": <the model the upstream named> | None}``
+  "usage": {...}, "finish_reason": str, "model": <the model the upstream
+  named> | None}``, and from the stream ``"items": [<output items in
+  emission order>], "call_items": {<call id>: <its item's id>}``
 * tool_call ``request``: ``{"name": ..., "arguments": <JSON string>}``; an
   approved held call adds ``approval_request_id``, ``server_label`` and
   ``shown_name`` (read as :attr:`Step.approval`)
 * tool_call ``response``: ``{"output": str}``
-* compaction ``request``: ``{}``; ``response``: ``{"summary": str, "items":
-  [<the compaction item>], "usage": {...}}``
+* compaction ``request``: ``{}``; ``response``: ``{"summary": str, "usage":
+  {...}}``, and from the stream ``"items": [<the compaction item>]``
 * ``error`` (either kind): ``{"message": str, "code": str, "status": int|None}``
 """
 
@@ -159,10 +163,6 @@ class ModelCallResult:
 
     #: the assistant's chat message, as the next model call sees it
     message: dict[str, Any]
-    #: its output items, in the order they were streamed
-    items: list[dict[str, Any]]
-    #: each tool call's id -> the id of the item that shows it
-    call_items: dict[str, str]
     usage: dict[str, Any]
     finish_reason: str | None
     #: the model the upstream named
@@ -171,8 +171,6 @@ class ModelCallResult:
     def payload(self) -> dict[str, Any]:
         return {
             "message": self.message,
-            "items": self.items,
-            "call_items": self.call_items,
             "usage": self.usage,
             "finish_reason": self.finish_reason,
             "model": self.model,
@@ -191,14 +189,13 @@ class ToolCallResult:
 
 @dataclass(frozen=True, kw_only=True)
 class CompactionResult:
-    """What a completed compaction stores: the summary, its item, what it cost."""
+    """What a completed compaction stores: the summary, and what it cost."""
 
     summary: str
-    items: list[dict[str, Any]]
     usage: dict[str, Any]
 
     def payload(self) -> dict[str, Any]:
-        return {"summary": self.summary, "items": self.items, "usage": self.usage}
+        return {"summary": self.summary, "usage": self.usage}
 
 
 StepResult = ModelCallResult | ToolCallResult | CompactionResult

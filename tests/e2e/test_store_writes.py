@@ -51,6 +51,8 @@ class CountingStore(MemoryStore):
         self.app: Starlette | None = None
         #: stall the process past its lease once tool calls are recorded
         self.stall_after_tools = False
+        #: per event write: the steps whose items' done events it stores, the steps it ends
+        self.done_and_ended: list[tuple[set[str], set[str]]] = []
 
     async def create_response(
         self,
@@ -96,6 +98,14 @@ class CountingStore(MemoryStore):
     ) -> Appended:
         kinds = "".join("S" if isinstance(end, StepEnd) else "R" for end in ends)
         self.writes.append(f"events{'+' + kinds if kinds else ''}")
+        done = {
+            row.step_id
+            for row in rows
+            if row.step_id is not None and b'"response.output_item.done"' in row.data
+        }
+        self.done_and_ended.append(
+            (done, {end.step_id for end in ends if isinstance(end, StepEnd)})
+        )
         return await super().append_events(rows, ends=ends, owner=owner)
 
 
@@ -208,6 +218,32 @@ async def test_a_streamed_model_call_stores_its_events_and_ends_once(
     # the call's first events are stored before the stream goes on (its client reads them)
     between = store.writes[1:-1]
     assert between and all(write == "events" for write in between)
+
+
+async def test_what_a_streamed_step_shows_of_its_end_is_stored_with_that_end(
+    server: tuple[httpx.AsyncClient, CountingStore],
+) -> None:
+    """Model call, server tool, model call, streamed: each step's items' done events
+    go in the write that stores the step's end, never in an earlier one."""
+    client, store = server
+
+    reply = await _create(client, {"model": "looker", "input": "look it up", "stream": True})
+
+    assert "response.completed" in reply.text
+    for done, ended in store.done_and_ended:
+        assert done <= ended, store.writes
+    shown = set().union(*(done for done, _ in store.done_and_ended))
+    asked, tool, answered = await store.load_steps(
+        reply.text.split('"id":"', 1)[1].split('"', 1)[0]
+    )
+    # the tool call ends the mcp_call item the first model call opened; the last
+    # model call ends its message
+    assert (asked.kind, tool.kind, answered.kind) == (
+        StepKind.MODEL_CALL,
+        StepKind.TOOL_CALL,
+        StepKind.MODEL_CALL,
+    )
+    assert shown == {tool.id, answered.id}
 
 
 async def test_a_client_tool_call_ends_with_the_response(

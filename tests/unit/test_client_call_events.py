@@ -14,7 +14,7 @@ from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from stepline._chat.stream import ChatStreamAccumulator
-from stepline._engine.view import CLIENT, SERVER, ToolView
+from stepline._engine.sinks import CLIENT, SERVER, ToolView
 from stepline._protocol.client_tools import ClientTools
 from stepline._protocol.events import OutputList, ResponseEvents
 from stepline._protocol.model_events import ItemOptions, ModelCallEvents, PriorEmission

@@ -11,7 +11,7 @@ from openai.types.responses import ResponseOutputItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from stepline._chat.stream import ChatStreamAccumulator
-from stepline._engine.view import CLIENT, SERVER, ToolView
+from stepline._engine.sinks import CLIENT, SERVER, ToolView
 from stepline._protocol.events import TERMINAL_EVENT_TYPES, OutputList, ResponseEvents, event_type
 from stepline._protocol.model_events import ModelCallEvents
 from stepline._protocol.server_items import mcp_call_id

@@ -45,12 +45,14 @@ RULES = {
     # the Chat Completions wire every model call speaks, below all who make one
     "_chat": ("stepline.errors", "stepline._steps"),
     "store": ("stepline.errors", "stepline._steps"),
-    # the wire reads the engine's typed steps, events and view (never the loop)
+    # the wire reads the engine's typed steps and sink events, and appends to its
+    # run log (never the loop)
     "_protocol": (
         "stepline.errors",
         "stepline._steps",
         "stepline._chat",
-        "stepline._engine.view",
+        "stepline._engine.sinks",
+        "stepline._engine.run_log",
         "stepline._engine.compaction",
         "stepline._engine.sealing",
         "stepline.store._base",

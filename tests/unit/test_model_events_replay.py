@@ -9,7 +9,7 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from stepline._chat.stream import ChatStreamAccumulator
-from stepline._engine.view import CLIENT, SERVER
+from stepline._engine.sinks import CLIENT, SERVER
 from stepline._protocol.events import OutputList, ResponseEvents
 from stepline._protocol.model_events import ModelCallEvents, PriorEmission
 from stepline.store._base import EventRow

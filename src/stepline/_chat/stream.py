@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from stepline.errors import UpstreamError
 
-__all__ = ["AssistantTurn", "ChatStreamAccumulator", "DeltaSink", "ToolCall"]
+__all__ = ["AssistantTurn", "ChatStreamAccumulator", "DeltaSink", "Discard", "ToolCall"]
 
 
 class DeltaSink(Protocol):
@@ -37,6 +37,25 @@ class DeltaSink(Protocol):
     def on_tool_arguments(self, index: int, text: str) -> None: ...
 
     def on_logprobs(self, entries: list[dict[str, Any]]) -> None: ...
+
+
+class Discard:
+    """A delta sink for a call whose pieces nobody watches."""
+
+    def on_reasoning(self, text: str) -> None:
+        return None
+
+    def on_text(self, text: str) -> None:
+        return None
+
+    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
+        return None
+
+    def on_tool_arguments(self, index: int, text: str) -> None:
+        return None
+
+    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

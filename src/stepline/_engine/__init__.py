@@ -5,7 +5,9 @@ One job: record and run the steps of a scope (``loop``, around the pure
 ``tool_call``) until the transition says it is done. It takes what it needs
 as its own typed values — the request's :class:`~stepline._engine.spec.RunSpec`,
 :class:`~stepline._engine.limits.Limits`, :class:`~stepline._engine.routes.ModelRoutes`
-— reports what happens as typed events to one sink (``sinks``: taps,
-metrics, traces), and shows it through a :class:`~stepline._engine.view.ResponseView`
-that the wire implements (``protocol.response_events``).
+— and reports what happens as typed events and typed results to one sink
+(``sinks``), whose consumers are the Open Responses stream, taps, metrics
+and traces. When what a consumer shows of a step is stored is the engine's
+rule (``run_log``: with the step's end), and so is the event log itself
+(``event_log``).
 """

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from stepline._chat.stream import ChatStreamAccumulator
+from stepline._chat.stream import ChatStreamAccumulator, Discard
 from stepline._chat.summary import summary_request
 from stepline._upstream.routing import UpstreamTarget
 from stepline._upstream.tokenize import tokenizer_for
@@ -58,25 +58,6 @@ class _Streamer(Protocol):
     ) -> AsyncIterator[dict[str, Any]]: ...
 
 
-class _Discard:
-    """A delta sink for a call whose pieces nobody watches."""
-
-    def on_reasoning(self, text: str) -> None:
-        return None
-
-    def on_text(self, text: str) -> None:
-        return None
-
-    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
-        return None
-
-    def on_tool_arguments(self, index: int, text: str) -> None:
-        return None
-
-    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
-        return None
-
-
 @dataclass(frozen=True, kw_only=True)
 class Summary:
     """What the model wrote when asked to summarise, and what that call cost."""
@@ -101,7 +82,7 @@ async def summarise(
     }
     if prompt_cache_key is not None:
         payload["prompt_cache_key"] = prompt_cache_key
-    accumulator = ChatStreamAccumulator(_Discard())
+    accumulator = ChatStreamAccumulator(Discard())
     async for chunk in chat.stream(target, payload, step_id=step_id):
         accumulator.feed(chunk)
     turn = accumulator.result()

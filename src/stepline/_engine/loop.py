@@ -41,12 +41,12 @@ from stepline._engine.model_call import ChatStreamer, run_compaction, run_model_
 from stepline._engine.policies import LoopPolicy, RunState, StopPolicy
 from stepline._engine.routes import ModelRoutes
 from stepline._engine.run_events import RunEvent
+from stepline._engine.run_log import RunLog
 from stepline._engine.sealing import Sealing
 from stepline._engine.sinks import NullSink, RunSink, StepEnded
 from stepline._engine.spec import RunSpec
 from stepline._engine.tool_call import run_tool_calls
 from stepline._engine.transition import next_action
-from stepline._engine.view import ResponseView
 from stepline._steps import (
     AppendSteps,
     Complete,
@@ -154,8 +154,10 @@ class ScopeLoop:
     server_tools: dict[str, ServerTool]
     base_messages: list[dict[str, Any]]
     policy: LoopPolicy
-    #: what the response shows of this scope: its events and output items
-    view: ResponseView
+    #: where the response's stream appends what it shows, and when that is stored
+    log: RunLog
+    #: what watches and shows this run: the engine's sink, and the response's stream
+    sink: RunSink
     depth: int = 0
     #: stop policies, checked after every step of this scope
     stops: tuple[StopPolicy, ...] = ()
@@ -268,8 +270,8 @@ class ScopeLoop:
             await self.creating.store(self.engine.store)
 
     def tap(self, event: RunEvent) -> None:
-        if self.engine.sink.run_events:
-            self.engine.sink.emit(event)
+        if self.sink.run_events:
+            self.sink.emit(event)
 
     def _ordered(self) -> list[Step]:
         return sorted(self.recorded.values(), key=lambda step: step.sequence)
@@ -298,7 +300,7 @@ class ScopeLoop:
                 continue
             done = await run_model_call(self, step, started=started)
             if done is not None:
-                self.engine.sink.emit(StepEnded(step=done, target=self.target.name))
+                self.sink.emit(StepEnded(step=done, target=self.target.name))
             await self.record(done)
         if tool_calls:
             await run_tool_calls(self, tool_calls, started=started)
@@ -319,10 +321,12 @@ class ScopeLoop:
         result: StepResult | None = None,
         failure: StepError | None = None,
     ) -> Step | None:
-        """Store a step's end: its typed result or error, as the store keeps them (JSON)."""
-        response = None if result is None else result.payload()
+        """Store a step's end: its typed result or error, as the store keeps them (JSON),
+        with what the run's stream attached to the step."""
+        shown = self.log.attached(step.id)
+        response = None if result is None else {**result.payload(), **shown}
         error = None if failure is None else failure.payload()
-        if self.view.commits:
+        if self.log.sends:
             # the end is stored in one transaction with the events held since hold():
             # a client is told of an outcome exactly when the store has it
             # stamped as the store stamps a step's start: the wall clock, not the run's
@@ -341,16 +345,16 @@ class ScopeLoop:
                 # the run ends here: this end is stored with the response's, in the one
                 # transaction that stores the result (a crash before it runs the step
                 # again, and no client was told of its outcome)
-                self.view.defer(end)
+                self.log.defer(end)
                 self.deferred.append(ended)
                 return ended
             # a write that started completes even if the loop is cancelled meanwhile
-            stored = await asyncio.shield(self.view.commit(end))
+            stored = await asyncio.shield(self.log.commit(end))
             assert stored is None or isinstance(stored, Step)
             return stored
         # without a log's commit: the step's events are stored before its end is, so a
         # resumed run never misses the events of a step it will not run again
-        await self.view.durable()
+        await self.log.durable()
         return await asyncio.shield(
             self.engine.store.finish_step(step.id, state=state, response=response, error=error)
         )
@@ -397,7 +401,8 @@ class ScopeLoop:
             key_tools=self.key_tools,
             base_messages=base_messages,
             policy=policy,
-            view=self.view.nested(),
+            log=self.log.nested(),
+            sink=self.sink,
             depth=self.depth + 1,
             state=self.state,
         )

@@ -3,13 +3,13 @@
 A model call builds its Chat Completions body from the scope's
 :class:`~stepline._engine.spec.RunSpec` and the conversation recorded before
 it, fits it to the model's context window, streams it through the
-:class:`ChatStreamer` and relays every chunk's deltas to the view as they
-arrive; its end is stored through :meth:`ScopeLoop.end_step
+:class:`ChatStreamer` and relays every chunk's deltas, as they arrive, to the
+delta sinks the run's sink returns for the call; its end is stored through :meth:`ScopeLoop.end_step
 <stepline._engine.loop.ScopeLoop.end_step>`.
 
 Invariants:
 
-* Nothing is held back per chunk: each delta goes to the view at once, and a
+* Nothing is held back per chunk: each delta goes to the sinks at once, and a
   call that relays many chunks lets the event writer and the readers run at
   least every millisecond.
 * A streamed response's first events of a call are durable before the rest
@@ -17,7 +17,8 @@ Invariants:
 * An invalid conversation, a context overflow or an upstream failure fails
   the step (recorded, with its code), never the loop; the transition decides
   what follows.
-* The items' done events are stored with the step's end, never before it.
+* What the sinks show of a call's end (its items' done events) is stored
+  with the step's end, never before it: the run's log is held first.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from stepline._chat.body import chat_body
-from stepline._chat.stream import ChatStreamAccumulator, DeltaSink
+from stepline._chat.stream import ChatStreamAccumulator, DeltaSink, Discard
 from stepline._engine.compaction import (
     CONTEXT_OVERFLOW,
     fit_context,
@@ -36,9 +37,19 @@ from stepline._engine.compaction import (
     summarise,
 )
 from stepline._engine.run_events import StepCompleted, StepStarted, TextDelta, UsageDelta
-from stepline._engine.sinks import ModelCallSending, RunSink
+from stepline._engine.sinks import (
+    CLIENT,
+    SERVER,
+    CompactionFinishing,
+    CompactionRunning,
+    ModelCallFinishing,
+    ModelCallSending,
+    ModelCallStreaming,
+    RunSink,
+    ToolListing,
+    ToolView,
+)
 from stepline._engine.validate import conversation_problem
-from stepline._engine.view import CLIENT, SERVER, ToolView
 from stepline._steps import CompactionResult, ModelCallResult, Step, StepError, StepState
 from stepline._tools.mcp_tools import McpListing
 from stepline._upstream.routing import UpstreamTarget
@@ -115,10 +126,10 @@ def describe_tool(loop: ScopeLoop, name: str) -> ToolView:
     return ToolView(kind=kind, label=tool.label, shown_name=tool.display_name, hosted=tool.hosted)
 
 
-def _listed(loop: ScopeLoop, listing: McpListing) -> list[dict[str, Any]]:
-    """A listing's tools as an ``mcp_list_tools`` item shows them."""
+def _listed(loop: ScopeLoop, listing: McpListing) -> ToolListing:
+    """A listing's tools (those the request allows), as a response lists them."""
     allowed = loop.spec.allowed_tools
-    return [
+    tools = [
         {
             "name": tool.display_name or name,
             "description": tool.description,
@@ -128,6 +139,7 @@ def _listed(loop: ScopeLoop, listing: McpListing) -> list[dict[str, Any]]:
         for name, tool in listing.tools.items()
         if allowed is None or name in allowed
     ]
+    return ToolListing(label=listing.label, tools=tools, error=listing.error)
 
 
 def _tool_definitions(loop: ScopeLoop, allowed: frozenset[str] | None) -> list[dict[str, Any]]:
@@ -183,30 +195,32 @@ async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) 
         _model_call_done(loop, done)
         return done
     payload = fitted.payload
-    items_sink = await loop.view.model_call(step, describe=functools.partial(describe_tool, loop))
-    if loop.scope is None and step.request.get("iteration") == 1:
-        for listing in loop.listings:
-            items_sink.list_tools(listing.label, _listed(loop, listing), listing.error)
-    sink: DeltaSink = items_sink
-    if loop.engine.sink.run_events:
-        sink = _ReportedText(sink, loop.engine.sink, step_id=step.id, scope=loop.scope)
+    listed = loop.scope is None and step.request.get("iteration") == 1
+    streaming = ModelCallStreaming(
+        step=step,
+        describe=functools.partial(describe_tool, loop),
+        listings=[_listed(loop, listing) for listing in loop.listings] if listed else (),
+        shown_before=await loop.log.shown(step),
+    )
+    sink: DeltaSink = loop.sink.deltas(streaming) or Discard()
+    if loop.sink.run_events:
+        sink = _ReportedText(sink, loop.sink, step_id=step.id, scope=loop.scope)
     accumulator = ChatStreamAccumulator(sink)
-    loop.engine.sink.emit(ModelCallSending(step=step, target=loop.target, payload=payload))
+    loop.sink.emit(ModelCallSending(step=step, target=loop.target, payload=payload))
     try:
         clock = asyncio.get_running_loop().time
         next_yield = 0.0
         # a plain request's client reads only the end: nobody waits for its first events
-        streamed = spec.streamed
-        view = loop.view
-        first_seq = view.next_seq if view.sends and streamed else None
+        log = loop.log
+        first = log.appended if log.sends and spec.streamed else None
         async for chunk in loop.engine.chat.stream(loop.target, payload, step_id=step.id):
             accumulator.feed(chunk)
-            if first_seq is not None:
-                if view.next_seq > first_seq:
+            if first is not None:
+                if log.appended > first:
                     # clients see only stored events: store the first ones of
                     # this call before relaying the rest (time to first token)
-                    await view.durable()
-                    first_seq = None
+                    await log.durable()
+                    first = None
             elif clock() >= next_yield:
                 # one network read can carry hundreds of chunks: let the event
                 # writer and the readers run at least every millisecond
@@ -214,8 +228,8 @@ async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) 
                 next_yield = clock() + _YIELD_SECONDS
         turn = accumulator.result()
     except UpstreamError as exc:
-        loop.view.hold()
-        items_sink.abort()
+        loop.log.hold()
+        loop.sink.emit(ModelCallFinishing(step=step, turn=None))
         code = CONTEXT_OVERFLOW if is_context_overflow(exc) else exc.code
         done = await loop.end_step(
             step,
@@ -224,9 +238,9 @@ async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) 
         )
         _model_call_done(loop, done)
         return done
-    # the items' done events are stored with the step's end (see ScopeLoop.end_step)
-    loop.view.hold()
-    items = items_sink.close(turn)
+    # what the call's end shows is stored with the end (see ScopeLoop.end_step)
+    loop.log.hold()
+    loop.sink.emit(ModelCallFinishing(step=step, turn=turn))
     message = turn.message()
     if turn.reasoning:
         message["reasoning_content"] = turn.reasoning
@@ -235,8 +249,6 @@ async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) 
         StepState.COMPLETED,
         result=ModelCallResult(
             message=message,
-            items=items,
-            call_items=items_sink.call_items,
             usage=turn.usage,
             finish_reason=turn.finish_reason,
             model=turn.model,
@@ -254,7 +266,7 @@ async def run_compaction(loop: ScopeLoop, step: Step, *, started: bool = False) 
     step's end, and a rerun after a crash does not announce it twice."""
     if not started:
         step = await loop.engine.store.start_step(step.id)
-    await loop.view.compaction_started(step)
+    loop.sink.emit(CompactionRunning(step=step, shown_before=await loop.log.shown(step)))
     try:
         summary = await summarise(
             loop.engine.chat,
@@ -268,14 +280,15 @@ async def run_compaction(loop: ScopeLoop, step: Step, *, started: bool = False) 
             message=f"compaction failed: {exc.message}", code=exc.code, status=exc.status
         )
         return await loop.end_step(step, StepState.FAILED, failure=error)
-    # the item's done event is stored with the step's end (see ScopeLoop.end_step)
-    done_item = loop.view.compaction_done(step, summary.text)
+    # what the compaction's end shows is stored with the end (see ScopeLoop.end_step)
+    loop.log.hold()
+    loop.sink.emit(CompactionFinishing(step=step, summary=summary.text))
     loop.state.input_tokens += summary.usage.get("input_tokens", 0)
     loop.state.output_tokens += summary.usage.get("output_tokens", 0)
     return await loop.end_step(
         step,
         StepState.COMPLETED,
-        result=CompactionResult(summary=summary.text, items=[done_item], usage=summary.usage),
+        result=CompactionResult(summary=summary.text, usage=summary.usage),
     )
 
 

@@ -1,20 +1,31 @@
 """The one channel a run reports through: typed events, in order, to a :class:`RunSink`.
 
-Everything that watches a run is a consumer of this one sink: the library's
-``stream()`` and taps (the public :data:`~stepline._engine.run_events.RunEvent`
-events), metrics, logs and traces (the events that carry the stored
-:class:`~stepline._steps.Step`: a response started — the hook a
-consumer opens its view of a run in —, a model call about to be sent, a tool
-call running, a step ended, a response ended). The engine names no consumer
-and no wire format; a sink never changes a run.
+Everything that watches or shows a run is a consumer of this one sink: a
+response's Open Responses event stream, the library's ``stream()`` and taps
+(the public :data:`~stepline._engine.run_events.RunEvent` events), metrics,
+logs and traces; the engine imports none of them. The events carry the
+stored :class:`~stepline._steps.Step` and the engine's typed results: a
+response started (the hook a consumer opens its view of a run in); a model
+call streaming (its deltas go to the delta sinks the consumers return from
+:meth:`RunSink.deltas`), sent, and finishing with its assistant turn; a
+compaction and a tool call running and finishing; a step ended; a response
+ended. No event names a wire format.
 
 Invariants:
 
 * A sink is called inline on the run's task (a tool call's on its own task),
   so it is cheap and never raises; :class:`Sinks` calls several in order.
+* A sink never changes a run. What it shows goes through the run's
+  :class:`~stepline._engine.run_log.RunLog`, whose durability points the loop
+  keeps: the events a consumer makes of a *finishing* step are stored in the
+  transaction that stores the step's end (the loop holds the log first), and
+  an *ended* step is stored already.
 * The library's events are made only for a sink that reads them
-  (``run_events``): a run nobody taps costs one call per step, and nothing
+  (``run_events``); a model call's deltas reach only the sinks that return a
+  delta sink for it: a run nobody taps costs one call per step, and nothing
   per streamed delta.
+* A step run again after a crash carries ``shown_before``: the rows its
+  earlier attempt stored, so a consumer never shows anything twice.
 * A start is not always followed by its end: a run that stops (drain, lost
   lease, cancellation) leaves its running steps unreported, and a model call
   refused before it reached the upstream ends without being sent.
@@ -22,17 +33,25 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from stepline._chat.stream import AssistantTurn, DeltaSink
 from stepline._engine.run_events import RunEvent
 from stepline._steps import Step, StepKind
+from stepline._tools.registry import SERVER_LABEL
 from stepline._upstream.routing import UpstreamTarget
-from stepline.store._base import ResponseRecord
+from stepline.store._base import EventRow, ResponseRecord
 
 __all__ = [
+    "CLIENT",
+    "SERVER",
+    "CompactionFinishing",
+    "CompactionRunning",
+    "ModelCallFinishing",
     "ModelCallSending",
+    "ModelCallStreaming",
     "NullSink",
     "ResponseEnded",
     "ResponseStarted",
@@ -41,8 +60,41 @@ __all__ = [
     "Sinks",
     "StepEnded",
     "StepObserver",
+    "ToolCallFinishing",
     "ToolCallRunning",
+    "ToolListing",
+    "ToolView",
 ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolView:
+    """Who runs a model's tool call, as the response shows it: the client, the server,
+    or the server once the client approves (the engine decides; the wire names the items).
+    """
+
+    kind: Literal["client", "server", "approval"]
+    #: the label of the source of a server tool (an MCP server's, or stepline's own)
+    label: str = SERVER_LABEL
+    #: the name its item shows (an MCP tool's own name); default: the call's name
+    shown_name: str | None = None
+    #: the hosted tool a server tool plays (``web_search``): its item type
+    hosted: str | None = None
+
+
+CLIENT = ToolView(kind="client")
+SERVER = ToolView(kind="server")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolListing:
+    """A tool source's tools listed for a response (shown before its first model call)."""
+
+    label: str
+    #: each tool's name, description, input schema and annotations
+    tools: list[dict[str, Any]]
+    #: why the source's tools could not be listed
+    error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +103,42 @@ class ResponseStarted:
 
     record: ResponseRecord
     resumed: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCallStreaming:
+    """A model call is about to stream (delivered through :meth:`RunSink.deltas`)."""
+
+    step: Step
+    #: who runs a tool's calls, by the tool's name
+    describe: Callable[[str], ToolView]
+    #: the tool sources listed before the response's first model call
+    listings: Sequence[ToolListing] = ()
+    shown_before: Sequence[EventRow] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCallFinishing:
+    """A model call's stream ended with ``turn`` (None: it failed); its end is stored next."""
+
+    step: Step
+    turn: AssistantTurn | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompactionRunning:
+    """A compaction step is running."""
+
+    step: Step
+    shown_before: Sequence[EventRow] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompactionFinishing:
+    """A compaction wrote ``summary``; its end is stored next."""
+
+    step: Step
+    summary: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +152,17 @@ class ModelCallSending:
 
 @dataclass(frozen=True, kw_only=True)
 class ToolCallRunning:
-    """A tool call step started running."""
+    """A tool call step started running; ``answers``: the model call that asked for it
+    (None: a call the client approved, run before any model call)."""
+
+    step: Step
+    answers: Step | None = None
+    shown_before: Sequence[EventRow] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCallFinishing:
+    """A tool call ended as ``step`` says; its end is stored next."""
 
     step: Step
 
@@ -86,7 +184,16 @@ class ResponseEnded:
 
 #: what a sink receives: the library's events, and the stored records of a run
 SinkEvent = (
-    RunEvent | ResponseStarted | ModelCallSending | ToolCallRunning | StepEnded | ResponseEnded
+    RunEvent
+    | ResponseStarted
+    | ModelCallSending
+    | ModelCallFinishing
+    | CompactionRunning
+    | CompactionFinishing
+    | ToolCallRunning
+    | ToolCallFinishing
+    | StepEnded
+    | ResponseEnded
 )
 
 
@@ -101,6 +208,10 @@ class RunSink(Protocol):
         """One event of a run, in order; cheap, and never raises."""
         ...
 
+    def deltas(self, call: ModelCallStreaming) -> DeltaSink | None:
+        """A model call starts streaming: where its deltas go (None: not here)."""
+        ...
+
 
 class NullSink:
     """Nobody watches."""
@@ -108,6 +219,9 @@ class NullSink:
     run_events = False
 
     def emit(self, event: SinkEvent) -> None:
+        return None
+
+    def deltas(self, call: ModelCallStreaming) -> DeltaSink | None:
         return None
 
 
@@ -122,14 +236,51 @@ class Sinks:
         for sink in self.sinks:
             sink.emit(event)
 
+    def deltas(self, call: ModelCallStreaming) -> DeltaSink | None:
+        taken = [deltas for sink in self.sinks if (deltas := sink.deltas(call)) is not None]
+        if len(taken) > 1:
+            return _FanOut(taken)
+        return taken[0] if taken else None
+
+
+class _FanOut:
+    """One model call's deltas to several delta sinks, in order."""
+
+    def __init__(self, sinks: Sequence[DeltaSink]) -> None:
+        self._sinks = sinks
+
+    def on_reasoning(self, text: str) -> None:
+        for sink in self._sinks:
+            sink.on_reasoning(text)
+
+    def on_text(self, text: str) -> None:
+        for sink in self._sinks:
+            sink.on_text(text)
+
+    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
+        for sink in self._sinks:
+            sink.on_tool_call(index, call_id, name)
+
+    def on_tool_arguments(self, index: int, text: str) -> None:
+        for sink in self._sinks:
+            sink.on_tool_arguments(index, text)
+
+    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
+        for sink in self._sinks:
+            sink.on_logprobs(entries)
+
 
 class StepObserver:
     """A sink that watches steps, not tokens (metrics, traces): one method per record event.
 
-    Subclasses override the methods they need; the library's events pass by.
+    Subclasses override the methods they need; the library's events, and what only
+    the wire shows, pass by.
     """
 
     run_events = False
+
+    def deltas(self, call: ModelCallStreaming) -> DeltaSink | None:
+        return None
 
     def emit(self, event: SinkEvent) -> None:
         if isinstance(event, ResponseStarted):

@@ -34,9 +34,8 @@ from stepline._engine.run_events import (
     ToolCallFinished,
     ToolCallStarted,
 )
-from stepline._engine.sinks import StepEnded, ToolCallRunning
+from stepline._engine.sinks import StepEnded, ToolCallFinishing, ToolCallRunning
 from stepline._engine.spec import RunSpec
-from stepline._engine.view import ToolShown
 from stepline._steps import Step, StepError, StepKind, StepState, ToolCallResult
 from stepline._tools.http import truncate_output
 from stepline._tools.registry import AgentSpec, ToolCallContext
@@ -65,7 +64,7 @@ async def run_tool_calls(
         async with limit:
             done = await run_tool_call(loop, step, started=started)
             if done is not None:
-                loop.engine.sink.emit(StepEnded(step=done))
+                loop.sink.emit(StepEnded(step=done))
             await loop.record(done)
         if fail_fast and done is not None and done.state is StepState.FAILED:
             loop.failing_fast = True
@@ -98,7 +97,11 @@ async def run_tool_call(loop: ScopeLoop, step: Step, *, started: bool = False) -
     if not started:
         step = await loop.engine.store.start_step(step.id)
     assert step.call_id is not None
-    loop.engine.sink.emit(ToolCallRunning(step=step))
+    loop.sink.emit(
+        ToolCallRunning(
+            step=step, answers=_answered(loop, step), shown_before=await loop.log.shown(step)
+        )
+    )
     loop.tap(StepStarted(step_id=step.id, kind="tool_call", scope=loop.scope, attempt=step.attempt))
     loop.tap(
         ToolCallStarted(
@@ -109,26 +112,25 @@ async def run_tool_call(loop: ScopeLoop, step: Step, *, started: bool = False) -
             arguments=step.arguments,
         )
     )
-    ending = await loop.view.tool_started(step, _item_of_call(loop, step))
     try:
         result = await _execute_tool(loop, step)
     except ToolError as exc:
         error = StepError(message=exc.message, code=exc.code, status=exc.status)
-        return await _end_tool_call(loop, step, StepState.FAILED, None, error, ending)
+        return await _end_tool_call(loop, step, StepState.FAILED, None, error)
     except asyncio.CancelledError:
         if loop.failing_fast:
             # a sibling failed: this call is abandoned, and says so
             error = StepError(
                 message="tool call cancelled: a sibling call failed", code="cancelled"
             )
-            done = await _end_tool_call(loop, step, StepState.CANCELLED, None, error, ending)
+            done = await _end_tool_call(loop, step, StepState.CANCELLED, None, error)
             if done is not None:
                 loop.recorded[step.id] = done
         # otherwise the run itself stops (shutdown, lost lease, a consumer gone):
         # the step stays processing, and whoever resumes the run runs it again
         raise
     return await _end_tool_call(
-        loop, step, StepState.COMPLETED, ToolCallResult(output=result), None, ending
+        loop, step, StepState.COMPLETED, ToolCallResult(output=result), None
     )
 
 
@@ -138,7 +140,6 @@ async def _end_tool_call(
     state: StepState,
     result: ToolCallResult | None,
     error: StepError | None,
-    ending: ToolShown,
 ) -> Step | None:
     """Show how a tool call ended, then store it (its events first, see ``ScopeLoop.end_step``)."""
     assert step.call_id is not None
@@ -148,8 +149,9 @@ async def _end_tool_call(
         response=None if result is None else result.payload(),
         error=None if error is None else error.payload(),
     )
-    # the item's done events are stored with the step's end (see ScopeLoop.end_step)
-    loop.view.tool_ended(ended, ending)
+    # what the call's end shows is stored with the end (see ScopeLoop.end_step)
+    loop.log.hold()
+    loop.sink.emit(ToolCallFinishing(step=ended))
     done = await loop.end_step(step, state, result=result, failure=error)
     if done is None:
         return None
@@ -172,19 +174,14 @@ async def _end_tool_call(
     return done
 
 
-def _item_of_call(loop: ScopeLoop, step: Step) -> str | None:
-    """The output item of the model call this tool step answers."""
+def _answered(loop: ScopeLoop, step: Step) -> Step | None:
+    """The model call that asked for this tool call (None: an approved call, run first)."""
     model_calls = [
         s
         for s in loop.recorded.values()
         if s.kind is StepKind.MODEL_CALL and s.sequence < step.sequence
     ]
-    if not model_calls:
-        return None
-    answered = max(model_calls, key=lambda s: s.sequence)
-    assert answered.response is not None and step.call_id is not None
-    item_id: str | None = answered.response["call_items"].get(step.call_id)
-    return item_id
+    return max(model_calls, key=lambda s: s.sequence) if model_calls else None
 
 
 async def _execute_tool(loop: ScopeLoop, step: Step) -> str:

@@ -18,13 +18,12 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
-from stepline.store._base import EndResult, EventRow, ResponseEnd, StepEnd
+from stepline.store._base import EventRow
 
 __all__ = [
     "TERMINAL_EVENT_TYPES",
@@ -43,23 +42,10 @@ def event_type(data: bytes) -> bytes:
     return data[_TYPE_START : data.index(b'"', _TYPE_START)]
 
 
-class Committer(Protocol):
-    """Submits rows together with ends, to be stored atomically (``EventLog.commit``);
-    the future gets the last end's result."""
-
-    def __call__(
-        self, rows: Sequence[EventRow], *ends: StepEnd | ResponseEnd
-    ) -> asyncio.Future[EndResult]: ...
-
-
 class ResponseEvents:
-    """Numbers and encodes the events of one response and hands them to ``sink``.
-
-    Between :meth:`hold` and :meth:`commit`, events are kept back and then
-    stored together with a step's or the response's end (``commit``), so the
-    announcement of an outcome is durable exactly when the outcome is.
-    Without a committer (a log-less run) the end is left to the caller.
-    """
+    """Numbers and encodes the events of one response and hands each row to ``sink``
+    (the run's :class:`~stepline._engine.run_log.RunLog`, which decides when it is
+    stored)."""
 
     def __init__(
         self,
@@ -67,58 +53,16 @@ class ResponseEvents:
         sink: Callable[[EventRow], None],
         *,
         next_seq: int = 0,
-        durable: Callable[[], Awaitable[None]] | None = None,
-        commit: Committer | None = None,
     ) -> None:
         self.response_id = response_id
         self._sink = sink
         self.next_seq = next_seq
-        self._durable = durable
-        self._commit = commit
-        self._held: list[EventRow] | None = None
-        #: step ends that go with the next commit (see defer)
-        self._deferred: list[StepEnd] = []
-
-    @property
-    def commits(self) -> bool:
-        """Ends go through :meth:`commit` (with their events), not straight to the store."""
-        return self._commit is not None
-
-    async def durable(self) -> None:
-        """Wait until every event handed to the sink so far is stored."""
-        if self._durable is not None:
-            await self._durable()
-
-    def hold(self) -> None:
-        """Keep the next events back until :meth:`commit` stores them with an end."""
-        if self._commit is not None and self._held is None:
-            self._held = []
-
-    def commit(self, end: StepEnd | ResponseEnd) -> asyncio.Future[EndResult]:
-        """Submit the held events, the deferred ends and ``end`` to be stored in one
-        transaction, at once; the future gets ``end``'s result."""
-        assert self._commit is not None
-        held, self._held = self._held or [], None
-        deferred, self._deferred = self._deferred, []
-        return self._commit(held, *deferred, end)
-
-    def defer(self, end: StepEnd) -> None:
-        """Store ``end`` with the next :meth:`commit`, in its transaction, and keep the
-        events held until then: for the last step of a run, whose end and the
-        response's can be stored together (a crash before that runs the step again,
-        and nobody was told of its outcome)."""
-        assert self._commit is not None
-        self._deferred.append(end)
 
     def emit(self, type_: str, fields: dict[str, Any], *, step_id: str | None = None) -> int:
         seq = self.next_seq
         self.next_seq = seq + 1
         data = memoryview(orjson.dumps({"type": type_, "sequence_number": seq, **fields})).tobytes()
-        row = EventRow(response_id=self.response_id, seq=seq, data=data, step_id=step_id)
-        if self._held is not None:
-            self._held.append(row)
-        else:
-            self._sink(row)
+        self._sink(EventRow(response_id=self.response_id, seq=seq, data=data, step_id=step_id))
         return seq
 
     def lifecycle(self, type_: str, response: dict[str, Any]) -> int:

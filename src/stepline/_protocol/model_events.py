@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from stepline._chat.stream import AssistantTurn
-from stepline._engine.view import ToolView
+from stepline._engine.sinks import ToolView
 from stepline._protocol.client_tools import (
     ITEM_PREFIX,
     ClientTool,
@@ -210,7 +210,7 @@ class ModelCallEvents:
     """Events and output items of one model call; ``events=None`` sends no events.
 
     ``describe`` says who runs each tool the model calls (the engine's
-    :class:`~stepline._engine.view.ToolView`); a call the client runs shows as
+    :class:`~stepline._engine.sinks.ToolView`); a call the client runs shows as
     the item of its tool in ``client_tools`` (a plain ``function_call`` when
     the response declared no such tool)."""
 

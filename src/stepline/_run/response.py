@@ -5,7 +5,7 @@ server and in the library alike: it prepares the response
 (:mod:`stepline._run.prepare`), rebuilds what it continues (earlier
 responses, held calls) from storage, lists its MCP tools, runs its
 top-level :class:`~stepline._engine.loop.ScopeLoop` with the Open Responses
-view of its event log (:mod:`stepline._protocol.response_events`), then
+stream (:mod:`stepline._protocol.response_stream`) among its sinks, then
 assembles the response object, emits the one terminal event, waits until
 the log is durable and stores the result. A run resumed after a crash that
 finds its terminal event already stored just stores that result.
@@ -30,12 +30,13 @@ from stepline._engine.history import Conversation
 from stepline._engine.loop import Engine, Failure, LoopDrained, Outcome, ScopeLoop
 from stepline._engine.policies import StopPolicy
 from stepline._engine.run_events import RunCompleted, RunFailed, RunStarted
-from stepline._engine.sinks import ResponseEnded, ResponseStarted
+from stepline._engine.run_log import RunLog
+from stepline._engine.sinks import ResponseEnded, ResponseStarted, Sinks
 from stepline._protocol.assemble import output_items, response_object, sum_usage
-from stepline._protocol.events import OutputList, ResponseEvents
+from stepline._protocol.events import OutputList
 from stepline._protocol.items import base_messages
 from stepline._protocol.request import ResponseRequest, parse_request
-from stepline._protocol.response_events import OpenResponsesView, terminal_response, wire_error
+from stepline._protocol.response_stream import OpenResponsesStream, terminal_response, wire_error
 from stepline._run.conversation import (
     approvals,
     conversation_items,
@@ -92,23 +93,9 @@ async def run_response(
     store = engine.store
     if request is None:
         request = parse_request(record.body)
-    events = (
-        ResponseEvents(
-            record.id,
-            log.append,
-            next_seq=log.first_seq,
-            durable=log.wait_durable,
-            commit=log.commit,
-        )
-        if log
-        else None
-    )
-    view = OpenResponsesView(
-        events,
-        OutputList(),
-        sealer=engine.sealer,
-        step_events=lambda step_id: store.step_events(record.id, step_id),
-        include=frozenset(request.include),
+    run_log = RunLog(log, step_rows=lambda step_id: store.step_events(record.id, step_id))
+    stream = OpenResponsesStream(
+        run_log, response_id=record.id, sealer=engine.sealer, include=frozenset(request.include)
     )
     transcript: list[dict[str, Any]] = []
     #: the steps whose ends the loop left to the response's end (still running, stored)
@@ -126,17 +113,17 @@ async def run_response(
                 return await _store_result(engine, record, request, finished)
         chain = [] if fresh else await store.load_chain(record.id, scope=None)
         # what the earlier runs showed, where a resumed run goes on from
-        view.output = OutputList(output_items(chain, frozenset(request.include)))
-        if view.sends and view.next_seq == 0:
+        stream.output = OutputList(output_items(chain, frozenset(request.include)))
+        if run_log.sends and run_log.first_seq == 0:
             # a fresh run's first events (a resumed run already sent them)
-            view.started(snapshot(record, request, "in_progress", []))
+            stream.started(snapshot(record, request, "in_progress", []))
         if record.status == "queued":
             await store.set_status(record.id, "in_progress")
         if prepared is None:
             prepared = prepare(engine, request, key_id=record.key_id, tools=tools)
         # what the request asked its items to show is the wire's, never the loop's
-        view.options = prepared.options
-        view.client_tools = prepared.client_tools
+        stream.options = prepared.options
+        stream.client_tools = prepared.client_tools
         route_target = prepared.target
         if route_target is None:
             outcome = Outcome(
@@ -171,7 +158,8 @@ async def run_response(
                     transcript, int(bool(request.instructions)) + len(conversation.history)
                 ),
                 policy=prepared.policy(request, server_tools, approvals(request, conversation)),
-                view=view,
+                log=run_log,
+                sink=Sinks(engine.sink, stream),
                 stops=stops,
                 listings=listings,
                 chain=chain,
@@ -202,7 +190,7 @@ async def run_response(
         await creating.store(store)  # the run ended before it recorded a step
     steps = None if known is None else known.steps()
     return await _finish_response(
-        engine, record, request, outcome, view, transcript, deferred, steps
+        engine, record, request, outcome, stream, transcript, deferred, steps
     )
 
 
@@ -280,7 +268,7 @@ async def _finish_response(
     record: ResponseRecord,
     request: ResponseRequest,
     outcome: Outcome,
-    view: OpenResponsesView,
+    stream: OpenResponsesStream,
     transcript: list[dict[str, Any]],
     deferred: Sequence[Step] = (),
     known: list[Step] | None = None,
@@ -309,11 +297,13 @@ async def _finish_response(
         incomplete_details=outcome.incomplete_details,
         completed_at=completed_at,
     )
-    if view.sends:
-        view.ended(outcome.status, response, error)
+    run_log = stream.log
+    if run_log.sends:
+        run_log.hold()
+        stream.ended(outcome.status, response, error)
         # the terminal event and the stored result are one write: once a client saw
         # the end, every route on every process reports it
-        await asyncio.shield(view.commit(_response_end(record, request, response)))
+        await asyncio.shield(run_log.commit(_response_end(record, request, response)))
         stored = await _after_result(engine, record, request, response)
     else:
         stored = await _store_result(engine, record, request, response)

@@ -35,7 +35,7 @@ from stepline._engine.limits import Limits
 from stepline._engine.loop import Engine
 from stepline._engine.policies import StopPolicy
 from stepline._engine.run_events import RUN_EVENT_TYPES, RunCompleted, RunEvent
-from stepline._engine.sinks import SinkEvent
+from stepline._engine.sinks import ModelCallStreaming, SinkEvent
 from stepline._protocol.request import ResponseRequest, new_id, parse_request
 from stepline._protocol.sealing import Sealer
 from stepline._run.response import run_response
@@ -238,6 +238,9 @@ class _Taps:
     ) -> None:
         self.queue = queue
         self.taps = taps
+
+    def deltas(self, call: ModelCallStreaming) -> None:
+        return None  # a text delta reaches a tap as a TextDelta event
 
     def emit(self, event: SinkEvent) -> None:
         if not isinstance(event, RUN_EVENT_TYPES):
