@@ -141,7 +141,7 @@ class Outcome:
     incomplete_details: dict[str, Any] | None = None
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class ScopeLoop:
     """The loop of one scope: the top level of a response, or one sub-agent run."""
 

@@ -196,13 +196,17 @@ async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) 
         return done
     payload = fitted.payload
     listed = loop.scope is None and step.request.get("iteration") == 1
-    streaming = ModelCallStreaming(
-        step=step,
-        describe=functools.partial(describe_tool, loop),
-        listings=[_listed(loop, listing) for listing in loop.listings] if listed else (),
-        shown_before=await loop.log.shown(step),
+    sink: DeltaSink = (
+        loop.sink.deltas(
+            ModelCallStreaming(
+                step=step,
+                describe=functools.partial(describe_tool, loop),
+                listings=[_listed(loop, listing) for listing in loop.listings] if listed else (),
+                shown_before=await loop.log.shown(step),
+            )
+        )
+        or Discard()
     )
-    sink: DeltaSink = loop.sink.deltas(streaming) or Discard()
     if loop.sink.run_events:
         sink = _ReportedText(sink, loop.sink, step_id=step.id, scope=loop.scope)
     accumulator = ChatStreamAccumulator(sink)

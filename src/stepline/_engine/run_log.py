@@ -45,6 +45,8 @@ class RunLog:
     ``step_rows`` reads back what an earlier attempt of a step stored (by step id).
     """
 
+    __slots__ = ("_attachments", "_deferred", "_held", "_log", "_step_rows", "appended")
+
     def __init__(
         self,
         log: EventLog | None,
@@ -80,12 +82,14 @@ class RunLog:
     # -- what the stream appends -------------------------------------------
 
     def append(self, row: EventRow) -> None:
-        assert self._log is not None, "a run without an event log sends no rows"
         self.appended += 1
-        if self._held is not None:
-            self._held.append(row)
-        else:
+        held = self._held
+        if held is not None:
+            held.append(row)
+        elif self._log is not None:
             self._log.append(row)
+        else:
+            raise RuntimeError("a run without an event log sends no rows")
 
     def attach(self, step_id: str, fields: dict[str, Any]) -> None:
         """Store ``fields`` in the step's result, with its end."""

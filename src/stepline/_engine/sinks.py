@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolView:
     """Who runs a model's tool call, as the response shows it: the client, the server,
     or the server once the client approves (the engine decides; the wire names the items).
@@ -86,7 +86,7 @@ CLIENT = ToolView(kind="client")
 SERVER = ToolView(kind="server")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolListing:
     """A tool source's tools listed for a response (shown before its first model call)."""
 
@@ -97,7 +97,7 @@ class ToolListing:
     error: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ResponseStarted:
     """A response's run began in this process; ``resumed``: an earlier run stopped."""
 
@@ -105,7 +105,7 @@ class ResponseStarted:
     resumed: bool
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelCallStreaming:
     """A model call is about to stream (delivered through :meth:`RunSink.deltas`)."""
 
@@ -117,7 +117,7 @@ class ModelCallStreaming:
     shown_before: Sequence[EventRow] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelCallFinishing:
     """A model call's stream ended with ``turn`` (None: it failed); its end is stored next."""
 
@@ -125,7 +125,7 @@ class ModelCallFinishing:
     turn: AssistantTurn | None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CompactionRunning:
     """A compaction step is running."""
 
@@ -133,7 +133,7 @@ class CompactionRunning:
     shown_before: Sequence[EventRow] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CompactionFinishing:
     """A compaction wrote ``summary``; its end is stored next."""
 
@@ -141,7 +141,7 @@ class CompactionFinishing:
     summary: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelCallSending:
     """A model call is about to be sent to ``target`` with this Chat Completions body."""
 
@@ -150,7 +150,7 @@ class ModelCallSending:
     payload: Mapping[str, Any]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallRunning:
     """A tool call step started running; ``answers``: the model call that asked for it
     (None: a call the client approved, run before any model call)."""
@@ -160,14 +160,14 @@ class ToolCallRunning:
     shown_before: Sequence[EventRow] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolCallFinishing:
     """A tool call ended as ``step`` says; its end is stored next."""
 
     step: Step
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StepEnded:
     """A model or tool call step is stored terminal; ``target`` names a model call's upstream."""
 
@@ -175,7 +175,7 @@ class StepEnded:
     target: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ResponseEnded:
     """A response reached its terminal state (the response object, as stored)."""
 
@@ -227,6 +227,8 @@ class NullSink:
 
 class Sinks:
     """Several sinks as one, each told in the order given."""
+
+    __slots__ = ("run_events", "sinks")
 
     def __init__(self, *sinks: RunSink) -> None:
         self.sinks = sinks

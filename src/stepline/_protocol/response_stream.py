@@ -89,6 +89,19 @@ class OpenResponsesStream:
     the wire's to know; a sub-agent's items are shown plainly.
     """
 
+    __slots__ = (
+        "_nested",
+        "_sealer",
+        "_showing",
+        "client_tools",
+        "events",
+        "include",
+        "log",
+        "options",
+        "output",
+    )
+
+    #: the library's events are not this consumer's
     run_events = False
 
     def __init__(
@@ -109,14 +122,16 @@ class OpenResponsesStream:
         self.options = ItemOptions()
         self.client_tools = ClientTools()
         self._sealer = sealer
-        #: each sub-agent's own output list, by scope
-        self._nested: dict[str, OutputList] = {}
-        self._calls: dict[str, ModelCallEvents] = {}
-        self._tools: dict[str, _Shown] = {}
+        #: each sub-agent's own output list, by scope (made for the first one)
+        self._nested: dict[str, OutputList] | None = None
+        #: the running model calls' events and tool calls' items, by step id
+        self._showing: dict[str, ModelCallEvents | _Shown] = {}
 
     def _output(self, step: Step) -> OutputList:
         if step.scope is None:
             return self.output
+        if self._nested is None:
+            self._nested = {}
         return self._nested.setdefault(step.scope, OutputList())
 
     def _events(self, step: Step) -> ResponseEvents | None:
@@ -172,12 +187,12 @@ class OpenResponsesStream:
         )
         for listing in call.listings:
             events.list_tools(listing.label, listing.tools, listing.error)
-        self._calls[step.id] = events
+        self._showing[step.id] = events
         return events
 
     def _model_call_finishing(self, event: ModelCallFinishing) -> None:
-        events = self._calls.pop(event.step.id, None)
-        if events is None:
+        events = self._showing.pop(event.step.id, None)
+        if not isinstance(events, ModelCallEvents):
             return  # refused before it streamed
         if event.turn is None:
             events.abort()
@@ -240,7 +255,7 @@ class OpenResponsesStream:
         if events is not None and index is not None and not sent:
             for type_ in server_item_events(output.items[index], "started"):
                 events.emit(type_, {"item_id": item_id, "output_index": index}, step_id=step.id)
-        self._tools[step.id] = _Shown(output, item_id, index, done_sent=done_sent)
+        self._showing[step.id] = _Shown(output, item_id, index, done_sent=done_sent)
 
     def _approved_item(
         self, step: Step, output: OutputList, events: ResponseEvents | None
@@ -259,8 +274,8 @@ class OpenResponsesStream:
         return item["id"], index
 
     def _tool_finishing(self, ended: Step) -> None:
-        shown = self._tools.pop(ended.id, None)
-        if shown is None or shown.index is None:
+        shown = self._showing.pop(ended.id, None)
+        if not isinstance(shown, _Shown) or shown.index is None:
             return
         output = shown.output
         include = self.include if ended.scope is None else frozenset()
