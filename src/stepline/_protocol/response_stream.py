@@ -174,16 +174,16 @@ class OpenResponsesStream:
 
     def deltas(self, call: ModelCallStreaming) -> DeltaSink:
         step = call.step
-        scoped = step.scope is None
+        top = step.scope is None
         events = ModelCallEvents(
             self._events(step),
             self._output(step),
             step_id=step.id,
             describe=call.describe,
-            client_tools=self.client_tools if scoped else ClientTools(),
+            client_tools=self.client_tools if top else ClientTools(),
             # run again after a crash: continue what the earlier attempt sent
             prior=PriorEmission(call.shown_before) if call.shown_before else None,
-            options=self.options if scoped else ItemOptions(),
+            options=self.options if top else ItemOptions(),
         )
         for listing in call.listings:
             events.list_tools(listing.label, listing.tools, listing.error)
