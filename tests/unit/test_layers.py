@@ -73,7 +73,7 @@ RULES = {
         "stepline._transport",
     ),
     # the loop: no config file (it takes Limits and ModelRoutes), no server, no wire
-    # (it takes a RunSpec, and shows its steps through the view the wire implements)
+    # (it takes a RunSpec, and reports its steps to a sink the wire consumes)
     "_engine": (
         "stepline.errors",
         "stepline._steps",
