@@ -4,8 +4,8 @@ A model call builds its Chat Completions body from the scope's
 :class:`~stepline._engine.spec.RunSpec` and the conversation recorded before
 it, fits it to the model's context window, streams it through the
 :class:`ChatStreamer` and relays every chunk's deltas, as they arrive, to the
-delta sinks the run's sink returns for the call; its end is stored through :meth:`ScopeLoop.end_step
-<stepline._engine.loop.ScopeLoop.end_step>`.
+delta sinks the run's sink returns for the call; its end is stored through
+:meth:`ScopeLoop.end_step <stepline._engine.loop.ScopeLoop.end_step>`.
 
 Invariants:
 
