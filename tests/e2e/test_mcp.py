@@ -108,6 +108,10 @@ async def test_mcp_tools_are_listed_and_called_in_parallel_in_a_loop(mcp_stack: 
     listing, add, echo, _ = final["output"]
     assert listing["server_label"] == add["server_label"] == "calc"
     assert [tool["name"] for tool in listing["tools"]] == ["add", "echo", "fail"]
+    listed_add = listing["tools"][0]
+    assert (listed_add["description"], listed_add["annotations"]) == ("Add two integers", None)
+    assert listed_add["input_schema"]["type"] == "object"
+    assert set(listed_add["input_schema"]["properties"]) == {"a", "b"}
     assert (add["output"], echo["output"]) == ("5", "hi")
     listing_events = [e["type"] for e in events if "mcp_list_tools" in e["type"]]
     assert listing_events == [

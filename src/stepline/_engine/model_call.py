@@ -36,16 +36,16 @@ from stepline._engine.compaction import (
     is_context_overflow,
     summarise,
 )
-from stepline._engine.run_events import StepCompleted, StepStarted, TextDelta, UsageDelta
+from stepline._engine.run_events import StepCompleted, StepStarted, UsageDelta
 from stepline._engine.sinks import (
     CLIENT,
     SERVER,
     CompactionFinishing,
     CompactionRunning,
+    ListedTool,
     ModelCallFinishing,
     ModelCallSending,
     ModelCallStreaming,
-    RunSink,
     ToolListing,
     ToolView,
 )
@@ -78,39 +78,6 @@ def ended_state(state: StepState) -> Literal["completed", "failed", "cancelled"]
     return cast(Literal["completed", "failed", "cancelled"], state.value)
 
 
-class _ReportedText:
-    """A delta sink that also reports text deltas to the run's sink (when one asks)."""
-
-    def __init__(
-        self,
-        sink: DeltaSink,
-        report: RunSink,
-        *,
-        step_id: str,
-        scope: str | None,
-    ) -> None:
-        self._sink = sink
-        self._report = report
-        self._step_id = step_id
-        self._scope = scope
-
-    def on_reasoning(self, text: str) -> None:
-        self._sink.on_reasoning(text)
-
-    def on_text(self, text: str) -> None:
-        self._sink.on_text(text)
-        self._report.emit(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
-
-    def on_tool_call(self, index: int, call_id: str, name: str) -> None:
-        self._sink.on_tool_call(index, call_id, name)
-
-    def on_tool_arguments(self, index: int, text: str) -> None:
-        self._sink.on_tool_arguments(index, text)
-
-    def on_logprobs(self, entries: list[dict[str, Any]]) -> None:
-        self._sink.on_logprobs(entries)
-
-
 def describe_tool(loop: ScopeLoop, name: str) -> ToolView:
     """Who runs the scope's tool ``name`` when the model calls it: the client, the
     server, or the server once the client approves (an unknown name: the server,
@@ -127,15 +94,12 @@ def describe_tool(loop: ScopeLoop, name: str) -> ToolView:
 
 
 def _listed(loop: ScopeLoop, listing: McpListing) -> ToolListing:
-    """A listing's tools (those the request allows), as a response lists them."""
+    """A listing's tools (those the request allows), by the names their source gives."""
     allowed = loop.spec.allowed_tools
     tools = [
-        {
-            "name": tool.display_name or name,
-            "description": tool.description,
-            "input_schema": tool.parameters,
-            "annotations": None,
-        }
+        ListedTool(
+            name=tool.display_name or name, description=tool.description, parameters=tool.parameters
+        )
         for name, tool in listing.tools.items()
         if allowed is None or name in allowed
     ]
@@ -207,8 +171,6 @@ async def run_model_call(loop: ScopeLoop, step: Step, *, started: bool = False) 
         )
         or Discard()
     )
-    if loop.sink.run_events:
-        sink = _ReportedText(sink, loop.sink, step_id=step.id, scope=loop.scope)
     accumulator = ChatStreamAccumulator(sink)
     loop.sink.emit(ModelCallSending(step=step, target=loop.target, payload=payload))
     try:

@@ -49,6 +49,7 @@ __all__ = [
     "SERVER",
     "CompactionFinishing",
     "CompactionRunning",
+    "ListedTool",
     "ModelCallFinishing",
     "ModelCallSending",
     "ModelCallStreaming",
@@ -87,12 +88,21 @@ SERVER = ToolView(kind="server")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ListedTool:
+    """One tool of a listed source, by the name the source gives it."""
+
+    name: str
+    description: str
+    #: the JSON schema of its arguments
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ToolListing:
     """A tool source's tools listed for a response (shown before its first model call)."""
 
     label: str
-    #: each tool's name, description, input schema and annotations
-    tools: list[dict[str, Any]]
+    tools: Sequence[ListedTool]
     #: why the source's tools could not be listed
     error: str | None = None
 
@@ -198,9 +208,8 @@ SinkEvent = (
 
 
 class RunSink(Protocol):
-    #: whether the sink reads the library's events (:data:`RunEvent`, a
-    #: :class:`~stepline._engine.run_events.TextDelta` per streamed delta among them);
-    #: they are made only then
+    #: whether the sink reads the library's events (:data:`RunEvent`); they are made
+    #: only then
     @property
     def run_events(self) -> bool: ...
 

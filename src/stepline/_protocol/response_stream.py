@@ -38,6 +38,7 @@ from stepline._engine.sealing import Sealing
 from stepline._engine.sinks import (
     CompactionFinishing,
     CompactionRunning,
+    ListedTool,
     ModelCallFinishing,
     ModelCallStreaming,
     SinkEvent,
@@ -63,6 +64,16 @@ _TERMINAL_EVENT = {
 }
 
 _ITEM_DONE = b"response.output_item.done"
+
+
+def _listed(tool: ListedTool) -> dict[str, Any]:
+    """A listed tool as an ``mcp_list_tools`` item shows it."""
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "input_schema": tool.parameters,
+        "annotations": None,
+    }
 
 
 class _Shown:
@@ -186,7 +197,8 @@ class OpenResponsesStream:
             options=self.options if top else ItemOptions(),
         )
         for listing in call.listings:
-            events.list_tools(listing.label, listing.tools, listing.error)
+            tools = [_listed(tool) for tool in listing.tools]
+            events.list_tools(listing.label, tools, listing.error)
         self._showing[step.id] = events
         return events
 

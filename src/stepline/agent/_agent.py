@@ -30,11 +30,12 @@ from typing import Any, Literal
 
 import httpx
 
+from stepline._chat.stream import DeltaSink, Discard
 from stepline._config import HttpToolConfig, UpstreamConfig
 from stepline._engine.limits import Limits
 from stepline._engine.loop import Engine
 from stepline._engine.policies import StopPolicy
-from stepline._engine.run_events import RUN_EVENT_TYPES, RunCompleted, RunEvent
+from stepline._engine.run_events import RUN_EVENT_TYPES, RunCompleted, RunEvent, TextDelta
 from stepline._engine.sinks import ModelCallStreaming, SinkEvent
 from stepline._protocol.request import ResponseRequest, new_id, parse_request
 from stepline._protocol.sealing import Sealer
@@ -226,6 +227,18 @@ class Agent:
         return _Run(self).events(response_id=response_id)
 
 
+class _TextDeltas(Discard):
+    """A model call's text, delta by delta, as the library's ``TextDelta`` events."""
+
+    def __init__(self, taps: _Taps, *, step_id: str, scope: str | None) -> None:
+        self._taps = taps
+        self._step_id = step_id
+        self._scope = scope
+
+    def on_text(self, text: str) -> None:
+        self._taps.emit(TextDelta(step_id=self._step_id, scope=self._scope, text=text))
+
+
 class _Taps:
     """The sink of a library run: its events to ``stream()``'s queue, then to each tap."""
 
@@ -239,8 +252,8 @@ class _Taps:
         self.queue = queue
         self.taps = taps
 
-    def deltas(self, call: ModelCallStreaming) -> None:
-        return None  # a text delta reaches a tap as a TextDelta event
+    def deltas(self, call: ModelCallStreaming) -> DeltaSink:
+        return _TextDeltas(self, step_id=call.step.id, scope=call.step.scope)
 
     def emit(self, event: SinkEvent) -> None:
         if not isinstance(event, RUN_EVENT_TYPES):
