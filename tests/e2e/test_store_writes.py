@@ -12,6 +12,7 @@ before that step starts.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -233,9 +234,9 @@ async def test_what_a_streamed_step_shows_of_its_end_is_stored_with_that_end(
     for done, ended in store.done_and_ended:
         assert done <= ended, store.writes
     shown = set().union(*(done for done, _ in store.done_and_ended))
-    asked, tool, answered = await store.load_steps(
-        reply.text.split('"id":"', 1)[1].split('"', 1)[0]
-    )
+    first = next(line for line in reply.text.splitlines() if line.startswith("data: "))
+    created = json.loads(first.removeprefix("data: "))
+    asked, tool, answered = await store.load_steps(created["response"]["id"])
     # the tool call ends the mcp_call item the first model call opened; the last
     # model call ends its message
     assert (asked.kind, tool.kind, answered.kind) == (
